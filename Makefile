@@ -1,0 +1,20 @@
+# Set-up for a fresh CPU machine (Python >= 3.10). `pip install torch==2.13.0` takes the local
+# CPU wheel; a bare `torch` requirement would pull several GB of CUDA packages.
+PY ?= python3
+
+.PHONY: setup demo test lint
+
+setup:
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[video,dev]'
+	@command -v ffprobe >/dev/null || { apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null; }
+
+demo: setup
+	livecc demo
+
+# pytest exits 5 when it collects nothing: that must fail, not pass.
+test: setup
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+
+lint:
+	ruff check .

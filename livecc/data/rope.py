@@ -1,0 +1,61 @@
+"""3D M-RoPE position ids of a Qwen2-VL sequence (``get_rope_index`` without a model).
+
+Text tokens count up on all three axes; a vision block of LLM grid ``(t, h, w)`` gets
+``(start + t_i, start + h_i, start + w_i)`` and the next token starts at the block's largest
+position + 1. That is Qwen2-VL's original rule, which its checkpoints and LiveCC were trained with
+(transformers 5 advances by ``max(h, w)`` only, which differs when ``t`` exceeds both).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["mrope_position_ids", "vision_runs"]
+
+
+def vision_runs(is_vision: torch.Tensor) -> list[tuple[int, int]]:
+    """``[(begin, end)]`` of the maximal runs of True in a 1D bool tensor."""
+    if not is_vision.any():
+        return []
+    padded = torch.cat([is_vision.new_zeros(1), is_vision, is_vision.new_zeros(1)]).to(torch.int8)
+    edges = torch.diff(padded)
+    begins = (edges == 1).nonzero().flatten().tolist()
+    ends = (edges == -1).nonzero().flatten().tolist()
+    return list(zip(begins, ends))
+
+
+def mrope_position_ids(
+    input_ids: torch.Tensor,
+    grids: torch.Tensor,
+    vision_token_ids: tuple[int, ...],
+    merge_size: int = 2,
+    start: int = 0,
+) -> tuple[torch.Tensor, int]:
+    """Positions ``[3, L]`` for one sequence and the next free position.
+
+    ``grids`` ``[n, 3]`` are the ViT grids (before the spatial merge) of the vision blocks in the
+    order they appear; ``vision_token_ids`` are the pad tokens that mark them (video and image).
+    ``start`` continues a sequence already in a KV cache.
+    """
+    ids = input_ids.flatten()
+    is_vision = torch.zeros_like(ids, dtype=torch.bool)
+    for token in vision_token_ids:
+        is_vision |= ids == token
+    runs = vision_runs(is_vision)
+    if len(runs) != len(grids):
+        raise ValueError(f"{len(runs)} vision blocks in input_ids but {len(grids)} grids")
+    pos = torch.empty(3, ids.numel(), dtype=torch.long)
+    cursor, next_pos = 0, start
+    for (begin, end), (t, h, w) in zip(runs, grids.tolist()):
+        h, w = h // merge_size, w // merge_size
+        if end - begin != t * h * w:
+            raise ValueError(f"vision block at {begin} has {end - begin} tokens, grid needs {t * h * w}")
+        pos[:, cursor:begin] = torch.arange(next_pos, next_pos + begin - cursor)
+        next_pos += begin - cursor
+        ti, hi, wi = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+        pos[:, begin:end] = torch.stack([ti.flatten(), hi.flatten(), wi.flatten()]) + next_pos
+        next_pos += max(t, h, w)
+        cursor = end
+    pos[:, cursor:] = torch.arange(next_pos, next_pos + ids.numel() - cursor)
+    next_pos += ids.numel() - cursor
+    return pos, next_pos

@@ -1,0 +1,194 @@
+"""The LiveCC streaming training sample (SPEC section 4).
+
+A clip's frames are cut into windows (6 frames = 3 s first, then 2 frames = 1 s); each window is a
+user turn ``Time=a-b s`` + its frames, followed by an assistant turn with the words whose end time
+is at or before the window's last frame, ending in the streaming EOS ``' ...'``. Only assistant
+content through ``<|im_end|>`` carries labels.
+
+Fixed relative to the reference: words are consumed exactly once (the reference repeats a clip's
+last word in every later window and crashes on a window after the last word), and clips shorter
+than the first window are accepted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..kernels.preprocess import preprocess_frames_reference
+from .processor import TokenIds, VisionSpec
+from .records import ClipRecord
+from .rope import mrope_position_ids
+from .video import FPS, PixelBudget, VideoClip, clip_frame_size, decode_clip
+from .words import Word
+
+__all__ = [
+    "STREAM_EOS",
+    "EmptySampleError",
+    "SYSTEM_TURN",
+    "StreamingSample",
+    "Window",
+    "assign_words",
+    "assistant_labels",
+    "assistant_turn",
+    "build_streaming_sample",
+    "context_text",
+    "plan_windows",
+    "user_turn",
+]
+
+STREAM_EOS = " ..."
+SYSTEM_TURN = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+VIDEO_BLOCK = "<|vision_start|><|video_pad|><|vision_end|>"
+IGNORE_INDEX = -100
+
+
+class EmptySampleError(ValueError):
+    """A clip with no words inside its frames has nothing to learn from."""
+
+
+@dataclass
+class Window:
+    frames: slice  # into the clip's frames
+    start: float  # seconds from the clip start, as written in ``Time=``
+    end: float
+    words: list[Word] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        """Assistant content: the window's words and the streaming EOS."""
+        return " ".join(w.text.strip() for w in self.words) + STREAM_EOS
+
+
+@dataclass
+class StreamingSample:
+    input_ids: torch.Tensor  # [L]
+    labels: torch.Tensor  # [L], -100 off assistant content
+    position_ids: torch.Tensor  # [3, L] M-RoPE (t, h, w)
+    pixel_values_videos: torch.Tensor  # [N, 1176]
+    video_grid_thw: torch.Tensor  # [n_windows, 3]
+    windows: list[Window]
+    text: str  # the rendered conversation, one <|video_pad|> per window
+
+
+def plan_windows(n_frames: int, initial_frames: int = 6, streaming_frames: int = 2, fps: float = FPS) -> list[Window]:
+    """Frame windows: the first holds ``initial_frames`` (fewer for a short clip), then ``streaming_frames``."""
+    bounds = [0, min(initial_frames, n_frames)]
+    while bounds[-1] < n_frames:
+        bounds.append(min(bounds[-1] + streaming_frames, n_frames))
+    return [Window(slice(a, b), a / fps, b / fps) for a, b in zip(bounds, bounds[1:])]
+
+
+def assign_words(windows: list[Window], pts: list[float], words: list[Word]) -> None:
+    """Give each window, in order, the not-yet-used words ending at or before its last frame's pts.
+
+    Words are consumed in transcript order, so a word ending after the cut stops the window even
+    if a later word (overlapping it) ends earlier, as in the reference. Words after the last frame
+    belong to no window.
+    """
+    next_word = 0
+    for window in windows:
+        cut = pts[window.frames.stop - 1]
+        first = next_word
+        while next_word < len(words) and words[next_word].end <= cut:
+            next_word += 1
+        window.words = list(words[first:next_word])
+
+
+def context_text(record: ClipRecord, with_context: bool) -> str:
+    """The first user turn's text: the query, plus ``title`` / ``previous`` ASR when ``with_context``
+    (title left out when previous ASR exists)."""
+    if not with_context or not (record.title or record.previous):
+        return record.query
+    title = "" if record.previous else record.title
+    return f"{record.query}\n{title}\n{record.previous}".strip()
+
+
+def user_turn(window: Window, query: str = "") -> str:
+    return f"<|im_start|>user\nTime={window.start:.1f}-{window.end:.1f}s{VIDEO_BLOCK}{query}<|im_end|>\n"
+
+
+def assistant_turn(text: str) -> str:
+    return f"<|im_start|>assistant\n{text}<|im_end|>\n"
+
+
+def assistant_labels(input_ids: torch.Tensor, ids: TokenIds) -> torch.Tensor:
+    """Labels equal to ``input_ids`` from after ``<|im_start|>assistant\\n`` through ``<|im_end|>``."""
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    starts = (input_ids == ids.im_start).nonzero().flatten()
+    ends = (input_ids == ids.im_end).nonzero().flatten()
+    for s in starts.tolist():
+        if s + 2 < input_ids.numel() and input_ids[s + 1] == ids.assistant and input_ids[s + 2] == ids.newline:
+            after = ends[ends > s]
+            e = int(after[0]) if after.numel() else input_ids.numel() - 1
+            labels[s + 3 : e + 1] = input_ids[s + 3 : e + 1]
+    return labels
+
+
+def _expand_video_pads(ids: torch.Tensor, video_pad: int, counts: list[int]) -> torch.Tensor:
+    """Repeat the i-th ``<|video_pad|>`` ``counts[i]`` times (tokenizing one pad per window is exact
+    because it is a special token, and far faster than tokenizing thousands)."""
+    repeats = torch.ones_like(ids)
+    pad_positions = (ids == video_pad).nonzero().flatten()
+    if pad_positions.numel() != len(counts):
+        raise ValueError(f"{pad_positions.numel()} video pads in text but {len(counts)} windows")
+    repeats[pad_positions] = torch.tensor(counts, dtype=ids.dtype)
+    return torch.repeat_interleave(ids, repeats)
+
+
+def build_streaming_sample(
+    record: ClipRecord | list,
+    processor,
+    *,
+    video_root: str | os.PathLike | None = None,
+    clip: VideoClip | None = None,
+    with_context: bool = False,
+    initial_frames: int = 6,
+    streaming_frames: int = 2,
+    budget: PixelBudget = PixelBudget(),
+    backend: str = "auto",
+    dtype: torch.dtype = torch.float32,
+) -> StreamingSample:
+    """Decode the record's clip and build its streaming sample (``clip`` skips the decode)."""
+    if not isinstance(record, ClipRecord):
+        record = ClipRecord.from_messages(record)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    ids, spec = TokenIds.from_tokenizer(tokenizer), VisionSpec.from_processor(processor)
+    if clip is None:
+        path = Path(video_root) / record.video if video_root is not None else Path(record.video)
+        clip = decode_clip(path, record.video_start, record.video_end, resize=False, budget=budget, backend=backend)
+
+    windows = plan_windows(len(clip.pts), initial_frames, streaming_frames)
+    assign_words(windows, clip.pts, record.words)
+    while windows and not windows[-1].words:  # trailing silent windows teach nothing
+        windows.pop()
+    if not windows:
+        raise EmptySampleError(f"{clip.source}: no words within the clip's frames")
+
+    n_frames = windows[-1].frames.stop
+    size = clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts), budget)
+    pixel_values, grid = preprocess_frames_reference(clip.frames[:n_frames], size, spec, dtype)
+    _, gh, gw = grid[0].tolist()
+    tp = spec.temporal_patch_size
+    grids = torch.tensor([[(w.frames.stop - w.frames.start) // tp, gh, gw] for w in windows])
+
+    query = context_text(record, with_context)
+    text = SYSTEM_TURN + "".join(
+        user_turn(w, query if i == 0 else "") + assistant_turn(w.text) for i, w in enumerate(windows)
+    )
+    input_ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
+    tokens_per_window = (grids.prod(-1) // spec.merge_size**2).tolist()
+    input_ids = _expand_video_pads(input_ids, ids.video_pad, tokens_per_window)
+    position_ids, _ = mrope_position_ids(input_ids, grids, (ids.video_pad,), spec.merge_size)
+    return StreamingSample(
+        input_ids=input_ids,
+        labels=assistant_labels(input_ids, ids),
+        position_ids=position_ids,
+        pixel_values_videos=pixel_values,
+        video_grid_thw=grids,
+        windows=windows,
+        text=text,
+    )

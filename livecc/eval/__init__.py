@@ -1,0 +1,3 @@
+"""Evaluation: LiveSports-3K commentary and multiple-choice QA."""
+
+__all__: list[str] = []

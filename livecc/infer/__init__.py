@@ -1,0 +1,3 @@
+"""Streaming commentary inference."""
+
+__all__: list[str] = []

@@ -1,0 +1,45 @@
+"""Pure-torch frame-to-patch preprocessing: the oracle and CPU path for ``preprocess_frames``."""
+
+from __future__ import annotations
+
+import torch
+
+from ...data.processor import VisionSpec
+from ...data.video import resize_frames
+
+__all__ = ["preprocess_frames_reference"]
+
+
+def preprocess_frames_reference(
+    frames: torch.Tensor,
+    size: tuple[int, int] | None = None,
+    spec: VisionSpec = VisionSpec(),
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``[T, H, W, 3]`` -> ViT patch rows ``[T/2 * h/14 * w/14, 1176]`` and ``grid_thw [1, 3]``.
+
+    Frames are resized to ``size`` (bicubic, antialiased, rounded to uint8 like the reference path),
+    rescaled by 1/255, normalised, and patchified in Qwen2-VL's order (temporal patch, then the
+    2x2 merge groups row by row). An odd frame count repeats the last frame, as Hugging Face does.
+    """
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 [T, H, W, 3] frames, got {frames.dtype} {tuple(frames.shape)}")
+    if frames.shape[0] == 0:
+        raise ValueError("no frames to preprocess")
+    if size is not None:
+        frames = resize_frames(frames, size)
+    t, h, w, _ = frames.shape
+    p, tp, m = spec.patch_size, spec.temporal_patch_size, spec.merge_size
+    if h % (p * m) or w % (p * m):
+        raise ValueError(f"frame size {h}x{w} is not a multiple of {p * m}; pass size=smart_resize(...)")
+    if t % tp:
+        frames = torch.cat([frames, frames[-1:].expand(tp - t % tp, -1, -1, -1)])
+        t = frames.shape[0]
+    mean = torch.tensor(spec.mean, device=frames.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=frames.device).view(1, 3, 1, 1)
+    x = (frames.permute(0, 3, 1, 2).float() / 255 - mean) / std  # [T, 3, H, W]
+    gt, gh, gw = t // tp, h // p, w // p
+    x = x.reshape(gt, tp, 3, gh // m, m, p, gw // m, m, p)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # t, h-block, w-block, h-in, w-in | c, tp, p, p
+    rows = x.reshape(gt * gh * gw, 3 * tp * p * p).to(dtype)
+    return rows, torch.tensor([[gt, gh, gw]], dtype=torch.long)

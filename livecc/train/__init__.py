@@ -1,0 +1,3 @@
+"""Packed streaming training."""
+
+__all__: list[str] = []
