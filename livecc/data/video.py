@@ -164,7 +164,7 @@ def _decord_frames(path: str, start: float, device: str) -> FrameStream:
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=2)
         pts = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
-    except decord.DECORDError as e:
+    except (decord.DECORDError, RuntimeError) as e:
         raise VideoError(f"{path}: cannot decode video ({e})") from e
     if len(pts) == 0:
         raise VideoError(f"{path}: no video frames")

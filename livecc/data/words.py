@@ -115,7 +115,8 @@ def _clock(text: str, where: str) -> float:
 
 def _cues(text: str, source: str) -> Iterable[tuple[float, float, list[str], str]]:
     """Yield ``(start, end, text lines, where)`` for every timed cue of a VTT/SRT body."""
-    for block_index, block in enumerate(re.split(r"\n\s*\n", text.replace("\r\n", "\n"))):
+    # Cues end at an empty line; YouTube puts lines holding one space inside cues.
+    for block_index, block in enumerate(re.split(r"\n{2,}", text.replace("\r\n", "\n"))):
         lines = block.strip("\n").split("\n")
         for k, line in enumerate(lines):
             m = _CUE_TIME.search(line)

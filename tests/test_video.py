@@ -1,0 +1,126 @@
+import json
+import math
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from livecc.data.video import (
+    PixelBudget,
+    StrictFpsSampler,
+    VideoError,
+    available_backends,
+    clip_frame_size,
+    decode_clip,
+    smart_resize,
+)
+
+CPU_BACKENDS = [b for b in ("decord", "pyav") if b in available_backends()]
+
+
+def ffprobe_pts(ffprobe, path):
+    out = subprocess.run([ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time",
+                          "-of", "json", str(path)], check=True, capture_output=True, text=True).stdout
+    return np.array([float(f["pts_time"]) for f in json.loads(out)["frames"]])
+
+
+def expected_strict_pts(all_pts, start, end, fps=2.0, max_frames=480):
+    """Straight from the definition: first frame with pts >= t, for t in arange(start, end, 1/fps)."""
+    chosen = []
+    for t in np.arange(start, end, 1 / fps)[:max_frames]:
+        later = all_pts[(all_pts >= t - 1e-6) & (all_pts <= end + 1e-6)]
+        if len(later) == 0:
+            break
+        chosen.append(later.min())
+    if len(chosen) % 2:
+        chosen.append(chosen[-1])
+    return np.array(chosen)
+
+
+@pytest.mark.parametrize("name", ["bikes.mp4", "bigbuckbunny.mp4"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("span", [(None, None), (1.3, 4.1), (0.0, 2.98)])
+def test_strict_fps_pts_match_ffprobe(ffprobe, name, backend, span, real_clip):
+    path = real_clip(name)
+    all_pts = ffprobe_pts(ffprobe, path)
+    clip = decode_clip(path, *span, backend=backend, resize=False)
+    start = 0.0 if span[0] is None else span[0]
+    end = all_pts[-1] if span[1] is None else span[1]
+    expected = expected_strict_pts(all_pts, start, end + (1e-3 if span[1] is None else 0))
+    np.testing.assert_allclose(clip.pts, expected, atol=1e-6)
+    assert clip.frames.dtype == torch.uint8 and clip.frames.shape[0] == len(expected) and len(expected) % 2 == 0
+
+
+@pytest.mark.skipif(len(CPU_BACKENDS) < 2, reason="needs two decoders to compare")
+@pytest.mark.parametrize("name", ["bikes.mp4", "bigbuckbunny.mp4"])
+def test_backends_return_the_same_frames(name, real_clip):
+    path = real_clip(name)
+    clips = [decode_clip(path, 0.7, 3.3, backend=b) for b in CPU_BACKENDS]
+    for other in clips[1:]:
+        np.testing.assert_allclose(other.pts, clips[0].pts, atol=1e-6)  # decord's pts are float32
+        # Same decoder library underneath (FFmpeg); allow a rounding step of colour conversion.
+        diff = (other.frames.int() - clips[0].frames.int()).abs().float()
+        assert diff.mean() < 1.0, diff.mean()
+
+
+def test_resize_follows_pixel_budget(real_clip):
+    path = real_clip("bigbuckbunny.mp4")  # 1280x720
+    clip = decode_clip(path, 0.0, 2.0)
+    h, w = clip.frames.shape[1:3]
+    assert (h, w) == clip_frame_size(720, 1280, 4) == (560, 1008)
+    assert h % 28 == 0 and w % 28 == 0 and h * w <= 768 * 28 * 28
+
+
+def test_smart_resize_edges():
+    assert smart_resize(720, 1280, max_pixels=768 * 784) == (560, 1008)
+    assert smart_resize(10, 10, min_pixels=100 * 784) == (280, 280)  # upscaled to the minimum
+    h, w = smart_resize(1920, 1080, max_pixels=768 * 784)  # portrait
+    assert h > w and h * w <= 768 * 784 and h % 28 == w % 28 == 0
+    with pytest.raises(ValueError, match="aspect ratio"):
+        smart_resize(10, 2500)
+    budget = PixelBudget()
+    # 400 frames share 24576*784 pixels per pair of frames; at 480 the 1.05x floor takes over.
+    assert budget.frame_max_pixels(400) == pytest.approx(24576 * 784 / 400 * 2)
+    assert budget.frame_max_pixels(480) == int(100 * 784 * 1.05)
+    assert budget.frame_max_pixels(2) == 768 * 784
+    assert budget.frame_max_pixels(100000) == int(100 * 784 * 1.05)
+
+
+def test_sampler_duplicates_frames_of_a_slow_video():
+    sampler = StrictFpsSampler(0.0, 3.0)
+    assert [sampler.take(p) for p in (0.0, 1.0, 2.0, 3.0)] == [1, 2, 2, 1]  # 1 fps source, 2 fps targets
+    assert sampler.done
+    capped = StrictFpsSampler(0.0, math.inf, max_frames=3)
+    assert [capped.take(p) for p in np.arange(0, 3, 0.25)][:7] == [1, 0, 1, 0, 1, 0, 0]
+
+
+def test_missing_corrupt_and_streamless_files_name_the_path(tmp_path, real_clip):
+    with pytest.raises(VideoError, match="missing.mp4: video file not found"):
+        decode_clip(tmp_path / "missing.mp4")
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)
+    for backend in CPU_BACKENDS:
+        with pytest.raises(VideoError, match="corrupt.mp4"):
+            decode_clip(corrupt, backend=backend)
+    with pytest.raises(VideoError, match="empty clip"):
+        decode_clip(real_clip("bikes.mp4"), 3.0, 3.0)
+    with pytest.raises(VideoError, match="no frames"):
+        decode_clip(real_clip("bikes.mp4"), 50.0, 60.0, backend="pyav")
+    with pytest.raises(VideoError, match="not finite"):
+        decode_clip(real_clip("bikes.mp4"), float("nan"), 2.0)
+
+
+def test_audio_only_file_has_no_video_stream(tmp_path):
+    av = pytest.importorskip("av")
+    path = tmp_path / "tone.m4a"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for i in range(5):
+            frame.pts = i * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with pytest.raises(VideoError, match="tone.m4a: no video stream"):
+        decode_clip(path, backend="pyav")
