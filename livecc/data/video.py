@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from ..kernels.preprocess.reference import resize_frames
 
 __all__ = [
     "BACKENDS",
@@ -89,18 +90,6 @@ def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels
 def clip_frame_size(height: int, width: int, nframes: int, budget: PixelBudget = PixelBudget()) -> tuple[int, int]:
     """The ``(h, w)`` every frame of an ``nframes`` clip is resized to."""
     return smart_resize(height, width, IMAGE_FACTOR, budget.min_pixels, budget.frame_max_pixels(nframes))
-
-
-def resize_frames(frames: torch.Tensor, size: tuple[int, int], chunk: int = 16) -> torch.Tensor:
-    """Bicubic, antialiased resize of uint8 ``[T, H, W, 3]`` frames (what torchvision's resize does)."""
-    if tuple(frames.shape[1:3]) == tuple(size):
-        return frames
-    out = torch.empty((frames.shape[0], *size, 3), dtype=torch.uint8, device=frames.device)
-    for i in range(0, frames.shape[0], chunk):  # bounded float memory for long 1080p clips
-        x = frames[i : i + chunk].permute(0, 3, 1, 2).float()
-        y = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
-        out[i : i + chunk] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-    return out
 
 
 class StrictFpsSampler:

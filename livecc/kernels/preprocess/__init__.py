@@ -1,5 +1,6 @@
 """Frame-to-patch preprocessing for the Qwen2-VL vision tower."""
 
-from .reference import preprocess_frames_reference
+from .reference import preprocess_frames_reference, resize_frames
+from .spec import VisionSpec
 
-__all__ = ["preprocess_frames_reference"]
+__all__ = ["VisionSpec", "preprocess_frames_reference", "resize_frames"]

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from ...data.processor import VisionSpec
-from ...data.video import resize_frames
+from .spec import VisionSpec
 
-__all__ = ["preprocess_frames_reference"]
+__all__ = ["preprocess_frames_reference", "resize_frames"]
+
+
+def resize_frames(frames: torch.Tensor, size: tuple[int, int], chunk: int = 16) -> torch.Tensor:
+    """Bicubic, antialiased resize of uint8 ``[T, H, W, 3]`` frames (what torchvision's resize does)."""
+    if tuple(frames.shape[1:3]) == tuple(size):
+        return frames
+    out = torch.empty((frames.shape[0], *size, 3), dtype=torch.uint8, device=frames.device)
+    for i in range(0, frames.shape[0], chunk):  # bounded float memory for long 1080p clips
+        x = frames[i : i + chunk].permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+        out[i : i + chunk] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return out
 
 
 def preprocess_frames_reference(

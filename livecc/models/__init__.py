@@ -1,0 +1,5 @@
+"""Thin glue between livecc's kernels and Hugging Face's Qwen2-VL classes, all in one place."""
+
+from .qwen2vl import text_only_causal_lm_loss
+
+__all__ = ["text_only_causal_lm_loss"]
