@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.attention import varlen_attention
 from ..kernels.cross_entropy import text_only_linear_cross_entropy
+from .attention import ATTN_IMPLEMENTATION, register
 
-__all__ = ["text_only_causal_lm_loss"]
+__all__ = ["text_only_causal_lm_loss", "use_livecc_attention"]
 
 
 def text_only_causal_lm_loss(
@@ -32,3 +34,30 @@ def text_only_causal_lm_loss(
         hidden.reshape(-1, hidden.shape[-1]), head.weight, targets.reshape(-1), head.bias,
         ignore_index=ignore_index, reduction=reduction,
     )
+
+
+def _vision_attention_forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
+    """Qwen2-VL ViT attention over every frame group at once (one varlen call, not a loop per group)."""
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
+
+    seq_len = hidden_states.shape[0]
+    q, k, v = self.qkv(hidden_states).reshape(seq_len, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    cu = cu_seqlens.to(torch.int32)
+    max_len = int(max_seqlen) if max_seqlen is not None else int((cu[1:] - cu[:-1]).max())
+    out, _ = varlen_attention(q, k, v, cu, cu, max_len, max_len, causal=False, softmax_scale=self.scaling)
+    return self.proj(out.reshape(seq_len, -1))
+
+
+def use_livecc_attention(model) -> None:
+    """Run a Qwen2-VL model's LLM and ViT attention on livecc's varlen kernel."""
+    import types
+
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import VisionAttention
+
+    register()
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    for module in model.modules():
+        if isinstance(module, VisionAttention):
+            module.forward = types.MethodType(_vision_attention_forward, module)

@@ -1,0 +1,254 @@
+"""Triton varlen flash attention (forward and backward) for packed frame-word sequences.
+
+One program per (block of queries | block of keys, sequence, head); sequences come from
+``cu_seqlens`` so a pack of documents never attends across a boundary and no padding is computed.
+Causal masks are aligned bottom-right, so a new streaming window attends to its KV cache. GQA
+reads each KV head once per query head of its group; the backward reduces dK/dV over the group
+inside one program (no atomics). Head dims that are not a power of two (the ViT's 80) are padded
+to the next one in registers only.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..dispatch import interpreting
+
+__all__ = ["flash_varlen_backward", "flash_varlen_forward"]
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_FP32: tl.constexpr):
+    # Triton's interpreter (3.9) returns garbage from tl.dot on bf16 operands: give it fp32.
+    # On GPU the operands stay bf16/fp16 for tensor cores; fp32 inputs use IEEE precision.
+    if DOT_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, O, LSE, CU_Q, CU_K, scale_log2,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, total_q,
+    GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+):
+    i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    q_start = tl.load(CU_Q + i_b).to(tl.int64)
+    q_len = (tl.load(CU_Q + i_b + 1) - q_start).to(tl.int32)
+    if i_m * BM >= q_len:
+        return
+    k_start = tl.load(CU_K + i_b).to(tl.int64)
+    k_len = (tl.load(CU_K + i_b + 1) - k_start).to(tl.int32)
+    i_kh = i_h // GROUP
+    o_m = i_m * BM + tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    m_m, m_d = o_m < q_len, o_d < D
+    p_q = Q + (q_start + o_m)[:, None] * stride_qt + i_h * stride_qh + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
+    diag = k_len - q_len  # key j is visible to query i iff j <= i + diag (causal)
+    hi = k_len
+    if CAUSAL:
+        hi = tl.minimum(k_len, (i_m + 1) * BM + diag)
+    b_m = tl.full([BM], float("-inf"), dtype=tl.float32)
+    b_l = tl.zeros([BM], dtype=tl.float32)
+    b_acc = tl.zeros([BM, BD], dtype=tl.float32)
+    for start_n in range(0, hi, BN):
+        o_n = start_n + tl.arange(0, BN)
+        m_n = o_n < k_len
+        p_k = K + (k_start + o_n)[None, :] * stride_kt + i_kh * stride_kh + o_d[:, None]
+        b_kt = tl.load(p_k, mask=m_n[None, :] & m_d[:, None], other=0.0)
+        b_s = _dot(b_q, b_kt, tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32) * scale_log2
+        visible = m_n[None, :]
+        if CAUSAL:
+            visible = visible & (o_n[None, :] <= o_m[:, None] + diag)
+        b_s = tl.where(visible, b_s, float("-inf"))
+        m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        alpha = tl.exp2(b_m - m_safe)
+        b_p = tl.exp2(b_s - m_safe[:, None])
+        b_l = b_l * alpha + tl.sum(b_p, axis=1)
+        p_v = V + (k_start + o_n)[:, None] * stride_vt + i_kh * stride_vh + o_d[None, :]
+        b_v = tl.load(p_v, mask=m_n[:, None] & m_d[None, :], other=0.0)
+        b_acc = _dot(b_p.to(b_v.dtype), b_v, b_acc * alpha[:, None], DOT_FP32)
+        b_m = m_new
+    b_o = b_acc / tl.where(b_l == 0.0, 1.0, b_l)[:, None]
+    p_o = O + (q_start + o_m)[:, None] * stride_ot + i_h * stride_oh + o_d[None, :]
+    tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+    b_lse = tl.where(b_l == 0.0, float("-inf"), (b_m + tl.log2(tl.where(b_l == 0.0, 1.0, b_l))) * 0.6931471805599453)
+    tl.store(LSE + i_h * total_q + q_start + o_m, b_lse, mask=m_m)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, scale, scale_log2,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+    stride_dkt, stride_dkh, stride_dvt, stride_dvh, total_q,
+    GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+):
+    i_n, i_b, i_kh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    k_start = tl.load(CU_K + i_b).to(tl.int64)
+    k_len = (tl.load(CU_K + i_b + 1) - k_start).to(tl.int32)
+    if i_n * BN >= k_len:
+        return
+    q_start = tl.load(CU_Q + i_b).to(tl.int64)
+    q_len = (tl.load(CU_Q + i_b + 1) - q_start).to(tl.int32)
+    o_n = i_n * BN + tl.arange(0, BN)
+    o_d = tl.arange(0, BD)
+    m_n, m_d = o_n < k_len, o_d < D
+    b_k = tl.load(K + (k_start + o_n)[:, None] * stride_kt + i_kh * stride_kh + o_d[None, :],
+                  mask=m_n[:, None] & m_d[None, :], other=0.0)
+    b_v = tl.load(V + (k_start + o_n)[:, None] * stride_vt + i_kh * stride_vh + o_d[None, :],
+                  mask=m_n[:, None] & m_d[None, :], other=0.0)
+    b_dk = tl.zeros([BN, BD], dtype=tl.float32)
+    b_dv = tl.zeros([BN, BD], dtype=tl.float32)
+    diag = k_len - q_len
+    lo = 0
+    if CAUSAL:
+        lo = tl.maximum(0, i_n * BN - diag) // BM * BM  # first query block that sees this key block
+    for g in range(GROUP):
+        i_h = i_kh * GROUP + g
+        for start_m in range(lo, q_len, BM):
+            o_m = start_m + tl.arange(0, BM)
+            m_m = o_m < q_len
+            b_q = tl.load(Q + (q_start + o_m)[:, None] * stride_qt + i_h * stride_qh + o_d[None, :],
+                          mask=m_m[:, None] & m_d[None, :], other=0.0)
+            b_do = tl.load(DO + (q_start + o_m)[:, None] * stride_dot + i_h * stride_doh + o_d[None, :],
+                           mask=m_m[:, None] & m_d[None, :], other=0.0)
+            b_lse = tl.load(LSE + i_h * total_q + q_start + o_m, mask=m_m, other=0.0) * 1.4426950408889634
+            b_delta = tl.load(DELTA + i_h * total_q + q_start + o_m, mask=m_m, other=0.0)
+            b_s = _dot(b_q, tl.trans(b_k), tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32) * scale_log2
+            visible = m_m[:, None] & m_n[None, :]
+            if CAUSAL:
+                visible = visible & (o_n[None, :] <= o_m[:, None] + diag)
+            b_p = tl.where(visible, tl.exp2(b_s - b_lse[:, None]), 0.0)
+            b_dv = _dot(tl.trans(b_p.to(b_do.dtype)), b_do, b_dv, DOT_FP32)
+            b_dp = _dot(b_do, tl.trans(b_v), tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32)
+            b_ds = b_p * (b_dp - b_delta[:, None])
+            b_dk = _dot(tl.trans(b_ds.to(b_q.dtype)), b_q, b_dk, DOT_FP32)
+    p_dk = DK + (k_start + o_n)[:, None] * stride_dkt + i_kh * stride_dkh + o_d[None, :]
+    tl.store(p_dk, (b_dk * scale).to(DK.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
+    p_dv = DV + (k_start + o_n)[:, None] * stride_dvt + i_kh * stride_dvh + o_d[None, :]
+    tl.store(p_dv, b_dv.to(DV.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, scale, scale_log2,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+    stride_dqt, stride_dqh, total_q,
+    GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+):
+    i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    q_start = tl.load(CU_Q + i_b).to(tl.int64)
+    q_len = (tl.load(CU_Q + i_b + 1) - q_start).to(tl.int32)
+    if i_m * BM >= q_len:
+        return
+    k_start = tl.load(CU_K + i_b).to(tl.int64)
+    k_len = (tl.load(CU_K + i_b + 1) - k_start).to(tl.int32)
+    i_kh = i_h // GROUP
+    o_m = i_m * BM + tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    m_m, m_d = o_m < q_len, o_d < D
+    b_q = tl.load(Q + (q_start + o_m)[:, None] * stride_qt + i_h * stride_qh + o_d[None, :],
+                  mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_do = tl.load(DO + (q_start + o_m)[:, None] * stride_dot + i_h * stride_doh + o_d[None, :],
+                   mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_lse = tl.load(LSE + i_h * total_q + q_start + o_m, mask=m_m, other=0.0) * 1.4426950408889634
+    b_delta = tl.load(DELTA + i_h * total_q + q_start + o_m, mask=m_m, other=0.0)
+    b_dq = tl.zeros([BM, BD], dtype=tl.float32)
+    diag = k_len - q_len
+    hi = k_len
+    if CAUSAL:
+        hi = tl.minimum(k_len, (i_m + 1) * BM + diag)
+    for start_n in range(0, hi, BN):
+        o_n = start_n + tl.arange(0, BN)
+        m_n = o_n < k_len
+        b_kt = tl.load(K + (k_start + o_n)[None, :] * stride_kt + i_kh * stride_kh + o_d[:, None],
+                       mask=m_n[None, :] & m_d[:, None], other=0.0)
+        b_vt = tl.load(V + (k_start + o_n)[None, :] * stride_vt + i_kh * stride_vh + o_d[:, None],
+                       mask=m_n[None, :] & m_d[:, None], other=0.0)
+        b_s = _dot(b_q, b_kt, tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32) * scale_log2
+        visible = m_m[:, None] & m_n[None, :]
+        if CAUSAL:
+            visible = visible & (o_n[None, :] <= o_m[:, None] + diag)
+        b_p = tl.where(visible, tl.exp2(b_s - b_lse[:, None]), 0.0)
+        b_dp = _dot(b_do, b_vt, tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32)
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        b_dq = _dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), b_dq, DOT_FP32)
+    p_dq = DQ + (q_start + o_m)[:, None] * stride_dqt + i_h * stride_dqh + o_d[None, :]
+    tl.store(p_dq, (b_dq * scale).to(DQ.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+
+
+def _config(d: int, phase: str) -> dict:
+    """Tile sizes: small in the interpreter (test shapes), MMA-sized on GPU by head dim."""
+    if interpreting():
+        return dict(BM=16, BN=16)
+    if phase == "fwd":
+        return dict(BM=128, BN=64, num_warps=8 if d > 64 else 4, num_stages=3)
+    return dict(BM=64, BN=64, num_warps=8 if d > 64 else 4, num_stages=2)
+
+
+def _check(q, k, v, cu_q, cu_k):
+    if q.ndim != 3 or k.ndim != 3 or v.shape != k.shape or q.shape[2] != k.shape[2]:
+        raise ValueError(f"expected q [Tq, Hq, D], k/v [Tk, Hkv, D]; got {tuple(q.shape)}, {tuple(k.shape)}")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key heads ({k.shape[1]})")
+    if cu_q.numel() != cu_k.numel():
+        raise ValueError("cu_seqlens_q and cu_seqlens_k must describe the same number of sequences")
+
+
+def flash_varlen_forward(q, k, v, cu_q, cu_k, max_q: int, causal: bool, scale: float):
+    """``(out [Tq, Hq, D], lse [Hq, Tq] fp32, natural log)``.
+
+    As in FlashAttention, ``cu_q``/``cu_k`` run from 0 to the total length (every row belongs to a
+    sequence); checking that would cost a host sync per call.
+    """
+    _check(q, k, v, cu_q, cu_k)
+    total_q, hq, d = q.shape
+    out = torch.empty_like(q)
+    lse = torch.empty((hq, total_q), device=q.device, dtype=torch.float32)
+    cfg = _config(d, "fwd")
+    n_seq = cu_q.numel() - 1
+    if total_q == 0 or n_seq == 0 or max_q == 0:
+        return out.zero_(), lse.fill_(float("-inf"))
+    grid = (triton.cdiv(max_q, cfg["BM"]), n_seq, hq)
+    _fwd_kernel[grid](
+        q, k, v, out, lse, cu_q, cu_k, scale * LOG2E,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+        total_q, GROUP=hq // k.shape[1], D=d, CAUSAL=causal, DOT_FP32=interpreting(),
+        BD=triton.next_power_of_2(d), **cfg,
+    )
+    return out, lse
+
+
+def flash_varlen_backward(do, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int, causal: bool, scale: float):
+    """``(dq, dk, dv)`` with dK/dV summed over each KV head's query-head group."""
+    total_q, hq, d = q.shape
+    hkv = k.shape[1]
+    do = do.contiguous() if do.stride(-1) != 1 else do
+    delta = (out.float() * do.float()).sum(-1).transpose(0, 1).contiguous()  # [Hq, Tq]
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    n_seq = cu_q.numel() - 1
+    if n_seq == 0 or total_q == 0 or max_k == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    cfg = _config(d, "bwd")
+    common = dict(GROUP=hq // hkv, D=d, CAUSAL=causal, DOT_FP32=interpreting(), BD=triton.next_power_of_2(d), **cfg)
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1))
+    _bwd_dkdv_kernel[(triton.cdiv(max_k, cfg["BN"]), n_seq, hkv)](
+        q, k, v, do, lse, delta, dk, dv, cu_q, cu_k, scale, scale * LOG2E, *strides,
+        dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), total_q, **common,
+    )
+    if max_q > 0:
+        _bwd_dq_kernel[(triton.cdiv(max_q, cfg["BM"]), n_seq, hq)](
+            q, k, v, do, lse, delta, dq, cu_q, cu_k, scale, scale * LOG2E, *strides,
+            dq.stride(0), dq.stride(1), total_q, **common,
+        )
+    return dq, dk, dv

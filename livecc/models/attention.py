@@ -1,0 +1,94 @@
+"""``attn_implementation="livecc"``: our varlen attention behind Hugging Face's attention interface.
+
+Sequences come, in order of preference, from ``cu_seq_lens_q/k`` keyword arguments (packed
+training), from text position ids that restart at 0 (packing detected like FlashAttention-2 does),
+from a 2D padding mask, or else each batch row is one sequence (with a KV cache, queries are the
+last ``Lq`` positions: bottom-right causal).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..kernels.attention import varlen_attention
+
+__all__ = ["ATTN_IMPLEMENTATION", "cu_seqlens_from_position_ids", "livecc_attention_forward", "register"]
+
+ATTN_IMPLEMENTATION = "livecc"
+
+
+def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """Document offsets of a packed row whose positions restart at 0 for every document."""
+    flat = position_ids.flatten()
+    starts = (flat == 0).nonzero().flatten()
+    if starts.numel() == 0 or starts[0] != 0:
+        starts = torch.cat([starts.new_zeros(1), starts])
+    return torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
+
+
+def _lengths_max(cu: torch.Tensor) -> int:
+    return int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+
+
+def livecc_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    is_causal: bool | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    max_length_k: int | None = None,
+    position_ids: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """``query [B, Hq, Lq, D]``, ``key/value [B, Hkv, Lk, D]`` -> ``([B, Lq, Hq, D], None)``."""
+    if dropout:
+        raise NotImplementedError("livecc attention has no dropout")
+    causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    b, hq, lq, d = query.shape
+    lk = key.shape[2]
+    q, k, v = (t.transpose(1, 2).reshape(-1, t.shape[1], d) for t in (query, key, value))  # [B*L, H, D]
+    if cu_seq_lens_q is None and position_ids is not None and b == 1 and lq == lk and attention_mask is None:
+        cu_seq_lens_q = cu_seq_lens_k = cu_seqlens_from_position_ids(position_ids)
+    if cu_seq_lens_q is not None:
+        cu_q, cu_k = cu_seq_lens_q, cu_seq_lens_q if cu_seq_lens_k is None else cu_seq_lens_k
+        max_q = max_length_q or _lengths_max(cu_q)
+        max_k = max_length_k or _lengths_max(cu_k)
+    elif attention_mask is not None:
+        return _padded(q, k, v, attention_mask, b, lq, lk, causal, scaling), None
+    else:
+        cu_q = torch.arange(0, (b + 1) * lq, lq, device=q.device, dtype=torch.int32)
+        cu_k = torch.arange(0, (b + 1) * lk, lk, device=q.device, dtype=torch.int32)
+        max_q, max_k = lq, lk
+    out, _ = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal=causal, softmax_scale=scaling)
+    return out.view(b, lq, hq, d), None
+
+
+def _padded(q, k, v, mask, b, lq, lk, causal, scaling):
+    """Unpad with a 2D ``[B, Lk]`` mask (queries are the last ``Lq`` positions), attend, re-pad."""
+    if mask.ndim != 2:
+        raise ValueError(f"livecc attention takes a 2D padding mask, got shape {tuple(mask.shape)}")
+    keep_k = mask.bool()
+    keep_q = keep_k[:, lk - lq :]
+    cu_q = torch.nn.functional.pad(keep_q.sum(1).cumsum(0), (1, 0)).to(torch.int32)
+    cu_k = torch.nn.functional.pad(keep_k.sum(1).cumsum(0), (1, 0)).to(torch.int32)
+    out, _ = varlen_attention(q[keep_q.flatten()], k[keep_k.flatten()], v[keep_k.flatten()], cu_q, cu_k,
+                              _lengths_max(cu_q), _lengths_max(cu_k), causal=causal, softmax_scale=scaling)
+    full = out.new_zeros((b * lq, *out.shape[1:]))
+    full[keep_q.flatten()] = out
+    return full.view(b, lq, *out.shape[1:])
+
+
+def register() -> None:
+    """Make ``attn_implementation="livecc"`` known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, livecc_attention_forward)
+    # Like FlashAttention: no dense mask is built; padding arrives as the 2D mask, or None.
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, flash_attention_mask)
