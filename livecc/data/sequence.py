@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..kernels.preprocess import preprocess_frames_reference
+from ..kernels.preprocess import preprocess_frames, preprocess_frames_reference
 from .processor import TokenIds, VisionSpec
 from .records import ClipRecord
 from .rope import mrope_position_ids
@@ -151,15 +151,21 @@ def build_streaming_sample(
     budget: PixelBudget = PixelBudget(),
     backend: str = "auto",
     dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
 ) -> StreamingSample:
-    """Decode the record's clip and build its streaming sample (``clip`` skips the decode)."""
+    """Decode the record's clip and build its streaming sample (``clip`` skips the decode).
+
+    With ``device="cuda"`` the clip is decoded there when torchcodec can, and resized and
+    patchified by the Triton kernel, so CPU data workers only read records.
+    """
     if not isinstance(record, ClipRecord):
         record = ClipRecord.from_messages(record)
     tokenizer = getattr(processor, "tokenizer", processor)
     ids, spec = TokenIds.from_tokenizer(tokenizer), VisionSpec.from_processor(processor)
     if clip is None:
         path = Path(video_root) / record.video if video_root is not None else Path(record.video)
-        clip = decode_clip(path, record.video_start, record.video_end, resize=False, budget=budget, backend=backend)
+        clip = decode_clip(path, record.video_start, record.video_end, resize=False, budget=budget, backend=backend,
+                           device=device)
 
     windows = plan_windows(len(clip.pts), initial_frames, streaming_frames)
     assign_words(windows, clip.pts, record.words)
@@ -170,7 +176,9 @@ def build_streaming_sample(
 
     n_frames = windows[-1].frames.stop
     size = clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts), budget)
-    pixel_values, grid = preprocess_frames_reference(clip.frames[:n_frames], size, spec, dtype)
+    frames = clip.frames[:n_frames].to(device)
+    preprocess = preprocess_frames if frames.is_cuda else preprocess_frames_reference
+    pixel_values, grid = preprocess(frames, size, spec, dtype)
     _, gh, gw = grid[0].tolist()
     tp = spec.temporal_patch_size
     grids = torch.tensor([[(w.frames.stop - w.frames.start) // tp, gh, gw] for w in windows])

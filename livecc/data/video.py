@@ -118,10 +118,10 @@ class StrictFpsSampler:
 
 
 # ---------------------------------------------------------------- backends
-# Each yields (pts, get_frame) in presentation order; get_frame() -> uint8 [H, W, 3] ndarray,
-# called only for frames the sampler keeps.
+# Each yields (pts, get_frame) in presentation order; get_frame() -> uint8 [H, W, 3] tensor (on the
+# decoder's device), called only for frames the sampler keeps.
 
-FrameStream = Iterator[tuple[float, Callable[[], np.ndarray]]]
+FrameStream = Iterator[tuple[float, Callable[[], torch.Tensor]]]
 
 
 def _pyav_frames(path: str, start: float, device: str) -> FrameStream:
@@ -142,7 +142,8 @@ def _pyav_frames(path: str, start: float, device: str) -> FrameStream:
             for frame in container.decode(stream):
                 if frame.pts is None:
                     raise VideoError(f"{path}: frame without a presentation timestamp")
-                yield float(frame.pts * stream.time_base), lambda f=frame: f.to_ndarray(format="rgb24")
+                pts = float(frame.pts * stream.time_base)
+                yield pts, lambda f=frame: torch.from_numpy(f.to_ndarray(format="rgb24"))
         except av.error.FFmpegError as e:
             raise VideoError(f"{path}: corrupt video ({e})") from e
 
@@ -159,7 +160,7 @@ def _decord_frames(path: str, start: float, device: str) -> FrameStream:
         raise VideoError(f"{path}: no video frames")
     first = max(0, int(np.searchsorted(pts, start - _EPS)) - 1)
     for i in range(first, len(pts)):
-        yield float(pts[i]), lambda i=i: reader[i].asnumpy()
+        yield float(pts[i]), lambda i=i: torch.from_numpy(reader[i].asnumpy())
 
 
 def _torchcodec_frames(path: str, start: float, device: str) -> FrameStream:
@@ -175,7 +176,7 @@ def _torchcodec_frames(path: str, start: float, device: str) -> FrameStream:
     while t < stop:
         batch = decoder.get_frames_played_in_range(t, min(t + chunk, stop))
         for k, p in enumerate(batch.pts_seconds.tolist()):
-            yield p, lambda k=k, b=batch: b.data[k].cpu().numpy()
+            yield p, lambda k=k, b=batch: b.data[k]
         t += chunk
 
 
@@ -187,31 +188,39 @@ BACKENDS: dict[str, Callable[[str, float, str], FrameStream]] = {
 _MODULES = {"torchcodec": "torchcodec.decoders", "decord": "decord", "pyav": "av"}
 
 
-def available_backends() -> list[str]:
-    """Backends whose libraries import here, in order of preference."""
+def backend_status() -> dict[str, str | None]:
+    """Each backend's import error, or None when it imports here."""
     import importlib
 
-    found = []
+    status = {}
     for name, module in _MODULES.items():
         try:
             importlib.import_module(module)
-        except Exception:  # a broken install (e.g. torchcodec without CUDA torch) is "not available"
-            continue
-        found.append(name)
-    return found
+            status[name] = None
+        except Exception as e:  # a broken install (e.g. torchcodec without CUDA torch) is "not available"
+            status[name] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+    return status
+
+
+def available_backends() -> list[str]:
+    """Backends whose libraries import here."""
+    return [name for name, error in backend_status().items() if error is None]
 
 
 def _choose_backend(backend: str, device: str) -> str:
-    found = available_backends()
+    status = backend_status()
     if backend != "auto":
         if backend not in BACKENDS:
             raise ValueError(f"unknown video backend {backend!r}; choose from {sorted(BACKENDS)}")
-        if backend not in found:
-            raise VideoError(f"video backend {backend!r} is not installed")
+        if status[backend] is not None:
+            raise VideoError(f"video backend {backend!r} is not available ({status[backend]})")
         return backend
-    order = ["torchcodec", "decord", "pyav"] if device != "cpu" else ["decord", "pyav", "torchcodec"]
-    for name in order:
-        if name in found:
+    if device != "cpu":
+        if status["torchcodec"] is None:
+            return "torchcodec"
+        log.warning("GPU decoding unavailable, decoding on CPU: torchcodec %s", status["torchcodec"])
+    for name in ("decord", "pyav", "torchcodec"):
+        if status[name] is None:
             return name
     raise VideoError("no video backend installed: pip install 'livecc[video]'")
 
@@ -227,7 +236,11 @@ def decode_clip(
     budget: PixelBudget = PixelBudget(),
     device: str = "cpu",
 ) -> VideoClip:
-    """Frames of ``[start, end]`` at strict ``fps``, resized to the clip's budget when ``resize``."""
+    """Frames of ``[start, end]`` at strict ``fps``, resized to the clip's budget when ``resize``.
+
+    ``device="cuda"`` decodes with torchcodec on NVDEC when it is installed (else on CPU, with a
+    logged reason) and returns the frames on that device.
+    """
     source = str(path)
     if not Path(source).is_file():
         raise VideoError(f"{source}: video file not found")
@@ -255,7 +268,7 @@ def decode_clip(
     while len(frames) % FRAME_FACTOR:
         frames.append(frames[-1])
         pts.append(pts[-1])
-    video = torch.from_numpy(np.stack(frames))
+    video = torch.stack(frames).to(device)
     if resize:
         video = resize_frames(video, clip_frame_size(video.shape[1], video.shape[2], len(frames), budget))
     return VideoClip(frames=video, pts=pts, source=source, backend=name)
