@@ -1,3 +1,6 @@
-"""Streaming commentary inference."""
+"""Streaming commentary inference: a session per stream over one bounded KV cache."""
 
-__all__: list[str] = []
+from .cache import StreamKVCache
+from .session import StreamingSession, WindowResult
+
+__all__ = ["StreamKVCache", "StreamingSession", "WindowResult"]
