@@ -83,6 +83,34 @@ def cmd_words(args) -> int:
     return 0
 
 
+def cmd_stream(args) -> int:
+    """Comment on a video file or live stream in real time; end with a latency summary."""
+    from .infer import StreamingSession
+    from .infer.stream import iter_windows, run_stream
+    from .models import load_model
+
+    model, processor = load_model(args.model, args.device)
+    session = StreamingSession(model, processor, query=args.query, max_new_tokens=args.max_new_tokens,
+                               repetition_penalty=args.repetition_penalty, horizon=args.horizon)
+    out = open(args.jsonl, "w") if args.jsonl else None
+
+    def show(result) -> None:
+        print(f"[{result.start:7.1f}-{result.end:7.1f}s] {result.text}", flush=True)
+        if out:
+            out.write(json.dumps({"start": result.start, "end": result.end, "text": result.text,
+                                  "timings_ms": result.timings}) + "\n")
+
+    source = "pipe:0" if args.source == "-" else args.source
+    try:
+        report = run_stream(session, iter_windows(source, format=args.format), realtime=not args.fast,
+                            max_lag=args.max_lag, on_result=show)
+    finally:
+        if out:
+            out.close()
+    print("summary: " + " ".join(f"{k}={v}" for k, v in report.summary().items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livecc", description="LiveCC: video LLMs trained on streaming ASR.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and backend choices")
@@ -101,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--processor", default=None, help="local Qwen2-VL processor directory (default: offline)")
     sample.add_argument("--with-context", action="store_true", help="put title / previous ASR in the first turn")
     sample.set_defaults(func=cmd_sample)
+
+    stream = sub.add_parser("stream", help=cmd_stream.__doc__, description=cmd_stream.__doc__)
+    stream.add_argument("source", help="video file, URL (rtsp/http/udp), or - for a stream on stdin")
+    stream.add_argument("--model", required=True, help="local Qwen2-VL checkpoint directory, or 'tiny'")
+    stream.add_argument("--query", default="", help="user prompt in the first turn")
+    stream.add_argument("--jsonl", default=None, help="also write each window's commentary here")
+    stream.add_argument("--fast", action="store_true", help="as fast as possible instead of real-time pace")
+    stream.add_argument("--format", default=None, help="container format for pipes (e.g. mpegts)")
+    stream.add_argument("--max-new-tokens", type=int, default=16)
+    stream.add_argument("--repetition-penalty", type=float, default=1.05)
+    stream.add_argument("--horizon", type=float, default=240.0, help="seconds of video kept in the KV cache")
+    stream.add_argument("--max-lag", type=float, default=1.0, help="seconds behind real time before dropping")
+    stream.add_argument("--device", default=None)
+    stream.set_defaults(func=cmd_stream)
 
     words = sub.add_parser("words", help=cmd_words.__doc__, description=cmd_words.__doc__)
     words.add_argument("transcript")

@@ -50,7 +50,8 @@ def test_window_logits_equal_one_full_forward(processor, gen):
     assert [r.start for r in results] == [0.0, 3.0, 4.0, 5.0, 6.0] and results[1].text == "the ball"
     check_logits(model, session)
     text = processor.tokenizer.decode(torch.cat(session.trace.ids))
-    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nTime=0.0-3.0s")
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert text.startswith(system + "<|im_start|>user\nTime=0.0-3.0s")
     assert "What happens?<|im_end|>\n<|im_start|>assistant\n" in text
     assert "<|im_start|>assistant\nthe ball ...<|im_end|>\n<|im_start|>user\nTime=4.0-5.0s" in text
 

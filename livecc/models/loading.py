@@ -1,0 +1,27 @@
+"""Load a Qwen2-VL model and its processor from a local directory (or the offline tiny default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+__all__ = ["load_model"]
+
+
+def load_model(path: str, device: str | None = None, dtype: torch.dtype | None = None):
+    """``(model, processor)``. ``path="tiny"`` builds a random tiny Qwen2-VL with the offline
+    processor (no download), for smoke runs; anything else is a local checkpoint directory."""
+    from ..data.processor import load_processor
+    from ..testing import offline_processor, tiny_qwen2vl
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    if path == "tiny":
+        return tiny_qwen2vl().to(device=device, dtype=dtype), offline_processor()
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{path}: model directory not found (no model hub is used)")
+    from transformers import Qwen2VLForConditionalGeneration
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
+    return model.to(device).eval(), load_processor(path)

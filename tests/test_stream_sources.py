@@ -1,0 +1,77 @@
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from livecc.cli import main
+from livecc.data.synth import synthesize_clip
+from livecc.infer import StreamingSession
+from livecc.infer.stream import iter_windows, run_stream
+from livecc.testing import tiny_qwen2vl
+
+
+@pytest.fixture(autouse=True)
+def torch_attention(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    synthesize_clip(root, "shapes", seed=3, duration=6.0)
+    return root / "shapes.mp4"
+
+
+def test_windows_of_a_file(clip):
+    windows = list(iter_windows(str(clip)))
+    assert [w.shape[0] for w, _ in windows] == [6] + [2] * 3  # 12 frames at 2 FPS over 6 s
+    assert [t for _, t in windows] == [3.0, 4.0, 5.0, 6.0]
+
+
+def test_live_stream_from_ffmpeg_pipe_is_commented_while_it_plays(clip, processor):
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        pytest.skip("ffmpeg not installed (make setup installs it)")
+    proc = subprocess.Popen([ffmpeg, "-loglevel", "error", "-re", "-i", str(clip), "-c:v", "libx264",
+                             "-preset", "ultrafast", "-tune", "zerolatency", "-muxdelay", "0", "-flush_packets", "1",
+                             "-f", "mpegts", "pipe:1"], stdout=subprocess.PIPE)
+    session = StreamingSession(tiny_qwen2vl(seed=0), processor, max_new_tokens=2)
+    arrivals = []
+    start = time.monotonic()
+    try:
+        report = run_stream(session, iter_windows(proc.stdout, format="mpegts"), realtime=True,
+                            on_result=lambda r: arrivals.append((r.end, time.monotonic() - start)))
+    finally:
+        proc.wait(timeout=30)
+    assert report.windows == 4 and report.dropped == 0
+    # Windows are commented as the stream plays (-re: FFmpeg sends at real-time pace), not at the end:
+    # the last comment comes about 3 s after the first, as the stream times say.
+    gaps = [b[1] - a[1] for a, b in zip(arrivals, arrivals[1:])]
+    assert arrivals[-1][1] - arrivals[0][1] > 2.0 and all(g > 0.4 for g in gaps), arrivals
+
+
+def test_falling_behind_drops_windows_and_says_so(clip, processor):
+    class SlowSession(StreamingSession):
+        def step(self, frames, force_text=None):
+            time.sleep(1.6)  # slower than real time: 1 s windows take 1.6 s
+            return super().step(frames, force_text)
+
+    session = SlowSession(tiny_qwen2vl(seed=0), processor, max_new_tokens=1)
+    report = run_stream(session, iter_windows(str(clip)), realtime=True, max_lag=0.5)
+    assert report.dropped >= 1 and report.windows + report.dropped == 4
+    assert session.clock == 6.0  # the clock skipped the dropped windows: Time= stays true
+
+
+def test_cli_stream_writes_commentary_and_summary(clip, tmp_path, capsys):
+    out = tmp_path / "commentary.jsonl"
+    assert main(["stream", str(clip), "--model", "tiny", "--fast", "--max-new-tokens", "2",
+                 "--jsonl", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "[    0.0-    3.0s]" in printed and "summary: windows=4 dropped=0" in printed
+    assert len(out.read_text().splitlines()) == 4
+
+
+def test_missing_stream_is_a_clear_error(tmp_path, capsys):
+    assert main(["stream", str(tmp_path / "nope.mp4"), "--model", "tiny", "--fast"]) == 1
+    assert "nope.mp4" in capsys.readouterr().err
