@@ -111,6 +111,59 @@ def cmd_stream(args) -> int:
     return 0
 
 
+def cmd_cc_generate(args) -> int:
+    """Generate LiveSports-3K commentary for every event (resumable, shardable)."""
+    from .eval import cc_generate, load_events
+    from .models import load_model
+
+    model, processor = load_model(args.model, args.device)
+    counts = cc_generate(load_events(args.annotations), model, processor, args.video_root, args.out,
+                         style=args.style, shard=args.shard, num_shards=args.num_shards)
+    print("summary: " + " ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0 if not counts["failed"] else 3
+
+
+def cmd_cc_judge(args) -> int:
+    """Judge predictions against a baseline with an LLM, both orders; print the win rate."""
+    from .chat import ChatClient
+    from .eval import load_events, read_predictions, run_judge
+
+    client = ChatClient(args.base_url, args.judge_model, args.api_key, azure_api_version=args.azure_api_version,
+                        requests_per_second=args.rps)
+    preds = {k: r["pred"] for k, r in read_predictions(args.predictions).items()}
+    base = {k: r["pred"] for k, r in read_predictions(args.baseline).items()}
+    result = run_judge(load_events(args.annotations), preds, base, args.model_id, args.baseline_id, client,
+                       args.out, workers=args.workers)
+    print(f"Winning Rate for {args.model_id} vs. {args.baseline_id}: {result['win_rate']:.2f}% "
+          f"({result['events']} events; {result['asked']} asked, {result['cached']} cached)")
+    for sport, rate in result["per_sport"].items():
+        print(f"  {sport}: {rate:.2f}%")
+    return 0
+
+
+def cmd_cc_score(args) -> int:
+    """Print the win rate of a verdict file (wins / 2N; ties count as non-wins)."""
+    from .eval import win_rate
+
+    with open(args.verdicts) as f:
+        rate, n = win_rate((json.loads(line) for line in f if line.strip()), args.model_id)
+    print(f"Winning Rate for {args.model_id}: {rate:.2f}% over {n} events")
+    return 0
+
+
+def cmd_mcq(args) -> int:
+    """Multiple-choice accuracy from the option letters' logits after 'Answer:'."""
+    from .eval import load_questions, score_mcq
+    from .models import load_model
+
+    model, processor = load_model(args.model, args.device)
+    result = score_mcq(model, processor, load_questions(args.questions), args.video_root, args.out)
+    print(f"accuracy: {result['accuracy']:.2f}% over {result['answered']} questions ({result['failed']} failed)")
+    for qtype, acc in result["per_type"].items():
+        print(f"  {qtype}: {acc:.2f}%")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livecc", description="LiveCC: video LLMs trained on streaming ASR.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and backend choices")
@@ -144,6 +197,44 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--device", default=None)
     stream.set_defaults(func=cmd_stream)
 
+    ev = sub.add_parser("eval", help="LiveSports-3K commentary and multiple-choice evaluation")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="EVAL")
+    gen = ev_sub.add_parser("cc-generate", help=cmd_cc_generate.__doc__, description=cmd_cc_generate.__doc__)
+    gen.add_argument("--annotations", required=True, help="LiveSports-3K CC events (JSONL)")
+    gen.add_argument("--video-root", required=True)
+    gen.add_argument("--model", required=True, help="local Qwen2-VL checkpoint directory, or 'tiny'")
+    gen.add_argument("--out", required=True, help="prediction JSONL (appended; a rerun resumes)")
+    gen.add_argument("--style", choices=["instruct", "base"], default="instruct")
+    gen.add_argument("--shard", type=int, default=0)
+    gen.add_argument("--num-shards", type=int, default=1)
+    gen.add_argument("--device", default=None)
+    gen.set_defaults(func=cmd_cc_generate)
+    judge = ev_sub.add_parser("cc-judge", help=cmd_cc_judge.__doc__, description=cmd_cc_judge.__doc__)
+    judge.add_argument("--annotations", required=True, help="events with event_asr_text (and class)")
+    judge.add_argument("--predictions", required=True)
+    judge.add_argument("--baseline", required=True, help="the baseline's predictions (GPT-4o.jsonl)")
+    judge.add_argument("--model-id", required=True)
+    judge.add_argument("--baseline-id", default="GPT-4o")
+    judge.add_argument("--out", required=True, help="verdicts JSONL (reference format)")
+    judge.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (env OPENAI_BASE_URL)")
+    judge.add_argument("--judge-model", default="gpt-4o-2024-08-06")
+    judge.add_argument("--api-key", default=None, help="default: env OPENAI_API_KEY")
+    judge.add_argument("--azure-api-version", default=None, help="set for Azure OpenAI endpoints")
+    judge.add_argument("--workers", type=int, default=16)
+    judge.add_argument("--rps", type=float, default=None, help="requests per second limit")
+    judge.set_defaults(func=cmd_cc_judge)
+    score = ev_sub.add_parser("cc-score", help=cmd_cc_score.__doc__, description=cmd_cc_score.__doc__)
+    score.add_argument("verdicts")
+    score.add_argument("--model-id", required=True)
+    score.set_defaults(func=cmd_cc_score)
+    mcq = ev_sub.add_parser("mcq", help=cmd_mcq.__doc__, description=cmd_mcq.__doc__)
+    mcq.add_argument("questions", help="JSON/JSONL questions (LiveSports-3K QA, VideoMME, MVBench, OVOBench)")
+    mcq.add_argument("--video-root", required=True)
+    mcq.add_argument("--model", required=True)
+    mcq.add_argument("--out", default=None, help="per-question predictions JSONL")
+    mcq.add_argument("--device", default=None)
+    mcq.set_defaults(func=cmd_mcq)
+
     words = sub.add_parser("words", help=cmd_words.__doc__, description=cmd_words.__doc__)
     words.add_argument("transcript")
     words.set_defaults(func=cmd_words)
@@ -155,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ValueError, RuntimeError, OSError) as e:
         print(f"livecc {args.command}: error: {e}", file=sys.stderr)
         return 1
 

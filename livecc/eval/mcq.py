@@ -1,0 +1,138 @@
+"""Multiple-choice video QA scored from the logits of the option letters after ``Answer:``.
+
+Question files are JSON or JSONL in the shapes of LiveSports-3K QA, VideoMME, MVBench and
+OVOBench; :func:`normalize_question` maps their field names onto one :class:`Question`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+__all__ = ["Question", "answer_logits", "load_questions", "normalize_question", "score_mcq"]
+
+LETTERS = string.ascii_uppercase
+_LETTER_PREFIX = re.compile(r"^\s*\(?([A-Z])[.):]\s+")
+
+
+@dataclass
+class Question:
+    video: str
+    question: str
+    options: list[str]
+    answer: str  # a letter
+    qtype: str = ""
+    start: float | None = None
+    end: float | None = None
+    qid: str = ""
+
+
+def _first(d: dict, *keys, default=None):
+    return next((d[k] for k in keys if k in d and d[k] is not None), default)
+
+
+def normalize_question(d: dict, where: str = "<question>", qtype: str = "") -> Question:
+    """One question from any of the supported benchmark shapes; a missing field is an error."""
+    video = _first(d, "video", "video_path", "videoID", "video_id")
+    options = _first(d, "options", "candidates", "choices")
+    answer = _first(d, "answer", "gt", "label")
+    if video is None or options is None or answer is None or "question" not in d:
+        raise ValueError(f"{where}: needs video, question, options/candidates and answer (got {sorted(d)})")
+    video = str(video)
+    if not Path(video).suffix:
+        video += ".mp4"  # VideoMME names videos by id
+    options = [_LETTER_PREFIX.sub("", str(o)) for o in options]
+    if isinstance(answer, int):
+        letter = LETTERS[answer]
+    elif len(str(answer).strip()) == 1 and str(answer).strip().upper() in LETTERS[: len(options)]:
+        letter = str(answer).strip().upper()
+    elif _LETTER_PREFIX.sub("", str(answer)) in options:
+        letter = LETTERS[options.index(_LETTER_PREFIX.sub("", str(answer)))]
+    else:
+        raise ValueError(f"{where}: answer {answer!r} is neither a letter nor one of the options")
+    start = _first(d, "video_start", "begin", "start")
+    end = _first(d, "video_end", "end")
+    return Question(video=video, question=str(d["question"]), options=options, answer=letter,
+                    qtype=str(_first(d, "task_type", "question_type", "type", "task", default=qtype)),
+                    start=None if start is None else float(start), end=None if end is None else float(end),
+                    qid=str(_first(d, "question_id", "id", "qid", default="")))
+
+
+def load_questions(path: str | Path) -> list[Question]:
+    """Questions of a JSON list, a JSONL file, or a MVBench-style JSON (the file name is the task)."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        rows = json.loads(text)
+        rows = rows if isinstance(rows, list) else [rows]
+    except json.JSONDecodeError:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [normalize_question(r, f"{path}: question {i}", qtype=path.stem) for i, r in enumerate(rows)]
+
+
+def _prompt(q: Question) -> str:
+    options = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(q.options))
+    return (f"{q.question}\n{options}\nAnswer with the option's letter from the given choices directly.")
+
+
+@torch.no_grad()
+def answer_logits(model, processor, q: Question, video_root: str | Path) -> torch.Tensor:
+    """Logits of ``" A"``, ``" B"``, ... after the assistant's ``Answer:`` for one question."""
+    from ..data.processor import TokenIds, VisionSpec
+    from ..data.rope import mrope_position_ids
+    from ..data.sequence import SYSTEM_TURN, VIDEO_BLOCK
+    from ..data.video import clip_frame_size, decode_clip
+    from ..kernels.preprocess import preprocess_frames, preprocess_frames_reference
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    ids_, spec = TokenIds.from_tokenizer(tokenizer), VisionSpec.from_processor(processor)
+    device = next(model.parameters()).device
+    clip = decode_clip(Path(video_root) / q.video, q.start, q.end, resize=False, device=str(device))
+    size = clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts))
+    frames = clip.frames.to(device)
+    pixels, grid = (preprocess_frames if frames.is_cuda else preprocess_frames_reference)(frames, size, spec)
+    text = (SYSTEM_TURN + f"<|im_start|>user\n{VIDEO_BLOCK}{_prompt(q)}<|im_end|>\n"
+            + "<|im_start|>assistant\nAnswer:")
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
+    n_pad = int(grid.prod() // spec.merge_size**2)
+    ids = torch.repeat_interleave(ids, torch.where(ids == ids_.video_pad, n_pad, 1))
+    positions, _ = mrope_position_ids(ids, grid, (ids_.video_pad,), spec.merge_size)
+    logits = model(input_ids=ids[None].to(device), position_ids=positions[:, None].to(device),
+                   pixel_values_videos=pixels.to(model.dtype), video_grid_thw=grid.to(device)).logits[0, -1]
+    letters = [tokenizer(f" {LETTERS[i]}", add_special_tokens=False).input_ids[-1] for i in range(len(q.options))]
+    return logits[letters].float().cpu()
+
+
+def score_mcq(model, processor, questions: list[Question], video_root: str | Path, out: str | Path | None = None
+              ) -> dict:
+    """Accuracy overall and per question type; a question whose video fails is counted, not fatal."""
+    from ..data.video import VideoError
+
+    per_type, failed, rows = defaultdict(lambda: [0, 0]), [], []
+    for i, q in enumerate(tqdm(questions, desc="mcq", unit="question")):
+        try:
+            scores = answer_logits(model, processor, q, video_root)
+        except VideoError as e:
+            failed.append({"index": i, "error": str(e)})
+            continue
+        pick = LETTERS[int(scores.argmax())]
+        per_type[q.qtype or "all"][0] += pick == q.answer
+        per_type[q.qtype or "all"][1] += 1
+        rows.append({"index": i, "qid": q.qid, "type": q.qtype, "pred": pick, "answer": q.answer,
+                     "logits": [round(float(s), 4) for s in scores]})
+    if out is not None:
+        with open(out, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    correct = sum(c for c, _ in per_type.values())
+    total = sum(n for _, n in per_type.values())
+    return {"accuracy": 100.0 * correct / total if total else float("nan"), "answered": total,
+            "failed": len(failed), "failures": failed[:10],
+            "per_type": {t: 100.0 * c / n for t, (c, n) in sorted(per_type.items())}}
