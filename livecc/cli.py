@@ -164,6 +164,15 @@ def cmd_mcq(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    """Train with the streaming objective (torchrun for several GPUs or machines)."""
+    from .train import load_config, train
+
+    cfg = load_config(args.config, args.overrides)
+    train(cfg, resume=args.resume)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livecc", description="LiveCC: video LLMs trained on streaming ASR.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and backend choices")
@@ -196,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--max-lag", type=float, default=1.0, help="seconds behind real time before dropping")
     stream.add_argument("--device", default=None)
     stream.set_defaults(func=cmd_stream)
+
+    tr = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
+    tr.add_argument("--config", default=None, help="JSON or YAML config (see configs/)")
+    tr.add_argument("--resume", default=None, help="checkpoint directory to continue from")
+    tr.add_argument("overrides", nargs="*", help="key=value overrides, values in JSON (lr=1e-5 max_steps=10)")
+    tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="LiveSports-3K commentary and multiple-choice evaluation")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="EVAL")

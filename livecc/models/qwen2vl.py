@@ -8,7 +8,21 @@ from ..kernels.attention import varlen_attention
 from ..kernels.cross_entropy import text_only_linear_cross_entropy
 from .attention import ATTN_IMPLEMENTATION, register
 
-__all__ = ["text_only_causal_lm_loss", "use_livecc_attention"]
+__all__ = ["TextOnlyHead", "text_only_causal_lm_loss", "use_livecc_attention"]
+
+
+class TextOnlyHead(torch.nn.Module):
+    """The LM head applied, with the loss, to labelled rows only. A module of its own so that FSDP
+    can shard and gather the head's weight around this call like around any forward."""
+
+    def __init__(self, lm_head: torch.nn.Linear):
+        super().__init__()
+        self.lm_head = lm_head
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor, reduction: str = "mean",
+                ignore_index: int = -100) -> torch.Tensor:
+        return text_only_linear_cross_entropy(hidden, self.lm_head.weight, targets, self.lm_head.bias,
+                                              ignore_index=ignore_index, reduction=reduction)
 
 
 def text_only_causal_lm_loss(
@@ -18,6 +32,7 @@ def text_only_causal_lm_loss(
     *,
     reduction: str = "mean",
     ignore_index: int = -100,
+    head: TextOnlyHead | None = None,
     **model_inputs,
 ) -> torch.Tensor:
     """Next-token loss of a ``Qwen2VLForConditionalGeneration`` without full-vocabulary logits.
@@ -29,11 +44,8 @@ def text_only_causal_lm_loss(
     out = model.model(input_ids=input_ids, use_cache=False, **model_inputs)
     hidden = out.last_hidden_state[..., :-1, :]
     targets = labels[..., 1:]
-    head = model.lm_head
-    return text_only_linear_cross_entropy(
-        hidden.reshape(-1, hidden.shape[-1]), head.weight, targets.reshape(-1), head.bias,
-        ignore_index=ignore_index, reduction=reduction,
-    )
+    head = head if head is not None else TextOnlyHead(model.lm_head)
+    return head(hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1), reduction, ignore_index)
 
 
 def _vision_attention_forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):

@@ -1,3 +1,6 @@
-"""Packed streaming training."""
+"""Packed streaming training: pre-training and SFT on one GPU or many."""
 
-__all__: list[str] = []
+from .config import TrainConfig, load_config
+from .trainer import Trainer, train
+
+__all__ = ["TrainConfig", "Trainer", "load_config", "train"]

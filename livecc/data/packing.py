@@ -1,0 +1,170 @@
+"""Pack streaming samples into varlen batches, and the loader that feeds them to training.
+
+A pack is one row of concatenated clips: ``cu_seqlens`` separates them for attention, each clip
+keeps its own 3D M-RoPE positions (restarting at 0) and labels, and the ViT sees every frame group
+of every clip at once (its own cu_seqlens come from ``video_grid_thw``). The loader shards clips
+deterministically by rank, builds samples in worker processes, and resumes at a clip position.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .records import RecordError, SeekableRecords
+from .sequence import EmptySampleError, StreamingSample, build_streaming_sample
+from .video import VideoError
+from .words import TranscriptError
+
+__all__ = ["Pack", "PackedLoader", "StreamingDataset", "pack_samples"]
+
+log = logging.getLogger("livecc.packing")
+
+
+@dataclass
+class Pack:
+    input_ids: torch.Tensor  # [1, L]
+    labels: torch.Tensor  # [1, L]
+    position_ids: torch.Tensor  # [3, 1, L], restarting at every clip
+    cu_seqlens: torch.Tensor  # [n_clips + 1] int32
+    max_seqlen: int
+    pixel_values_videos: torch.Tensor  # [N, 1176]
+    video_grid_thw: torch.Tensor  # [groups, 3]
+    n_clips: int
+
+    @property
+    def n_tokens(self) -> int:
+        return self.input_ids.shape[1]
+
+    @property
+    def n_label_tokens(self) -> int:
+        """Tokens that predict a label (labels are shifted by one inside the loss)."""
+        return int((self.labels[:, 1:] != -100).sum())
+
+    def model_inputs(self, device=None) -> dict:
+        """Keyword arguments for a Qwen2-VL forward on livecc attention (no cross-clip attention)."""
+        move = lambda t: t.to(device) if device is not None else t
+        return {
+            "input_ids": move(self.input_ids), "position_ids": move(self.position_ids),
+            "pixel_values_videos": move(self.pixel_values_videos), "video_grid_thw": move(self.video_grid_thw),
+            "cu_seq_lens_q": move(self.cu_seqlens), "cu_seq_lens_k": move(self.cu_seqlens),
+            "max_length_q": self.max_seqlen, "max_length_k": self.max_seqlen,
+        }
+
+
+def pack_samples(samples: list[StreamingSample]) -> Pack:
+    """Concatenate samples into one pack. A clip's first label is masked, so no loss crosses a clip
+    boundary (the last token of clip i never predicts the first of clip i+1)."""
+    lengths = [s.input_ids.numel() for s in samples]
+    labels = []
+    for s in samples:
+        lab = s.labels.clone()
+        lab[0] = -100
+        labels.append(lab)
+    return Pack(
+        input_ids=torch.cat([s.input_ids for s in samples])[None],
+        labels=torch.cat(labels)[None],
+        position_ids=torch.cat([s.position_ids for s in samples], dim=1)[:, None],
+        cu_seqlens=torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32),
+        max_seqlen=max(lengths),
+        pixel_values_videos=torch.cat([s.pixel_values_videos for s in samples]),
+        video_grid_thw=torch.cat([s.video_grid_thw for s in samples]),
+        n_clips=len(samples),
+    )
+
+
+# Bad inputs a long run counts and skips instead of dying on.
+SAMPLE_ERRORS = (RecordError, VideoError, TranscriptError, EmptySampleError, FileNotFoundError)
+
+
+class StreamingDataset(torch.utils.data.Dataset):
+    """Record ``i`` of one or more Live-CC JSONL files as a streaming sample, or the error it raised."""
+
+    def __init__(self, paths: list[str | Path], processor, video_root: str | Path | None = None, **sample_kwargs):
+        self.files = [SeekableRecords(p) for p in paths]
+        self.index = [(f, i) for f, records in enumerate(self.files) for i in range(len(records))]
+        self.processor, self.video_root, self.sample_kwargs = processor, video_root, sample_kwargs
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> StreamingSample | str:
+        f, j = self.index[i]
+        try:
+            record = self.files[f].record(j)
+            return build_streaming_sample(record, self.processor, video_root=self.video_root, **self.sample_kwargs)
+        except SAMPLE_ERRORS as e:
+            return f"{type(e).__name__}: {e}"
+
+
+class PackedLoader:
+    """Packs of at most ``token_budget`` tokens from this rank's share of a shuffled epoch.
+
+    Order is a function of ``(seed, epoch)`` only; rank ``r`` of ``world`` takes every ``world``-th
+    clip. ``state_dict()`` records how many of its clips a rank consumed; loading it skips them
+    without building them. A clip longer than the budget forms a pack of its own.
+    """
+
+    def __init__(self, dataset: StreamingDataset, token_budget: int, *, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, shuffle: bool = True, num_workers: int = 0, epoch: int = 0):
+        self.dataset, self.token_budget = dataset, token_budget
+        self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
+        self.num_workers = num_workers
+        self.epoch, self.consumed = epoch, 0
+        self.errors: Counter = Counter()
+
+    def _order(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(len(self.dataset), generator=g).tolist()
+        else:
+            order = list(range(len(self.dataset)))
+        return order[self.rank :: self.world_size]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed, "errors": dict(self.errors)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.consumed = state["epoch"], state["consumed"]
+        self.errors = Counter(state.get("errors", {}))
+
+    def __iter__(self) -> Iterator[Pack]:
+        """Packs until this epoch's clips run out; then the next epoch begins on the next call.
+
+        ``consumed`` advances only when a pack is handed out, to just before the clip that opens the
+        next pack, so a checkpoint taken between packs resumes with the first clip not trained on.
+        """
+        indices = self._order()[self.consumed :]
+        loader = torch.utils.data.DataLoader(
+            self.dataset, sampler=indices, batch_size=None, num_workers=self.num_workers,
+            collate_fn=lambda x: x, persistent_workers=False)
+        pending, size, position = [], 0, self.consumed
+        unsaved_errors: Counter = Counter()
+        for sample in loader:
+            position += 1
+            if isinstance(sample, str):
+                unsaved_errors[sample.split(":")[0]] += 1
+                log.warning("skipped a clip: %s", sample)
+                continue
+            n = sample.input_ids.numel()
+            if pending and size + n > self.token_budget:
+                self.consumed = position - 1  # everything before the clip that starts the next pack
+                yield self._commit(pending, unsaved_errors)
+                pending, size = [], 0
+            pending.append(sample)
+            size += n
+        self.consumed = position
+        if pending:
+            yield self._commit(pending, unsaved_errors)
+        self.errors.update(unsaved_errors)
+        self.epoch, self.consumed = self.epoch + 1, 0
+
+    def _commit(self, samples: list[StreamingSample], unsaved_errors: Counter) -> Pack:
+        self.errors.update(unsaved_errors)
+        unsaved_errors.clear()
+        return pack_samples(samples)

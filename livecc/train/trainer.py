@@ -1,0 +1,323 @@
+"""Packed streaming training of Qwen2-VL on one process or many (torchrun + FSDP2).
+
+One optimizer step consumes ``global_batch_clips`` clips over all ranks, as packs of at most
+``token_budget`` tokens. The loss is the mean over every labelled token of the step: micro-batches
+backpropagate summed losses, and gradients are divided by the step's token count (all ranks)
+before clipping. A step whose gradient is not finite is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..data.packing import Pack, PackedLoader, StreamingDataset
+from ..models import TextOnlyHead, load_model, text_only_causal_lm_loss, use_livecc_attention
+from .config import TrainConfig
+
+__all__ = ["Trainer", "train"]
+
+log = logging.getLogger("livecc.train")
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        self._seed(cfg.seed)
+        dtype = torch.bfloat16 if cfg.bf16 and self.device.type == "cuda" else torch.float32
+        model, self.processor = self._build_model(dtype)
+        self.model = self._prepare(model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable = sum(p.numel() for p in params)
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        dataset = StreamingDataset(cfg.data, self.processor, cfg.video_root, with_context=cfg.with_context)
+        budget = cfg.token_budget if cfg.engine == "livecc" else 1  # "hf": one clip per micro-batch
+        self.loader = PackedLoader(dataset, budget, rank=self.rank, world_size=self.world, seed=cfg.seed,
+                                   num_workers=cfg.num_workers)
+        self.clips_per_rank = max(1, math.ceil(cfg.global_batch_clips / self.world))
+        steps_per_epoch = max(1, math.ceil(len(dataset) / cfg.global_batch_clips))
+        self.total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+        warmup = max(1, round(cfg.warmup_ratio * self.total_steps))
+        schedule = lambda s: _cosine(s, warmup, self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.step, self.skipped_steps = 0, 0
+        self._packs = None
+        self.out = Path(cfg.output_dir)
+        self.metrics_file = None
+        self.tb = None
+
+    # ------------------------------------------------------------------ setup
+
+    def _seed(self, seed: int) -> None:
+        random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _build_model(self, dtype):
+        if self.cfg.model == "tiny":
+            from ..testing import offline_processor, tiny_qwen2vl
+
+            return tiny_qwen2vl(seed=self.cfg.seed, **self.cfg.tiny).to(dtype), offline_processor()
+        return load_model(self.cfg.model, "cpu", dtype)
+
+    def _prepare(self, model):
+        cfg = self.cfg
+        if cfg.engine == "livecc":
+            use_livecc_attention(model)
+            if cfg.liger and self.device.type == "cuda":
+                from liger_kernel.transformers import apply_liger_kernel_to_qwen2_vl
+
+                apply_liger_kernel_to_qwen2_vl(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                               fused_linear_cross_entropy=False, layer_norm=False, model=model)
+        if cfg.freeze_vision:
+            model.model.visual.requires_grad_(False)
+        if cfg.gradient_checkpointing:  # renamed in recent transformers; the GPU image has the old name
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.to(self.device).train()
+        self.head = TextOnlyHead(model.lm_head)
+        if self.distributed:
+            from torch.distributed.fsdp import fully_shard
+
+            # Units: each decoder layer, the rest of the decoder + ViT, and the text-only head; the
+            # loss calls model.model and the head, never the whole model's forward.
+            for layer in model.model.language_model.layers:
+                fully_shard(layer)
+            fully_shard(model.model)
+            fully_shard(self.head if self.cfg.engine == "livecc" else model)
+        return model
+
+    # ------------------------------------------------------------------ loop
+
+    def _next_pack(self) -> Pack | None:
+        while True:
+            if self._packs is None:
+                if self.loader.epoch >= self.cfg.epochs and not self.cfg.max_steps:
+                    return None
+                self._packs = iter(self.loader)
+            pack = next(self._packs, None)
+            if pack is not None:
+                return pack
+            self._packs = None
+
+    def _loss_sum(self, pack: Pack) -> torch.Tensor:
+        labels = pack.labels.to(self.device)
+        if self.cfg.engine == "hf":
+            out = self.model(input_ids=pack.input_ids.to(self.device), position_ids=pack.position_ids.to(self.device),
+                             pixel_values_videos=pack.pixel_values_videos.to(self.device),
+                             video_grid_thw=pack.video_grid_thw.to(self.device), labels=labels)
+            return out.loss * pack.n_label_tokens
+        return text_only_causal_lm_loss(self.model, labels=labels, reduction="sum", head=self.head,
+                                        **pack.model_inputs(self.device))
+
+    def train_step(self) -> dict | None:
+        t0 = time.perf_counter()
+        clips = tokens = label_tokens = 0
+        loss_sum = torch.zeros((), device=self.device)
+        vision_patches = 0
+        while clips < self.clips_per_rank:
+            pack = self._next_pack()
+            if pack is None:
+                break
+            loss = self._loss_sum(pack)
+            loss.backward()
+            loss_sum += loss.detach().float()
+            clips += pack.n_clips
+            tokens += pack.n_tokens
+            label_tokens += pack.n_label_tokens
+            vision_patches += pack.pixel_values_videos.shape[0]
+        totals = torch.tensor([clips, tokens, label_tokens, loss_sum.item()], dtype=torch.float64, device=self.device)
+        if self.distributed:
+            dist.all_reduce(totals)
+        clips, tokens, label_tokens, loss_total = totals.tolist()
+        if clips == 0:
+            return None
+        # FSDP averages gradients over ranks; make them the mean over all labelled tokens instead.
+        scale = (self.world if self.distributed else 1) / max(label_tokens, 1)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        for p in params:
+            p.grad.mul_(scale)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        finite = bool(torch.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+        else:  # the data is consumed, the update and its place in the schedule are not
+            self.skipped_steps += 1
+            log.warning("step %d: non-finite gradient norm, step skipped", self.step + 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        flops = 6 * self.trainable * tokens + 2 * self._frozen_vision_params() * vision_patches
+        peak = _peak_flops(self.device)
+        return {
+            "step": self.step, "loss": loss_total / max(label_tokens, 1), "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm), "clips": int(clips), "tokens": int(tokens),
+            "label_tokens": int(label_tokens),
+            "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "mfu": flops / seconds / (peak * self.world) if peak else None,
+            "max_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else None,
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def _frozen_vision_params(self) -> int:
+        return sum(p.numel() for p in self.model.model.visual.parameters() if not p.requires_grad)
+
+    def fit(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            self.metrics_file = open(self.out / "metrics.jsonl", "a")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out / "tb"))
+            except ImportError:
+                self.tb = None
+        started, history = time.perf_counter(), []
+        last = self.cfg.stop_after if self.cfg.stop_after is not None else self.total_steps
+        while self.step < min(last, self.total_steps):
+            metrics = self.train_step()
+            if metrics is None:
+                break
+            history.append(metrics)
+            self._log(metrics)
+            if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+                self.save(self.out / f"checkpoint-{self.step}")
+        self.save(self.out / f"checkpoint-{self.step}")
+        elapsed = time.perf_counter() - started
+        summary = {
+            "steps": self.step, "skipped_steps": self.skipped_steps, "seconds": round(elapsed, 2),
+            "clips": sum(m["clips"] for m in history), "tokens": sum(m["tokens"] for m in history),
+            "final_loss": history[-1]["loss"] if history else None, "data_errors": dict(self.loader.errors),
+        }
+        summary["tokens_per_s"] = summary["tokens"] / elapsed if elapsed else None
+        if self.rank == 0:
+            print("summary: " + json.dumps(summary), flush=True)
+            self.metrics_file.close()
+            if self.tb:
+                self.tb.close()
+        return {"summary": summary, "history": history}
+
+    def _log(self, m: dict) -> None:
+        if self.rank != 0:
+            return
+        self.metrics_file.write(json.dumps(m) + "\n")
+        self.metrics_file.flush()
+        if self.tb:
+            for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                self.tb.add_scalar(k, m[k], m["step"])
+        if m["step"] % self.cfg.log_every == 0:
+            mfu = f" mfu={m['mfu']:.1%}" if m["mfu"] is not None else ""
+            mem = f" mem={m['max_memory_gb']:.1f}GB" if m["max_memory_gb"] is not None else ""
+            print(f"step {m['step']}/{self.total_steps} loss={m['loss']:.4f} lr={m['lr']:.2e} "
+                  f"gnorm={m['grad_norm']:.3f} clips={m['clips']} tok/s={m['tokens_per_s']:.0f}{mfu}{mem}", flush=True)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _state_dicts(self):
+        if self.distributed:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_model_state_dict(self.model, options=opts), get_optimizer_state_dict(
+                self.model, self.optimizer, options=opts)
+        return self.model.state_dict(), self.optimizer.state_dict()
+
+    def save(self, path: Path) -> None:
+        """Model in Hugging Face layout (loadable by ``from_pretrained``) plus everything to resume."""
+        model_state, optim_state = self._state_dicts()
+        if self.rank == 0:
+            path.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(path, state_dict=model_state)
+            self.processor.save_pretrained(path)
+            torch.save({"optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "step": self.step,
+                        "skipped_steps": self.skipped_steps, "config": asdict(self.cfg)}, path / "trainer.pt")
+        if self.distributed:
+            dist.barrier()  # the directory exists for every rank
+        torch.save({"loader": self.loader.state_dict(), "rng_cpu": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "rng_python": random.getstate()}, path / f"rank{self.rank}.pt")
+        if self.distributed:
+            dist.barrier()
+
+    def resume(self, path: str | Path) -> None:
+        """Continue exactly where ``save`` left off: weights, optimizer, schedule, data position, RNG."""
+        path = Path(path)
+        from transformers import AutoModelForImageTextToText
+
+        # Through from_pretrained: it maps the checkpoint's key names back to the module's.
+        dtype = next(self.model.parameters()).dtype
+        weights = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True).state_dict()
+        state = torch.load(path / "trainer.pt", weights_only=False)
+        ranked = torch.load(path / f"rank{self.rank}.pt", weights_only=False)
+        if self.distributed:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+            set_model_state_dict(self.model, weights, options=opts)
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
+        else:
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
+            if set(missing) - tied or unexpected:
+                raise ValueError(f"{path}: checkpoint does not match the model ({missing[:3]}, {unexpected[:3]})")
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+        self.loader.load_state_dict(ranked["loader"])
+        self._packs = None
+        torch.set_rng_state(ranked["rng_cpu"])
+        if ranked["rng_cuda"] is not None:
+            torch.cuda.set_rng_state_all(ranked["rng_cuda"])
+        random.setstate(ranked["rng_python"])
+
+
+def _cosine(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
+    trainer = Trainer(cfg)
+    if resume is not None:
+        trainer.resume(resume)
+    return trainer.fit()

@@ -1,0 +1,153 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from livecc.data.packing import PackedLoader, StreamingDataset, pack_samples
+from livecc.data.records import RecordWriter
+from livecc.data.synth import synthesize_clip
+from livecc.models import text_only_causal_lm_loss, use_livecc_attention
+from livecc.testing import tiny_qwen2vl
+from livecc.train import Trainer, load_config
+
+
+@pytest.fixture(autouse=True)
+def torch_attention(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    with RecordWriter(root / "train.jsonl") as w:
+        for i in range(6):
+            w.write(synthesize_clip(root, f"c{i}", seed=10 + i, duration=6.0 + i % 3))
+    return root
+
+
+def config(records, tmp_path, **kw):
+    base = dict(data=[str(records / "train.jsonl")], video_root=str(records), output_dir=str(tmp_path / "run"),
+                global_batch_clips=2, token_budget=3000, lr=1e-3, max_steps=4, warmup_ratio=0.25,
+                gradient_checkpointing=False)
+    base.update(kw)
+    return load_config(None, [f"{k}={json.dumps(v)}" for k, v in base.items()])
+
+
+def test_packed_loss_equals_sum_of_unpacked_clip_losses(records, processor):
+    dataset = StreamingDataset([records / "train.jsonl"], processor, records)
+    samples = [dataset[i] for i in range(3)]
+    pack = pack_samples(samples)
+    assert pack.cu_seqlens.tolist()[-1] == pack.n_tokens and pack.n_clips == 3
+    ours = tiny_qwen2vl(seed=0)
+    use_livecc_attention(ours)
+    ref = tiny_qwen2vl(seed=0, attn_implementation="sdpa")
+    with torch.no_grad():
+        packed = text_only_causal_lm_loss(ours, labels=pack.labels, reduction="sum", **pack.model_inputs())
+        separate = 0.0
+        for s in samples:
+            n = int((s.labels[1:] != -100).sum())
+            out = ref(input_ids=s.input_ids[None], position_ids=s.position_ids[:, None], labels=s.labels[None],
+                      pixel_values_videos=s.pixel_values_videos, video_grid_thw=s.video_grid_thw)
+            separate += out.loss * n
+    torch.testing.assert_close(packed, separate, rtol=1e-5, atol=1e-4)
+
+
+def test_loader_shards_deterministically_and_resumes(records, processor):
+    dataset = StreamingDataset([records / "train.jsonl"], processor, records)
+    ranks = [PackedLoader(dataset, 10**9, rank=r, world_size=2, seed=3) for r in (0, 1)]
+    order = [loader._order() for loader in ranks]
+    assert sorted(order[0] + order[1]) == list(range(6)) and not set(order[0]) & set(order[1])
+    loader = PackedLoader(dataset, 1, seed=3)  # one clip per pack
+    it = iter(loader)
+    first = [next(it).input_ids for _ in range(2)]
+    state = loader.state_dict()
+    rest = [p.input_ids for p in it]
+    resumed = PackedLoader(dataset, 1, seed=3)
+    resumed.load_state_dict(state)
+    again = [p.input_ids for p in resumed]
+    assert len(first) + len(rest) == 6 and len(again) == len(rest)
+    assert all(torch.equal(a, b) for a, b in zip(again, rest))
+
+
+def test_livecc_engine_follows_the_hugging_face_loss_curve(records, tmp_path):
+    curves = {}
+    for engine in ("livecc", "hf"):
+        cfg = config(records, tmp_path / engine, engine=engine, global_batch_clips=1, token_budget=1, max_steps=4)
+        curves[engine] = [m["loss"] for m in Trainer(cfg).fit()["history"]]
+    torch.testing.assert_close(torch.tensor(curves["livecc"]), torch.tensor(curves["hf"]), rtol=2e-4, atol=2e-4)
+    assert curves["livecc"][-1] < curves["livecc"][0]
+
+
+def test_resume_gives_the_losses_of_an_uninterrupted_run(records, tmp_path):
+    full = Trainer(config(records, tmp_path / "full")).fit()["history"]
+    first = Trainer(config(records, tmp_path / "part", stop_after=2)).fit()["history"]
+    resumed = Trainer(config(records, tmp_path / "part"))
+    resumed.resume(tmp_path / "part" / "run" / "checkpoint-2")
+    second = resumed.fit()["history"]
+    losses = [m["loss"] for m in first + second]
+    assert [m["step"] for m in second] == [3, 4]
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor([m["loss"] for m in full]), rtol=1e-6, atol=1e-6)
+
+
+def test_checkpoint_loads_with_from_pretrained(records, tmp_path):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    trainer = Trainer(config(records, tmp_path, max_steps=1))
+    trainer.fit()
+    loaded = Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "run" / "checkpoint-1")
+    for name, p in trainer.model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], p, msg=name)
+    assert (tmp_path / "run" / "checkpoint-1" / "tokenizer.json").is_file()
+
+
+def test_non_finite_gradient_skips_the_step(records, tmp_path):
+    trainer = Trainer(config(records, tmp_path, max_steps=2))
+    weight = trainer.model.model.language_model.layers[0].mlp.up_proj.weight
+    before = weight.detach().clone()
+    handle = weight.register_hook(lambda g: g * float("nan"))
+    metrics = trainer.train_step()
+    handle.remove()
+    assert metrics["skipped_steps"] == 1 and torch.equal(weight.detach(), before)
+    assert trainer.train_step()["skipped_steps"] == 1 and not torch.equal(weight.detach(), before)
+
+
+def test_two_process_fsdp2_matches_one_process(records, tmp_path):
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not on PATH")
+    # One clip per pack, two per step: rank r takes clips r, r+2, ... of the same shuffled order, so
+    # every step sees the same clips as the single process.
+    common = [f"data={json.dumps([str(records / 'train.jsonl')])}", f"video_root={json.dumps(str(records))}",
+              "global_batch_clips=2", "token_budget=1", "lr=0.001", "max_steps=3", "gradient_checkpointing=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    single = subprocess.run([sys.executable, "-m", "livecc.cli", "train", *common, f"output_dir={tmp_path / 'one'}"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    double = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "livecc.cli", "train", *common,
+                             f"output_dir={tmp_path / 'two'}"], capture_output=True, text=True, env=env, timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["clips"] for m in two] == [m["clips"] for m in one] == [2, 2, 2]
+    torch.testing.assert_close(torch.tensor([m["loss"] for m in two]), torch.tensor([m["loss"] for m in one]),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pretrain-qwen2vl-7b.yaml", "sft-qwen2vl-7b.yaml", "tiny-cpu.json"])
+def test_example_configs_parse(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / name, ["max_steps=3"])
+    assert cfg.max_steps == 3 and cfg.engine == "livecc"
+
+
+def test_bad_config_keys_are_rejected():
+    with pytest.raises(ValueError, match="unknown config keys"):
+        load_config(None, ["learning_rate=1"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(None, ["lr"])
