@@ -1,7 +1,7 @@
 """Synthetic commentated clips: real H.264 files with word-timed commentary in the Live-CC format.
 
-Coloured shapes enter from the left, cross the frame and leave; the commentary names each event
-("red circle enters", "red circle leaves") right after it happens, and is silent otherwise. The
+Coloured shapes enter at the left, cross the frame and leave at the right; the commentary names
+each event ("red circle enters", "red circle leaves") as it happens, and is silent otherwise. The
 words can only be predicted from the pixels, which makes these clips a test of the whole path.
 """
 
@@ -19,7 +19,8 @@ __all__ = ["COLORS", "SHAPES", "ShapeEvent", "event_words", "random_events", "re
 
 COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 80, 230), "yellow": (235, 215, 40)}
 SHAPES = ("circle", "square", "triangle")
-WORD_GAP = 0.3  # seconds between commentary words
+WORD_GAP = 0.25  # seconds between commentary words; a 3-word phrase ends 0.8 s after its event
+FIRST_WINDOW = 3.0  # the first streaming window; events start after it
 
 
 @dataclass(frozen=True)
@@ -31,18 +32,21 @@ class ShapeEvent:
     lane: float  # vertical position, 0..1
 
 
-def random_events(rng: np.random.Generator, duration: float, n: int, min_gap: float = 1.2) -> list[ShapeEvent]:
-    """Up to ``n`` shapes staying 1-3 s each; all entries and exits are ``min_gap`` apart, so the
-    spoken phrases never interleave. Fewer shapes when the clip is too short for ``n``."""
-    for count in range(n, 0, -1):
+def random_events(rng: np.random.Generator, duration: float, n: int) -> list[ShapeEvent]:
+    """Up to ``n`` shapes, each on screen for 2-4 s. Entries and exits happen at distinct ``k + 0.55``
+    seconds after the first window: at 2 FPS the phrase (ending 0.8 s later) then falls entirely in
+    the window whose frames are ``k + 1`` and ``k + 1.5``, the first frames that show the event."""
+    seconds = np.arange(FIRST_WINDOW, duration - 2)
+    for count in range(min(n, len(seconds) // 2), 0, -1):
         for _ in range(200):  # rejection sampling: cheap at these sizes
-            enters = rng.uniform(0.3, duration - 1.5, count)
-            leaves = enters + rng.uniform(1.0, 3.0, count)
-            times = np.sort(np.concatenate([enters, leaves]))
-            if leaves.max() < duration - 1.2 and np.diff(times).min() >= min_gap:
+            enters = rng.choice(seconds, count, replace=False)
+            leaves = enters + rng.integers(2, 5, count)
+            times = np.concatenate([enters, leaves])
+            if leaves.max() <= seconds[-1] and len(set(times.tolist())) == 2 * count:
                 order = np.argsort(enters)
-                return [ShapeEvent(float(enters[i]), float(leaves[i]), str(rng.choice(list(COLORS))),
-                                   str(rng.choice(SHAPES)), float((k % 3 + 0.5) / 3)) for k, i in enumerate(order)]
+                return [ShapeEvent(float(enters[i]) + 0.55, float(leaves[i]) + 0.55,
+                                   str(rng.choice(list(COLORS))), str(rng.choice(SHAPES)), float((k % 3 + 0.5) / 3))
+                        for k, i in enumerate(order)]
     return []
 
 
@@ -53,21 +57,27 @@ def event_words(events: list[ShapeEvent]) -> list[Word]:
         for t, verb in ((e.enter, "enters"), (e.leave, "leaves")):
             for k, text in enumerate((e.color, e.shape, verb)):
                 start = t + 0.1 + k * WORD_GAP
-                words.append(Word(round(start, 3), round(start + WORD_GAP * 0.8, 3), text))
+                words.append(Word(round(start, 3), round(start + 0.2, 3), text))
     return sorted(words)
 
 
 def render_frame(events: list[ShapeEvent], t: float, size: tuple[int, int] = (224, 224)) -> np.ndarray:
-    """uint8 ``[H, W, 3]``: grey background, each on-screen shape moving left to right."""
+    """uint8 ``[H, W, 3]``: grey background; a shape waits 1 s at the left edge as it enters, crosses
+    the middle, and waits 1 s at the right edge as it leaves (so each event shows in its window)."""
     h, w = size
     frame = np.full((h, w, 3), 90, dtype=np.uint8)
     yy, xx = np.mgrid[0:h, 0:w]
     r = min(h, w) // 8
     for e in events:
-        if not e.enter <= t < e.leave:
+        if e.enter <= t < e.enter + 1:
+            cx = r
+        elif e.enter + 1 <= t < e.leave:
+            cx = int(w * (0.3 + 0.4 * (t - e.enter - 1) / max(e.leave - e.enter - 1, 1e-6)))
+        elif e.leave <= t < e.leave + 1:
+            cx = w - r - 1
+        else:
             continue
-        progress = (t - e.enter) / (e.leave - e.enter)
-        cx, cy = int(r + progress * (w - 2 * r)), int(e.lane * h)
+        cy = int(e.lane * h)
         if e.shape == "circle":
             mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
         elif e.shape == "square":
