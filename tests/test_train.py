@@ -25,7 +25,7 @@ def records(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     with RecordWriter(root / "train.jsonl") as w:
         for i in range(6):
-            w.write(synthesize_clip(root, f"c{i}", seed=10 + i, duration=6.0 + i % 3))
+            w.write(synthesize_clip(root, f"c{i}", seed=10 + i, duration=8.0 + i % 3))
     return root
 
 
