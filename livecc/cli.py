@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 __all__ = ["main"]
 
@@ -37,24 +36,11 @@ def _print_sample(sample, tokenizer, elapsed: float) -> None:
 
 
 def cmd_demo(args) -> int:
-    """Synthesize a commentated clip, then build and print its streaming training sample."""
-    from .data.records import RecordWriter, SeekableRecords
-    from .data.sequence import build_streaming_sample
-    from .data.synth import synthesize_clip
-    from .testing import offline_processor
+    """Synthesize commentated clips, train a tiny model on them, stream held-out clips, and score."""
+    from .demo import DemoConfig, run_demo
 
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    record = synthesize_clip(out, "clip0", seed=args.seed, duration=args.duration)
-    with RecordWriter(out / "records_with_seeks.jsonl") as writer:
-        writer.write(record)
-    print(f"wrote {out / record.video} and {out / 'records_with_seeks.jsonl'} "
-          f"({len(record.words)} words) in {time.perf_counter() - t0:.2f}s")
-    processor = offline_processor()
-    t0 = time.perf_counter()
-    reread = SeekableRecords(out / "records_with_seeks.jsonl").record(0)
-    sample = build_streaming_sample(reread, processor, video_root=out)
-    _print_sample(sample, processor.tokenizer, time.perf_counter() - t0)
+    run_demo(DemoConfig(out=args.out, train_clips=args.train_clips, test_clips=args.test_clips,
+                        duration=args.duration, steps=args.steps, seed=args.seed, realtime=not args.fast))
     return 0
 
 
@@ -173,15 +159,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Run every benchmark in bench/ that fits this machine (from the repository root)."""
+    try:
+        from bench.__main__ import main as bench_main
+    except ImportError as e:
+        raise RuntimeError("run `livecc bench` from the livecc repository root (bench/ is not installed)") from e
+    return bench_main([])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livecc", description="LiveCC: video LLMs trained on streaming ASR.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and backend choices")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
-    demo.add_argument("--out", default="demo_out", help="directory for the clip and its record")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="demo_out", help="directory for clips, records and the checkpoint")
+    demo.add_argument("--train-clips", type=int, default=48)
+    demo.add_argument("--test-clips", type=int, default=6)
     demo.add_argument("--duration", type=float, default=12.0, help="clip length in seconds")
+    demo.add_argument("--steps", type=int, default=60, help="training steps")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--fast", action="store_true", help="stream held-out clips as fast as possible")
     demo.set_defaults(func=cmd_demo)
 
     sample = sub.add_parser("sample", help=cmd_sample.__doc__, description=cmd_sample.__doc__)
@@ -205,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--max-lag", type=float, default=1.0, help="seconds behind real time before dropping")
     stream.add_argument("--device", default=None)
     stream.set_defaults(func=cmd_stream)
+
+    bench = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
+    bench.set_defaults(func=cmd_bench)
 
     tr = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
     tr.add_argument("--config", default=None, help="JSON or YAML config (see configs/)")

@@ -35,6 +35,8 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     liger: bool = True  # Liger's RMSNorm / SwiGLU / M-RoPE kernels (GPU)
     with_context: bool = False
+    min_pixels: int = 100 * 28 * 28  # per frame (SPEC section 4)
+    max_pixels: int = 768 * 28 * 28
     seed: int = 0
     num_workers: int = 0
     log_every: int = 1

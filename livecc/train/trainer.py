@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.packing import Pack, PackedLoader, StreamingDataset
+from ..data.video import PixelBudget
 from ..models import TextOnlyHead, load_model, text_only_causal_lm_loss, use_livecc_attention
 from .config import TrainConfig
 
@@ -58,7 +59,9 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable = sum(p.numel() for p in params)
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        dataset = StreamingDataset(cfg.data, self.processor, cfg.video_root, with_context=cfg.with_context)
+        budget = PixelBudget(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        dataset = StreamingDataset(cfg.data, self.processor, cfg.video_root, with_context=cfg.with_context,
+                                   budget=budget)
         budget = cfg.token_budget if cfg.engine == "livecc" else 1  # "hf": one clip per micro-batch
         self.loader = PackedLoader(dataset, budget, rank=self.rank, world_size=self.world, seed=cfg.seed,
                                    num_workers=cfg.num_workers)
