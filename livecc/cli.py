@@ -175,10 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
     demo.add_argument("--out", default="demo_out", help="directory for clips, records and the checkpoint")
-    demo.add_argument("--train-clips", type=int, default=48)
+    demo.add_argument("--train-clips", type=int, default=96)
     demo.add_argument("--test-clips", type=int, default=6)
     demo.add_argument("--duration", type=float, default=12.0, help="clip length in seconds")
-    demo.add_argument("--steps", type=int, default=60, help="training steps")
+    demo.add_argument("--steps", type=int, default=300, help="training steps")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--fast", action="store_true", help="stream held-out clips as fast as possible")
     demo.set_defaults(func=cmd_demo)

@@ -32,11 +32,12 @@ FRAME = 112  # pixels per side: 16 LLM tokens per 1 s window
 @dataclass
 class DemoConfig:
     out: str = "demo_out"
-    train_clips: int = 48
+    train_clips: int = 96
     test_clips: int = 6
     duration: float = 12.0
-    steps: int = 60
-    lr: float = 2e-3
+    steps: int = 300
+    lr: float = 3e-3
+    events: int = 2  # shapes per clip
     seed: int = 0
     realtime: bool = True
 
@@ -63,11 +64,11 @@ def _synthesize(root: Path, cfg: DemoConfig) -> tuple[Path, list[ClipRecord]]:
     with RecordWriter(train_file) as writer:
         for i in tqdm(range(cfg.train_clips), desc="synthesize training clips", unit="clip"):
             writer.write(synthesize_clip(root, f"train{i:03d}", seed=cfg.seed * 100_003 + i, duration=cfg.duration,
-                                         size=(FRAME, FRAME)))
+                                         n_events=cfg.events, size=(FRAME, FRAME)))
     with RecordWriter(root / "test.jsonl") as writer:
         for i in tqdm(range(cfg.test_clips), desc="synthesize held-out clips", unit="clip"):
             record = synthesize_clip(root, f"test{i:03d}", seed=10**6 + cfg.seed * 1009 + i, duration=cfg.duration,
-                                     size=(FRAME, FRAME))
+                                     n_events=cfg.events, size=(FRAME, FRAME))
             writer.write(record)
             tests.append(record)
     return train_file, tests

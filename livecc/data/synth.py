@@ -67,7 +67,7 @@ def render_frame(events: list[ShapeEvent], t: float, size: tuple[int, int] = (22
     h, w = size
     frame = np.full((h, w, 3), 90, dtype=np.uint8)
     yy, xx = np.mgrid[0:h, 0:w]
-    r = min(h, w) // 8
+    r = min(h, w) // 6
     for e in events:
         if e.enter <= t < e.enter + 1:
             cx = r

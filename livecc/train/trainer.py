@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from ..data.packing import Pack, PackedLoader, StreamingDataset
 from ..data.video import PixelBudget
@@ -206,15 +207,19 @@ class Trainer:
             except ImportError:
                 self.tb = None
         started, history = time.perf_counter(), []
-        last = self.cfg.stop_after if self.cfg.stop_after is not None else self.total_steps
-        while self.step < min(last, self.total_steps):
+        last = min(self.cfg.stop_after if self.cfg.stop_after is not None else self.total_steps, self.total_steps)
+        bar = tqdm(total=last, initial=self.step, desc="train", unit="step", disable=self.rank != 0, leave=False)
+        while self.step < last:
             metrics = self.train_step()
             if metrics is None:
                 break
             history.append(metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
             self._log(metrics)
             if self.cfg.save_every and self.step % self.cfg.save_every == 0:
                 self.save(self.out / f"checkpoint-{self.step}")
+        bar.close()
         self.save(self.out / f"checkpoint-{self.step}")
         elapsed = time.perf_counter() - started
         summary = {
