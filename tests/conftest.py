@@ -64,3 +64,10 @@ def gen():
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"seed={seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def torch_attention(monkeypatch):
+    """Model-level tests run the torch reference attention: the interpreter would be too slow for
+    whole forward passes and decode loops, and the kernel is checked against that reference itself."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -1,12 +1,9 @@
 import pytest
 
-from livecc.demo import DemoConfig, run_demo, word_f1
 from livecc.data.words import Word
+from livecc.demo import DemoConfig, run_demo, word_f1
 
-
-@pytest.fixture(autouse=True)
-def torch_attention(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+pytestmark = pytest.mark.usefixtures("torch_attention")
 
 
 def test_word_f1_matches_words_within_the_tolerance():

@@ -9,10 +9,7 @@ from livecc.eval import Event, commentary_prompt, load_questions, normalize_ques
 from livecc.eval.mcq import answer_logits
 from livecc.testing import tiny_qwen2vl
 
-
-@pytest.fixture(autouse=True)
-def torch_attention(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+pytestmark = pytest.mark.usefixtures("torch_attention")
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,7 @@ import torch
 from livecc.infer import StreamingSession
 from livecc.testing import tiny_qwen2vl
 
-
-@pytest.fixture(autouse=True)
-def torch_attention(monkeypatch):
-    """Sessions here run the torch reference attention: the interpreter would be too slow for
-    dozens of decode steps, and the kernel itself is checked against that reference elsewhere."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+pytestmark = pytest.mark.usefixtures("torch_attention")
 
 
 def full_forward_logits(model, trace):

@@ -10,10 +10,7 @@ from livecc.infer import StreamingSession
 from livecc.infer.stream import iter_windows, run_stream
 from livecc.testing import tiny_qwen2vl
 
-
-@pytest.fixture(autouse=True)
-def torch_attention(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+pytestmark = pytest.mark.usefixtures("torch_attention")
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,7 @@ from livecc.models import text_only_causal_lm_loss, use_livecc_attention
 from livecc.testing import tiny_qwen2vl
 from livecc.train import Trainer, load_config
 
-
-@pytest.fixture(autouse=True)
-def torch_attention(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+pytestmark = pytest.mark.usefixtures("torch_attention")
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,35 @@ def _dot(a, b, acc, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
+def _span(CU, i_b):
+    """Start (int64) and length (int32) of sequence ``i_b`` from cumulative offsets."""
+    start = tl.load(CU + i_b).to(tl.int64)
+    return start, (tl.load(CU + i_b + 1) - start).to(tl.int32)
+
+
+@triton.jit
+def _rows(P, start, o_t, stride_t, i_h, stride_h, o_d, m_t, m_d):
+    """Block ``[len(o_t), BD]`` of head ``i_h`` at rows ``start + o_t``, zero outside the masks."""
+    return tl.load(P + (start + o_t)[:, None] * stride_t + i_h * stride_h + o_d[None, :],
+                   mask=m_t[:, None] & m_d[None, :], other=0.0)
+
+
+@triton.jit
+def _cols(P, start, o_t, stride_t, i_h, stride_h, o_d, m_t, m_d):
+    """The transposed block ``[BD, len(o_t)]``."""
+    return tl.load(P + (start + o_t)[None, :] * stride_t + i_h * stride_h + o_d[:, None],
+                   mask=m_t[None, :] & m_d[:, None], other=0.0)
+
+
+@triton.jit
+def _key_end(k_len, q_len, i_m, BM: tl.constexpr, CAUSAL: tl.constexpr):
+    """Keys a query block can see: all, or (causal, bottom-right) up to its last query's diagonal."""
+    if CAUSAL:
+        return tl.minimum(k_len, (i_m + 1) * BM + k_len - q_len)
+    return k_len
+
+
+@triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K, scale_log2,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, total_q,
@@ -39,30 +68,24 @@ def _fwd_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
 ):
     i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    q_start = tl.load(CU_Q + i_b).to(tl.int64)
-    q_len = (tl.load(CU_Q + i_b + 1) - q_start).to(tl.int32)
+    q_start, q_len = _span(CU_Q, i_b)
     if i_m * BM >= q_len:
         return
-    k_start = tl.load(CU_K + i_b).to(tl.int64)
-    k_len = (tl.load(CU_K + i_b + 1) - k_start).to(tl.int32)
+    k_start, k_len = _span(CU_K, i_b)
     i_kh = i_h // GROUP
     o_m = i_m * BM + tl.arange(0, BM)
     o_d = tl.arange(0, BD)
     m_m, m_d = o_m < q_len, o_d < D
-    p_q = Q + (q_start + o_m)[:, None] * stride_qt + i_h * stride_qh + o_d[None, :]
-    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
     diag = k_len - q_len  # key j is visible to query i iff j <= i + diag (causal)
-    hi = k_len
-    if CAUSAL:
-        hi = tl.minimum(k_len, (i_m + 1) * BM + diag)
+    hi = _key_end(k_len, q_len, i_m, BM, CAUSAL)
     b_m = tl.full([BM], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BM], dtype=tl.float32)
     b_acc = tl.zeros([BM, BD], dtype=tl.float32)
     for start_n in range(0, hi, BN):
         o_n = start_n + tl.arange(0, BN)
         m_n = o_n < k_len
-        p_k = K + (k_start + o_n)[None, :] * stride_kt + i_kh * stride_kh + o_d[:, None]
-        b_kt = tl.load(p_k, mask=m_n[None, :] & m_d[:, None], other=0.0)
+        b_kt = _cols(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
         b_s = _dot(b_q, b_kt, tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32) * scale_log2
         visible = m_n[None, :]
         if CAUSAL:
@@ -73,8 +96,7 @@ def _fwd_kernel(
         alpha = tl.exp2(b_m - m_safe)
         b_p = tl.exp2(b_s - m_safe[:, None])
         b_l = b_l * alpha + tl.sum(b_p, axis=1)
-        p_v = V + (k_start + o_n)[:, None] * stride_vt + i_kh * stride_vh + o_d[None, :]
-        b_v = tl.load(p_v, mask=m_n[:, None] & m_d[None, :], other=0.0)
+        b_v = _rows(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
         b_acc = _dot(b_p.to(b_v.dtype), b_v, b_acc * alpha[:, None], DOT_FP32)
         b_m = m_new
     b_o = b_acc / tl.where(b_l == 0.0, 1.0, b_l)[:, None]
@@ -93,19 +115,15 @@ def _bwd_dkdv_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
 ):
     i_n, i_b, i_kh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    k_start = tl.load(CU_K + i_b).to(tl.int64)
-    k_len = (tl.load(CU_K + i_b + 1) - k_start).to(tl.int32)
+    k_start, k_len = _span(CU_K, i_b)
     if i_n * BN >= k_len:
         return
-    q_start = tl.load(CU_Q + i_b).to(tl.int64)
-    q_len = (tl.load(CU_Q + i_b + 1) - q_start).to(tl.int32)
+    q_start, q_len = _span(CU_Q, i_b)
     o_n = i_n * BN + tl.arange(0, BN)
     o_d = tl.arange(0, BD)
     m_n, m_d = o_n < k_len, o_d < D
-    b_k = tl.load(K + (k_start + o_n)[:, None] * stride_kt + i_kh * stride_kh + o_d[None, :],
-                  mask=m_n[:, None] & m_d[None, :], other=0.0)
-    b_v = tl.load(V + (k_start + o_n)[:, None] * stride_vt + i_kh * stride_vh + o_d[None, :],
-                  mask=m_n[:, None] & m_d[None, :], other=0.0)
+    b_k = _rows(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
+    b_v = _rows(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
     b_dk = tl.zeros([BN, BD], dtype=tl.float32)
     b_dv = tl.zeros([BN, BD], dtype=tl.float32)
     diag = k_len - q_len
@@ -117,10 +135,8 @@ def _bwd_dkdv_kernel(
         for start_m in range(lo, q_len, BM):
             o_m = start_m + tl.arange(0, BM)
             m_m = o_m < q_len
-            b_q = tl.load(Q + (q_start + o_m)[:, None] * stride_qt + i_h * stride_qh + o_d[None, :],
-                          mask=m_m[:, None] & m_d[None, :], other=0.0)
-            b_do = tl.load(DO + (q_start + o_m)[:, None] * stride_dot + i_h * stride_doh + o_d[None, :],
-                           mask=m_m[:, None] & m_d[None, :], other=0.0)
+            b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
+            b_do = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_d, m_m, m_d)
             b_lse = tl.load(LSE + i_h * total_q + q_start + o_m, mask=m_m, other=0.0) * 1.4426950408889634
             b_delta = tl.load(DELTA + i_h * total_q + q_start + o_m, mask=m_m, other=0.0)
             b_s = _dot(b_q, tl.trans(b_k), tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32) * scale_log2
@@ -147,34 +163,25 @@ def _bwd_dq_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
 ):
     i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    q_start = tl.load(CU_Q + i_b).to(tl.int64)
-    q_len = (tl.load(CU_Q + i_b + 1) - q_start).to(tl.int32)
+    q_start, q_len = _span(CU_Q, i_b)
     if i_m * BM >= q_len:
         return
-    k_start = tl.load(CU_K + i_b).to(tl.int64)
-    k_len = (tl.load(CU_K + i_b + 1) - k_start).to(tl.int32)
+    k_start, k_len = _span(CU_K, i_b)
     i_kh = i_h // GROUP
     o_m = i_m * BM + tl.arange(0, BM)
     o_d = tl.arange(0, BD)
     m_m, m_d = o_m < q_len, o_d < D
-    b_q = tl.load(Q + (q_start + o_m)[:, None] * stride_qt + i_h * stride_qh + o_d[None, :],
-                  mask=m_m[:, None] & m_d[None, :], other=0.0)
-    b_do = tl.load(DO + (q_start + o_m)[:, None] * stride_dot + i_h * stride_doh + o_d[None, :],
-                   mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
+    b_do = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_d, m_m, m_d)
     b_lse = tl.load(LSE + i_h * total_q + q_start + o_m, mask=m_m, other=0.0) * 1.4426950408889634
     b_delta = tl.load(DELTA + i_h * total_q + q_start + o_m, mask=m_m, other=0.0)
     b_dq = tl.zeros([BM, BD], dtype=tl.float32)
     diag = k_len - q_len
-    hi = k_len
-    if CAUSAL:
-        hi = tl.minimum(k_len, (i_m + 1) * BM + diag)
-    for start_n in range(0, hi, BN):
+    for start_n in range(0, _key_end(k_len, q_len, i_m, BM, CAUSAL), BN):
         o_n = start_n + tl.arange(0, BN)
         m_n = o_n < k_len
-        b_kt = tl.load(K + (k_start + o_n)[None, :] * stride_kt + i_kh * stride_kh + o_d[:, None],
-                       mask=m_n[None, :] & m_d[:, None], other=0.0)
-        b_vt = tl.load(V + (k_start + o_n)[None, :] * stride_vt + i_kh * stride_vh + o_d[:, None],
-                       mask=m_n[None, :] & m_d[:, None], other=0.0)
+        b_kt = _cols(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
+        b_vt = _cols(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
         b_s = _dot(b_q, b_kt, tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32) * scale_log2
         visible = m_m[:, None] & m_n[None, :]
         if CAUSAL:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..dispatch import use_triton
-from .reference import preprocess_frames_reference, resize_frames
+from .reference import check_frames, preprocess_frames_reference, resize_frames
 from .spec import VisionSpec
 
 __all__ = ["VisionSpec", "preprocess_frames", "preprocess_frames_reference", "resize_frames"]
@@ -23,15 +23,8 @@ def preprocess_frames(
     Resize (antialiased bicubic, rounded to uint8), rescale, normalise and patchify in Qwen2-VL's
     order. On CUDA (or under ``TRITON_INTERPRET=1``) one Triton pass does it all.
     """
-    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected uint8 [T, H, W, 3] frames, got {frames.dtype} {tuple(frames.shape)}")
-    if frames.shape[0] == 0:
-        raise ValueError("no frames to preprocess")
-    size = tuple(frames.shape[1:3]) if size is None else tuple(size)
-    if size[0] % spec.factor or size[1] % spec.factor:
-        raise ValueError(f"size {size} is not a multiple of {spec.factor}; use smart_resize")
     if not use_triton(frames):
         return preprocess_frames_reference(frames, size, spec, dtype)
     from .triton import preprocess_frames_triton
 
-    return preprocess_frames_triton(frames, size, spec, dtype)
+    return preprocess_frames_triton(frames, check_frames(frames, size, spec), spec, dtype)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .spec import VisionSpec
 
-__all__ = ["preprocess_frames_reference", "resize_frames"]
+__all__ = ["check_frames", "preprocess_frames_reference", "resize_frames"]
 
 
 def resize_frames(frames: torch.Tensor, size: tuple[int, int], chunk: int = 16) -> torch.Tensor:
@@ -22,6 +22,18 @@ def resize_frames(frames: torch.Tensor, size: tuple[int, int], chunk: int = 16) 
     return out
 
 
+def check_frames(frames: torch.Tensor, size: tuple[int, int] | None, spec: VisionSpec) -> tuple[int, int]:
+    """Validate uint8 ``[T, H, W, 3]`` frames and a target size; return the size (default: theirs)."""
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 [T, H, W, 3] frames, got {frames.dtype} {tuple(frames.shape)}")
+    if frames.shape[0] == 0:
+        raise ValueError("no frames to preprocess")
+    size = tuple(frames.shape[1:3]) if size is None else tuple(size)
+    if size[0] % spec.factor or size[1] % spec.factor:
+        raise ValueError(f"size {size} is not a multiple of {spec.factor}; use smart_resize")
+    return size
+
+
 def preprocess_frames_reference(
     frames: torch.Tensor,
     size: tuple[int, int] | None = None,
@@ -34,16 +46,10 @@ def preprocess_frames_reference(
     rescaled by 1/255, normalised, and patchified in Qwen2-VL's order (temporal patch, then the
     2x2 merge groups row by row). An odd frame count repeats the last frame, as Hugging Face does.
     """
-    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected uint8 [T, H, W, 3] frames, got {frames.dtype} {tuple(frames.shape)}")
-    if frames.shape[0] == 0:
-        raise ValueError("no frames to preprocess")
-    if size is not None:
-        frames = resize_frames(frames, size)
+    size = check_frames(frames, size, spec)
+    frames = resize_frames(frames, size)
     t, h, w, _ = frames.shape
     p, tp, m = spec.patch_size, spec.temporal_patch_size, spec.merge_size
-    if h % (p * m) or w % (p * m):
-        raise ValueError(f"frame size {h}x{w} is not a multiple of {p * m}; pass size=smart_resize(...)")
     if t % tp:
         frames = torch.cat([frames, frames[-1:].expand(tp - t % tp, -1, -1, -1)])
         t = frames.shape[0]
