@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-clips", type=int, default=96)
     demo.add_argument("--test-clips", type=int, default=6)
     demo.add_argument("--duration", type=float, default=12.0, help="clip length in seconds")
-    demo.add_argument("--steps", type=int, default=300, help="training steps")
+    demo.add_argument("--steps", type=int, default=450, help="training steps")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--fast", action="store_true", help="stream held-out clips as fast as possible")
     demo.set_defaults(func=cmd_demo)

@@ -35,7 +35,7 @@ class DemoConfig:
     train_clips: int = 96
     test_clips: int = 6
     duration: float = 12.0
-    steps: int = 300
+    steps: int = 450
     lr: float = 3e-3
     events: int = 2  # shapes per clip
     seed: int = 0
