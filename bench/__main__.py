@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from pathlib import Path
 
 from bench.common import RESULTS, _slug, environment, on_gpu
 
@@ -32,7 +33,8 @@ def main(argv=None) -> int:
             print(f"== {name}", flush=True)
             try:
                 out = fn([])
-                results[name] = {"file": out["file"] if out else None, "seconds": round(time.perf_counter() - t0, 1)}
+                file = Path(out["file"]).name if out else None
+                results[name] = {"file": file, "seconds": round(time.perf_counter() - t0, 1)}
             except Exception as e:  # one failing benchmark must not hide the others' results
                 failures[name] = f"{type(e).__name__}: {e}"
                 traceback.print_exc()

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -161,6 +162,8 @@ def cmd_train(args) -> int:
 
 def cmd_bench(args) -> int:
     """Run every benchmark in bench/ that fits this machine (from the repository root)."""
+    if (Path.cwd() / "bench" / "__main__.py").is_file():  # bench/ is part of the repository, not the package
+        sys.path.insert(0, str(Path.cwd()))
     try:
         from bench.__main__ import main as bench_main
     except ImportError as e:
