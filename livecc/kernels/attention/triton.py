@@ -53,6 +53,21 @@ def _cols(P, start, o_t, stride_t, i_h, stride_h, o_d, m_t, m_d):
 
 
 @triton.jit
+def _visible(o_m, o_n, m_m, m_n, diag, CAUSAL: tl.constexpr):
+    """``[BM, BN]``: query ``i`` sees key ``j`` (both in range; causal: ``j <= i + diag``)."""
+    visible = m_m[:, None] & m_n[None, :]
+    if CAUSAL:
+        visible = visible & (o_n[None, :] <= o_m[:, None] + diag)
+    return visible
+
+
+@triton.jit
+def _store_rows(P, x, start, o_t, stride_t, i_h, stride_h, o_d, m_t, m_d):
+    tl.store(P + (start + o_t)[:, None] * stride_t + i_h * stride_h + o_d[None, :], x.to(P.dtype.element_ty),
+             mask=m_t[:, None] & m_d[None, :])
+
+
+@triton.jit
 def _key_end(k_len, q_len, i_m, BM: tl.constexpr, CAUSAL: tl.constexpr):
     """Keys a query block can see: all, or (causal, bottom-right) up to its last query's diagonal."""
     if CAUSAL:
@@ -87,10 +102,7 @@ def _fwd_kernel(
         m_n = o_n < k_len
         b_kt = _cols(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
         b_s = _dot(b_q, b_kt, tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32) * scale_log2
-        visible = m_n[None, :]
-        if CAUSAL:
-            visible = visible & (o_n[None, :] <= o_m[:, None] + diag)
-        b_s = tl.where(visible, b_s, float("-inf"))
+        b_s = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), b_s, float("-inf"))
         m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
         alpha = tl.exp2(b_m - m_safe)
@@ -100,8 +112,7 @@ def _fwd_kernel(
         b_acc = _dot(b_p.to(b_v.dtype), b_v, b_acc * alpha[:, None], DOT_FP32)
         b_m = m_new
     b_o = b_acc / tl.where(b_l == 0.0, 1.0, b_l)[:, None]
-    p_o = O + (q_start + o_m)[:, None] * stride_ot + i_h * stride_oh + o_d[None, :]
-    tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+    _store_rows(O, b_o, q_start, o_m, stride_ot, i_h, stride_oh, o_d, m_m, m_d)
     b_lse = tl.where(b_l == 0.0, float("-inf"), (b_m + tl.log2(tl.where(b_l == 0.0, 1.0, b_l))) * 0.6931471805599453)
     tl.store(LSE + i_h * total_q + q_start + o_m, b_lse, mask=m_m)
 
@@ -140,18 +151,13 @@ def _bwd_dkdv_kernel(
             b_lse = tl.load(LSE + i_h * total_q + q_start + o_m, mask=m_m, other=0.0) * 1.4426950408889634
             b_delta = tl.load(DELTA + i_h * total_q + q_start + o_m, mask=m_m, other=0.0)
             b_s = _dot(b_q, tl.trans(b_k), tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32) * scale_log2
-            visible = m_m[:, None] & m_n[None, :]
-            if CAUSAL:
-                visible = visible & (o_n[None, :] <= o_m[:, None] + diag)
-            b_p = tl.where(visible, tl.exp2(b_s - b_lse[:, None]), 0.0)
+            b_p = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), tl.exp2(b_s - b_lse[:, None]), 0.0)
             b_dv = _dot(tl.trans(b_p.to(b_do.dtype)), b_do, b_dv, DOT_FP32)
             b_dp = _dot(b_do, tl.trans(b_v), tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32)
             b_ds = b_p * (b_dp - b_delta[:, None])
             b_dk = _dot(tl.trans(b_ds.to(b_q.dtype)), b_q, b_dk, DOT_FP32)
-    p_dk = DK + (k_start + o_n)[:, None] * stride_dkt + i_kh * stride_dkh + o_d[None, :]
-    tl.store(p_dk, (b_dk * scale).to(DK.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
-    p_dv = DV + (k_start + o_n)[:, None] * stride_dvt + i_kh * stride_dvh + o_d[None, :]
-    tl.store(p_dv, b_dv.to(DV.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
+    _store_rows(DK, b_dk * scale, k_start, o_n, stride_dkt, i_kh, stride_dkh, o_d, m_n, m_d)
+    _store_rows(DV, b_dv, k_start, o_n, stride_dvt, i_kh, stride_dvh, o_d, m_n, m_d)
 
 
 @triton.jit
@@ -183,15 +189,11 @@ def _bwd_dq_kernel(
         b_kt = _cols(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
         b_vt = _cols(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
         b_s = _dot(b_q, b_kt, tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32) * scale_log2
-        visible = m_m[:, None] & m_n[None, :]
-        if CAUSAL:
-            visible = visible & (o_n[None, :] <= o_m[:, None] + diag)
-        b_p = tl.where(visible, tl.exp2(b_s - b_lse[:, None]), 0.0)
+        b_p = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), tl.exp2(b_s - b_lse[:, None]), 0.0)
         b_dp = _dot(b_do, b_vt, tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32)
         b_ds = b_p * (b_dp - b_delta[:, None])
         b_dq = _dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), b_dq, DOT_FP32)
-    p_dq = DQ + (q_start + o_m)[:, None] * stride_dqt + i_h * stride_dqh + o_d[None, :]
-    tl.store(p_dq, (b_dq * scale).to(DQ.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+    _store_rows(DQ, b_dq * scale, q_start, o_m, stride_dqt, i_h, stride_dqh, o_d, m_m, m_d)
 
 
 def _config(d: int, phase: str) -> dict:
