@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from bench.common import environment, median_ms, on_gpu, write_results
+from livecc.data.sequence import patch_rows
 from livecc.data.video import clip_frame_size, decode_clip
-from livecc.kernels.preprocess import preprocess_frames, preprocess_frames_reference
+from livecc.kernels.preprocess import VisionSpec, preprocess_frames, preprocess_frames_reference
 
 RESOLUTIONS = {"1080p": (1920, 1080), "720p": (1280, 720), "360p": (640, 360)}
 
@@ -65,8 +66,7 @@ def reference_path(path: Path):
 def livecc_path(path: Path, device: str):
     clip = decode_clip(path, resize=False, device=device)
     size = clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts))
-    fn = preprocess_frames if device != "cpu" else preprocess_frames_reference
-    rows, _ = fn(clip.frames, size, dtype=torch.bfloat16)
+    rows, _ = patch_rows(clip.frames.to(device), size, VisionSpec(), torch.bfloat16)
     if device != "cpu":
         torch.cuda.synchronize()
     return rows

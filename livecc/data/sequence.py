@@ -36,6 +36,8 @@ __all__ = [
     "assistant_turn",
     "build_streaming_sample",
     "context_text",
+    "expand_video_pads",
+    "patch_rows",
     "plan_windows",
     "user_turn",
 ]
@@ -128,7 +130,15 @@ def assistant_labels(input_ids: torch.Tensor, ids: TokenIds) -> torch.Tensor:
     return labels
 
 
-def _expand_video_pads(ids: torch.Tensor, video_pad: int, counts: list[int]) -> torch.Tensor:
+def patch_rows(frames: torch.Tensor, size: tuple[int, int], spec: VisionSpec,
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """ViT patch rows where the frames are: the Triton kernel on CUDA, torch on CPU (the kernel's
+    interpreter mode is for its tests, far too slow for whole clips)."""
+    preprocess = preprocess_frames if frames.is_cuda else preprocess_frames_reference
+    return preprocess(frames, size, spec, dtype)
+
+
+def expand_video_pads(ids: torch.Tensor, video_pad: int, counts: list[int]) -> torch.Tensor:
     """Repeat the i-th ``<|video_pad|>`` ``counts[i]`` times (tokenizing one pad per window is exact
     because it is a special token, and far faster than tokenizing thousands)."""
     repeats = torch.ones_like(ids)
@@ -176,9 +186,7 @@ def build_streaming_sample(
 
     n_frames = windows[-1].frames.stop
     size = clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts), budget)
-    frames = clip.frames[:n_frames].to(device)
-    preprocess = preprocess_frames if frames.is_cuda else preprocess_frames_reference
-    pixel_values, grid = preprocess(frames, size, spec, dtype)
+    pixel_values, grid = patch_rows(clip.frames[:n_frames].to(device), size, spec, dtype)
     _, gh, gw = grid[0].tolist()
     tp = spec.temporal_patch_size
     grids = torch.tensor([[(w.frames.stop - w.frames.start) // tp, gh, gw] for w in windows])
@@ -189,7 +197,7 @@ def build_streaming_sample(
     )
     input_ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
     tokens_per_window = (grids.prod(-1) // spec.merge_size**2).tolist()
-    input_ids = _expand_video_pads(input_ids, ids.video_pad, tokens_per_window)
+    input_ids = expand_video_pads(input_ids, ids.video_pad, tokens_per_window)
     position_ids, _ = mrope_position_ids(input_ids, grids, (ids.video_pad,), spec.merge_size)
     return StreamingSample(
         input_ids=input_ids,

@@ -17,9 +17,8 @@ import torch
 
 from ..data.processor import TokenIds, VisionSpec
 from ..data.rope import mrope_position_ids
-from ..data.sequence import SYSTEM_TURN, Window, user_turn
+from ..data.sequence import SYSTEM_TURN, Window, expand_video_pads, patch_rows, user_turn
 from ..data.video import FPS, smart_resize
-from ..kernels.preprocess import preprocess_frames, preprocess_frames_reference
 from .cache import TEXT, VISION, StreamKVCache
 from .decoder import forward_tokens
 
@@ -121,8 +120,7 @@ class StreamingSession:
         query = self.query if self.window_index == 0 else ""
         text = head + user_turn(window, query) + "<|im_start|>assistant\n"
         ids = torch.tensor(self.pending + self.tokenizer(text, add_special_tokens=False).input_ids)
-        n_pad = int(grid.prod() // self.spec.merge_size**2)
-        ids = torch.repeat_interleave(ids, torch.where(ids == self.ids.video_pad, n_pad, 1))
+        ids = expand_video_pads(ids, self.ids.video_pad, [int(grid.prod()) // self.spec.merge_size**2])
         positions, self.next_pos = mrope_position_ids(ids, grid, (self.ids.video_pad,), self.spec.merge_size,
                                                       start=self.next_pos)
         ids_dev = ids.to(self.device)
@@ -156,9 +154,7 @@ class StreamingSession:
     def _encode(self, frames: torch.Tensor):
         h, w = frames.shape[1:3]
         size = smart_resize(h, w, self.spec.factor, self.min_pixels, self.max_pixels)
-        frames = frames.to(self.device)
-        preprocess = preprocess_frames if frames.is_cuda else preprocess_frames_reference
-        pixel_values, grid = preprocess(frames, size, self.spec, self.dtype)
+        pixel_values, grid = patch_rows(frames.to(self.device), size, self.spec, self.dtype)
         out = self.model.model.visual(pixel_values, grid_thw=grid.to(self.device))
         return getattr(out, "pooler_output", out), pixel_values, grid
 

@@ -59,6 +59,7 @@ class Trainer:
         self.model = self._prepare(model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable = sum(p.numel() for p in params)
+        self.frozen_vision = sum(p.numel() for p in self.model.model.visual.parameters() if not p.requires_grad)
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         budget = PixelBudget(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
         dataset = StreamingDataset(cfg.data, self.processor, cfg.video_root, with_context=cfg.with_context,
@@ -181,7 +182,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        flops = 6 * self.trainable * tokens + 2 * self._frozen_vision_params() * vision_patches
+        flops = 6 * self.trainable * tokens + 2 * self.frozen_vision * vision_patches
         peak = _peak_flops(self.device)
         return {
             "step": self.step, "loss": loss_total / max(label_tokens, 1), "lr": self.scheduler.get_last_lr()[0],
@@ -192,9 +193,6 @@ class Trainer:
             "max_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else None,
             "skipped_steps": self.skipped_steps,
         }
-
-    def _frozen_vision_params(self) -> int:
-        return sum(p.numel() for p in self.model.model.visual.parameters() if not p.requires_grad)
 
     def fit(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
