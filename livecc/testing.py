@@ -80,11 +80,18 @@ def tiny_qwen2vl(
     vocab_size: int = 151936,
     seed: int | None = 0,
     attn_implementation: str = "sdpa",
+    arch: str = "qwen2_vl",
     **text_overrides,
 ):
-    """A randomly initialised Qwen2-VL with the real token ids, small enough for CPU tests."""
+    """A randomly initialised Qwen2-VL (``arch="qwen2_5_vl"``: Qwen2.5-VL, with its windowed ViT
+    and seconds-spaced temporal positions) with the real token ids, small enough for CPU tests."""
     import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+    )
 
     head_dim = hidden_size // num_heads
     section = head_dim // 2  # mrope splits head_dim/2 rotary frequencies over (t, h, w)
@@ -96,11 +103,20 @@ def tiny_qwen2vl(
                                                         "mrope_section": mrope_section},
         bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, **text_overrides,
     )
-    vision_config = dict(depth=vision_depth, embed_dim=vision_dim, num_heads=vision_heads,
-                         hidden_size=hidden_size, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
+    vision_config = dict(depth=vision_depth, num_heads=vision_heads, patch_size=14, spatial_merge_size=2,
                          temporal_patch_size=2)
-    config = Qwen2VLConfig(text_config=text_config, vision_config=vision_config)
+    if arch == "qwen2_vl":
+        vision_config.update(embed_dim=vision_dim, hidden_size=hidden_size, mlp_ratio=2)
+        config_cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    elif arch == "qwen2_5_vl":
+        # 2x2-token attention windows, the last block global: both ViT attention kinds run.
+        vision_config.update(hidden_size=vision_dim, intermediate_size=vision_dim * 2, out_hidden_size=hidden_size,
+                             window_size=56, fullatt_block_indexes=[vision_depth - 1], tokens_per_second=2)
+        config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    else:
+        raise ValueError(f"arch must be 'qwen2_vl' or 'qwen2_5_vl', got {arch!r}")
+    config = config_cls(text_config=text_config, vision_config=vision_config)
     config._attn_implementation = attn_implementation
     if seed is not None:
         torch.manual_seed(seed)
-    return Qwen2VLForConditionalGeneration(config).eval()
+    return model_cls(config).eval()

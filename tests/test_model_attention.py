@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from livecc.data.rope import mrope_position_ids
@@ -7,9 +8,9 @@ from livecc.testing import tiny_qwen2vl
 VIDEO_PAD, VISION_START, VISION_END = 151656, 151652, 151653
 
 
-def models():
-    ref = tiny_qwen2vl(seed=0, attn_implementation="sdpa")
-    ours = tiny_qwen2vl(seed=0)
+def models(arch="qwen2_vl"):
+    ref = tiny_qwen2vl(seed=0, attn_implementation="sdpa", arch=arch)
+    ours = tiny_qwen2vl(seed=0, arch=arch)
     use_livecc_attention(ours)
     return ref, ours
 
@@ -27,8 +28,9 @@ def video_doc(gen, n_text=5, groups=2):
     return ids, grid, pixels, pos
 
 
-def test_logits_and_gradients_match_sdpa(gen):
-    ref, ours = models()
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])  # 2.5: windowed and global ViT attention
+def test_logits_and_gradients_match_sdpa(gen, arch):
+    ref, ours = models(arch)
     ids, grid, pixels, pos = video_doc(gen)
     weights = torch.randn(1, ids.numel(), ref.config.text_config.vocab_size, generator=gen)
     grads = []

@@ -132,15 +132,22 @@ def test_plan_windows():
     assert [(w.start, w.end) for w in plan_windows(8)] == [(0.0, 3.0), (3.0, 4.0)]
 
 
-def test_position_ids_match_qwen2vl_rope_index(processor):
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
+def test_position_ids_match_hugging_face_rope_index(processor, arch):
+    from livecc.data.rope import rope_time_interval
     from livecc.testing import tiny_qwen2vl
 
-    model = tiny_qwen2vl()
+    model = tiny_qwen2vl(arch=arch)
+    interval = rope_time_interval(model.config)
+    assert interval == (1.0 if arch == "qwen2_vl" else 2.0)  # Qwen2.5-VL: 2 positions per second
     clip = make_clip(12)
-    sample = build_streaming_sample(record([(10.1, 10.3, "a"), (15.1, 15.4, "b")], query="q"), processor, clip=clip)
+    sample = build_streaming_sample(record([(10.1, 10.3, "a"), (15.1, 15.4, "b")], query="q"), processor, clip=clip,
+                                    time_interval=interval)
     ids = sample.input_ids[None]
     mm_types = torch.where(ids == model.config.video_token_id, 2, 0)
-    expected, _ = model.model.get_rope_index(ids, mm_token_type_ids=mm_types, video_grid_thw=sample.video_grid_thw)
+    seconds = {"second_per_grid_ts": torch.ones(len(sample.video_grid_thw))} if arch == "qwen2_5_vl" else {}
+    expected, _ = model.model.get_rope_index(ids, mm_token_type_ids=mm_types, video_grid_thw=sample.video_grid_thw,
+                                             **seconds)
     assert torch.equal(sample.position_ids, expected[:, 0])
 
 

@@ -22,8 +22,8 @@ def full_forward_logits(model, trace):
     return out.logits[0]
 
 
-def run_session(processor, gen, n_windows, **kwargs):
-    model = tiny_qwen2vl(seed=0, attn_implementation="eager")
+def run_session(processor, gen, n_windows, arch="qwen2_vl", **kwargs):
+    model = tiny_qwen2vl(seed=0, attn_implementation="eager", arch=arch)
     session = StreamingSession(model, processor, query="What happens?", trace=True, **kwargs)
     results = []
     for i in range(n_windows):
@@ -39,9 +39,10 @@ def check_logits(model, session):
         torch.testing.assert_close(logits, full[index].float(), atol=2e-4, rtol=1e-4)
 
 
-def test_window_logits_equal_one_full_forward(processor, gen):
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
+def test_window_logits_equal_one_full_forward(processor, gen, arch):
     """The session's 3D positions continue the cache exactly: same logits as one pass."""
-    model, session, results = run_session(processor, gen, 5, max_new_tokens=4)
+    model, session, results = run_session(processor, gen, 5, arch=arch, max_new_tokens=4)
     assert [r.start for r in results] == [0.0, 3.0, 4.0, 5.0, 6.0] and results[1].text == "the ball"
     check_logits(model, session)
     text = processor.tokenizer.decode(torch.cat(session.trace.ids))

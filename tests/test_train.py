@@ -90,15 +90,21 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(records, tmp_path):
     torch.testing.assert_close(torch.tensor(losses), torch.tensor([m["loss"] for m in full]), rtol=1e-6, atol=1e-6)
 
 
-def test_checkpoint_loads_with_from_pretrained(records, tmp_path):
-    from transformers import Qwen2VLForConditionalGeneration
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
+def test_checkpoint_loads_with_from_pretrained(records, tmp_path, arch):
+    from transformers import AutoModelForImageTextToText
 
-    trainer = Trainer(config(records, tmp_path, max_steps=1))
-    trainer.fit()
-    loaded = Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "run" / "checkpoint-1")
+    from livecc.models import load_model
+
+    trainer = Trainer(config(records, tmp_path, max_steps=1, tiny={"arch": arch}))
+    assert trainer.fit()["history"][0]["loss"] > 0
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "run" / "checkpoint-1")
+    assert loaded.config.model_type == arch
     for name, p in trainer.model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], p, msg=name)
     assert (tmp_path / "run" / "checkpoint-1" / "tokenizer.json").is_file()
+    model, _ = load_model(str(tmp_path / "run" / "checkpoint-1"), "cpu")  # what `livecc stream --model` uses
+    assert type(model) is type(loaded)
 
 
 def test_non_finite_gradient_skips_the_step(records, tmp_path):

@@ -4,13 +4,16 @@ Text tokens count up on all three axes; a vision block of LLM grid ``(t, h, w)``
 ``(start + t_i, start + h_i, start + w_i)`` and the next token starts at the block's largest
 position + 1. That is Qwen2-VL's original rule, which its checkpoints and LiveCC were trained with
 (transformers 5 advances by ``max(h, w)`` only, which differs when ``t`` exceeds both).
+
+Qwen2.5-VL spaces the temporal positions by ``time_interval = tokens_per_second * temporal_patch / fps``
+(2 at LiveCC's 2 FPS) so that they follow seconds; the next token starts after the largest of them.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["mrope_position_ids", "vision_runs"]
+__all__ = ["mrope_position_ids", "rope_time_interval", "vision_runs"]
 
 
 def vision_runs(is_vision: torch.Tensor) -> list[tuple[int, int]]:
@@ -30,12 +33,14 @@ def mrope_position_ids(
     vision_token_ids: tuple[int, ...],
     merge_size: int = 2,
     start: int = 0,
+    time_interval: float = 1.0,
 ) -> tuple[torch.Tensor, int]:
     """Positions ``[3, L]`` for one sequence and the next free position.
 
     ``grids`` ``[n, 3]`` are the ViT grids (before the spatial merge) of the vision blocks in the
     order they appear; ``vision_token_ids`` are the pad tokens that mark them (video and image).
-    ``start`` continues a sequence already in a KV cache.
+    ``start`` continues a sequence already in a KV cache; ``time_interval`` is
+    :func:`rope_time_interval` of the model.
     """
     ids = input_ids.flatten()
     is_vision = torch.zeros_like(ids, dtype=torch.bool)
@@ -52,10 +57,18 @@ def mrope_position_ids(
             raise ValueError(f"vision block at {begin} has {end - begin} tokens, grid needs {t * h * w}")
         pos[:, cursor:begin] = torch.arange(next_pos, next_pos + begin - cursor)
         next_pos += begin - cursor
-        ti, hi, wi = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+        times = (torch.arange(t) * time_interval).long()
+        ti, hi, wi = torch.meshgrid(times, torch.arange(h), torch.arange(w), indexing="ij")
         pos[:, begin:end] = torch.stack([ti.flatten(), hi.flatten(), wi.flatten()]) + next_pos
-        next_pos += max(t, h, w)
+        next_pos += max(int(times[-1]) + 1, h, w)
         cursor = end
     pos[:, cursor:] = torch.arange(next_pos, next_pos + ids.numel() - cursor)
     next_pos += ids.numel() - cursor
     return pos, next_pos
+
+
+def rope_time_interval(config, temporal_patch_size: int = 2, fps: float = 2.0) -> float:
+    """Temporal position step per ViT frame group: 1 for Qwen2-VL; Qwen2.5-VL's vision config
+    carries ``tokens_per_second`` (positions per second of video)."""
+    tokens_per_second = getattr(getattr(config, "vision_config", config), "tokens_per_second", None)
+    return 1.0 if tokens_per_second is None else tokens_per_second * temporal_patch_size / fps

@@ -162,8 +162,10 @@ def build_streaming_sample(
     backend: str = "auto",
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
+    time_interval: float = 1.0,
 ) -> StreamingSample:
     """Decode the record's clip and build its streaming sample (``clip`` skips the decode).
+    ``time_interval`` is the model's :func:`~livecc.data.rope.rope_time_interval` (Qwen2.5-VL: 2).
 
     With ``device="cuda"`` the clip is decoded there when torchcodec can, and resized and
     patchified by the Triton kernel, so CPU data workers only read records.
@@ -198,7 +200,8 @@ def build_streaming_sample(
     input_ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
     tokens_per_window = (grids.prod(-1) // spec.merge_size**2).tolist()
     input_ids = expand_video_pads(input_ids, ids.video_pad, tokens_per_window)
-    position_ids, _ = mrope_position_ids(input_ids, grids, (ids.video_pad,), spec.merge_size)
+    position_ids, _ = mrope_position_ids(input_ids, grids, (ids.video_pad,), spec.merge_size,
+                                         time_interval=time_interval)
     return StreamingSample(
         input_ids=input_ids,
         labels=assistant_labels(input_ids, ids),

@@ -82,27 +82,16 @@ def _prompt(q: Question) -> str:
     return (f"{q.question}\n{options}\nAnswer with the option's letter from the given choices directly.")
 
 
-@torch.no_grad()
 def answer_logits(model, processor, q: Question, video_root: str | Path) -> torch.Tensor:
     """Logits of ``" A"``, ``" B"``, ... after the assistant's ``Answer:`` for one question."""
-    from ..data.processor import TokenIds, VisionSpec
-    from ..data.rope import mrope_position_ids
-    from ..data.sequence import SYSTEM_TURN, VIDEO_BLOCK, expand_video_pads, patch_rows
     from ..data.video import clip_frame_size, decode_clip
+    from ..models.ask import video_prompt_logits
 
     tokenizer = getattr(processor, "tokenizer", processor)
-    ids_, spec = TokenIds.from_tokenizer(tokenizer), VisionSpec.from_processor(processor)
     device = next(model.parameters()).device
     clip = decode_clip(Path(video_root) / q.video, q.start, q.end, resize=False, device=str(device))
     size = clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts))
-    pixels, grid = patch_rows(clip.frames.to(device), size, spec)
-    text = (SYSTEM_TURN + f"<|im_start|>user\n{VIDEO_BLOCK}{_prompt(q)}<|im_end|>\n"
-            + "<|im_start|>assistant\nAnswer:")
-    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
-    ids = expand_video_pads(ids, ids_.video_pad, [int(grid.prod()) // spec.merge_size**2])
-    positions, _ = mrope_position_ids(ids, grid, (ids_.video_pad,), spec.merge_size)
-    logits = model(input_ids=ids[None].to(device), position_ids=positions[:, None].to(device),
-                   pixel_values_videos=pixels.to(model.dtype), video_grid_thw=grid.to(device)).logits[0, -1]
+    logits = video_prompt_logits(model, processor, clip.frames, size, _prompt(q), "Answer:")
     letters = [tokenizer(f" {LETTERS[i]}", add_special_tokens=False).input_ids[-1] for i in range(len(q.options))]
     return logits[letters].float().cpu()
 

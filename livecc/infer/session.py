@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.processor import TokenIds, VisionSpec
-from ..data.rope import mrope_position_ids
+from ..data.rope import mrope_position_ids, rope_time_interval
 from ..data.sequence import SYSTEM_TURN, Window, expand_video_pads, patch_rows, user_turn
 from ..data.video import FPS, smart_resize
 from .cache import TEXT, VISION, StreamKVCache
@@ -77,6 +77,7 @@ class StreamingSession:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.ids = TokenIds.from_tokenizer(self.tokenizer)
         self.spec = VisionSpec.from_processor(processor)
+        self.time_interval = rope_time_interval(model.config, self.spec.temporal_patch_size, fps)
         eos = self.tokenizer(" ...", add_special_tokens=False).input_ids
         if len(eos) != 1:
             raise ValueError("the tokenizer does not encode the streaming EOS ' ...' as one token")
@@ -122,7 +123,7 @@ class StreamingSession:
         ids = torch.tensor(self.pending + self.tokenizer(text, add_special_tokens=False).input_ids)
         ids = expand_video_pads(ids, self.ids.video_pad, [int(grid.prod()) // self.spec.merge_size**2])
         positions, self.next_pos = mrope_position_ids(ids, grid, (self.ids.video_pad,), self.spec.merge_size,
-                                                      start=self.next_pos)
+                                                      start=self.next_pos, time_interval=self.time_interval)
         ids_dev = ids.to(self.device)
         embeds = self.model.get_input_embeddings()(ids_dev)
         embeds[ids_dev == self.ids.video_pad] = embeds_v.to(embeds.dtype)

@@ -1,4 +1,4 @@
-"""Load a Qwen2-VL model and its processor from a local directory (or the offline tiny default)."""
+"""Load a Qwen2-VL / Qwen2.5-VL model and its processor from a local directory (or the offline tiny default)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ def load_model(path: str, device: str | None = None, dtype: torch.dtype | None =
         return tiny_qwen2vl().to(device=device, dtype=dtype), offline_processor()
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: model directory not found (no model hub is used)")
-    from transformers import Qwen2VLForConditionalGeneration
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
-    model = Qwen2VLForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
+    model_type = AutoConfig.from_pretrained(path, local_files_only=True).model_type
+    if model_type not in ("qwen2_vl", "qwen2_5_vl"):
+        raise ValueError(f"{path}: a {model_type!r} checkpoint; livecc runs Qwen2-VL and Qwen2.5-VL")
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
     return model.to(device).eval(), load_processor(path)

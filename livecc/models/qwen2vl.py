@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import torch
 
 from ..kernels.attention import varlen_attention
@@ -49,9 +52,9 @@ def text_only_causal_lm_loss(
 
 
 def _vision_attention_forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
-    """Qwen2-VL ViT attention over every frame group at once (one varlen call, not a loop per group)."""
-    from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
-
+    """Qwen2-VL / Qwen2.5-VL ViT attention over every frame group (or window) at once: one varlen
+    call, not a loop per group."""
+    apply_rotary_pos_emb_vision = sys.modules[type(self).__module__].apply_rotary_pos_emb_vision
     seq_len = hidden_states.shape[0]
     q, k, v = self.qkv(hidden_states).reshape(seq_len, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     cos, sin = position_embeddings
@@ -63,13 +66,12 @@ def _vision_attention_forward(self, hidden_states, cu_seqlens, position_embeddin
 
 
 def use_livecc_attention(model) -> None:
-    """Run a Qwen2-VL model's LLM and ViT attention on livecc's varlen kernel."""
-    import types
-
+    """Run a Qwen2-VL or Qwen2.5-VL model's LLM and ViT attention on livecc's varlen kernel."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention
     from transformers.models.qwen2_vl.modeling_qwen2_vl import VisionAttention
 
     register()
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     for module in model.modules():
-        if isinstance(module, VisionAttention):
+        if isinstance(module, (VisionAttention, Qwen2_5_VLVisionAttention)):
             module.forward = types.MethodType(_vision_attention_forward, module)

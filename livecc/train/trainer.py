@@ -1,4 +1,4 @@
-"""Packed streaming training of Qwen2-VL on one process or many (torchrun + FSDP2).
+"""Packed streaming training of Qwen2-VL / Qwen2.5-VL on one process or many (torchrun + FSDP2).
 
 One optimizer step consumes ``global_batch_clips`` clips over all ranks, as packs of at most
 ``token_budget`` tokens. The loss is the mean over every labelled token of the step: micro-batches
@@ -22,6 +22,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..data.packing import Pack, PackedLoader, StreamingDataset
+from ..data.processor import VisionSpec
+from ..data.rope import rope_time_interval
 from ..data.video import PixelBudget
 from ..models import TextOnlyHead, load_model, text_only_causal_lm_loss, use_livecc_attention
 from .config import TrainConfig
@@ -60,10 +62,13 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable = sum(p.numel() for p in params)
         self.frozen_vision = sum(p.numel() for p in self.model.model.visual.parameters() if not p.requires_grad)
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        # fused: one kernel over all parameters instead of a loop of small ops per tensor
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                           fused=True)
         budget = PixelBudget(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        interval = rope_time_interval(model.config, VisionSpec.from_processor(self.processor).temporal_patch_size)
         dataset = StreamingDataset(cfg.data, self.processor, cfg.video_root, with_context=cfg.with_context,
-                                   budget=budget)
+                                   budget=budget, time_interval=interval)
         budget = cfg.token_budget if cfg.engine == "livecc" else 1  # "hf": one clip per micro-batch
         self.loader = PackedLoader(dataset, budget, rank=self.rank, world_size=self.world, seed=cfg.seed,
                                    num_workers=cfg.num_workers)
@@ -97,10 +102,11 @@ class Trainer:
         if cfg.engine == "livecc":
             use_livecc_attention(model)
             if cfg.liger and self.device.type == "cuda":
-                from liger_kernel.transformers import apply_liger_kernel_to_qwen2_vl
+                from liger_kernel.transformers import monkey_patch
 
-                apply_liger_kernel_to_qwen2_vl(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                               fused_linear_cross_entropy=False, layer_norm=False, model=model)
+                apply = getattr(monkey_patch, f"apply_liger_kernel_to_{model.config.model_type}")
+                apply(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False,
+                      layer_norm=False, model=model)
         if cfg.freeze_vision:
             model.model.visual.requires_grad_(False)
         if cfg.gradient_checkpointing:  # renamed in recent transformers; the GPU image has the old name

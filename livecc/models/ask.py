@@ -1,0 +1,29 @@
+"""One question about a video, answered by the next-token logits (multiple choice, yes/no)."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["video_prompt_logits"]
+
+
+@torch.no_grad()
+def video_prompt_logits(model, processor, frames: torch.Tensor, size: tuple[int, int], prompt: str,
+                        answer_prefix: str = "") -> torch.Tensor:
+    """Logits of the token after ``<video>prompt`` and the assistant's ``answer_prefix``, for uint8
+    frames ``[T, H, W, 3]`` resized to ``size``."""
+    from ..data.processor import TokenIds, VisionSpec
+    from ..data.rope import mrope_position_ids, rope_time_interval
+    from ..data.sequence import SYSTEM_TURN, VIDEO_BLOCK, expand_video_pads, patch_rows
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    token_ids, spec = TokenIds.from_tokenizer(tokenizer), VisionSpec.from_processor(processor)
+    device = next(model.parameters()).device
+    pixels, grid = patch_rows(frames.to(device), size, spec)
+    text = SYSTEM_TURN + f"<|im_start|>user\n{VIDEO_BLOCK}{prompt}<|im_end|>\n<|im_start|>assistant\n{answer_prefix}"
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
+    ids = expand_video_pads(ids, token_ids.video_pad, [int(grid.prod()) // spec.merge_size**2])
+    interval = rope_time_interval(model.config, spec.temporal_patch_size)
+    positions, _ = mrope_position_ids(ids, grid, (token_ids.video_pad,), spec.merge_size, time_interval=interval)
+    return model(input_ids=ids[None].to(device), position_ids=positions[:, None].to(device),
+                 pixel_values_videos=pixels.to(model.dtype), video_grid_thw=grid.to(device)).logits[0, -1]
