@@ -171,6 +171,46 @@ def cmd_bench(args) -> int:
     return bench_main([])
 
 
+def _pair(text: str) -> tuple[float, float]:
+    low, _, high = text.partition(",")
+    return float(low), float(high)
+
+
+def _data_stage(args):
+    from .data import pipeline as p
+
+    if args.data_command == "clips":
+        rules = p.ClipRules(sft=args.sft, max_gap=args.max_gap, max_duration=args.max_duration,
+                            min_duration=args.min_duration, min_rate=args.min_rate, max_rate=args.max_rate)
+        categories = set(args.categories.split(",")) if args.categories else None
+        return p.ClipStage(rules, args.transcript_root, categories, args.language, args.min_language_score)
+    if args.data_command == "rank":
+        return p.RankStage(p.rank_threshold(args.inputs, args.top))
+    if args.data_command == "lm-filter":
+        keep = _pair(args.keep) if args.keep else ((1.5, 5.0) if args.sft else (1.5, 6.5))
+        return p.LMFilterStage(args.model, keep, args.device)
+    if args.data_command == "talking-head":
+        scorer = p.load_scorer(args.scorer or "qwen-vl", args.model) if args.scorer or args.model else None
+        return p.TalkingHeadStage(scorer, args.video_root, args.threshold)
+    from .chat import ChatClient
+
+    client = ChatClient(args.base_url, args.llm, args.api_key, azure_api_version=args.azure_api_version,
+                        requests_per_second=args.rps)
+    return p.PromptStage(client, concurrency=args.concurrency)
+
+
+def cmd_data(args) -> int:
+    """Run a data pipeline stage over JSONL inputs (sharded, resumable, accounted)."""
+    from .data.pipeline import run_stage
+
+    stage = _data_stage(args)
+    num_shards = 1 if args.data_command == "rank" else args.num_shards
+    report = run_stage(stage, args.inputs, args.out, shard=args.shard if num_shards > 1 else 0,
+                       num_shards=num_shards, batch_size=args.batch_size, progress=not args.quiet)
+    print(report.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livecc", description="LiveCC: video LLMs trained on streaming ASR.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and backend choices")
@@ -254,6 +294,55 @@ def build_parser() -> argparse.ArgumentParser:
     mcq.add_argument("--out", default=None, help="per-question predictions JSONL")
     mcq.add_argument("--device", default=None)
     mcq.set_defaults(func=cmd_mcq)
+
+    data = sub.add_parser("data", help=cmd_data.__doc__, description=cmd_data.__doc__)
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="STAGE")
+    stages = {
+        "clips": "A1 / B3 clipping of word-timed transcripts (one video per input line) into records",
+        "rank": "keep the N clips with the largest vocabulary (A1; all shards' clip files as inputs)",
+        "lm-filter": "A2 / B4: per-clip text loss under a causal LM from a local directory",
+        "talking-head": "A3 / B5: drop talking-head clips (Qwen2-VL scorer, or a precomputed speaker ratio)",
+        "prompts": "B6: generate SFT user prompts through an OpenAI-compatible chat endpoint",
+    }
+    for name, text in stages.items():
+        st = data_sub.add_parser(name, help=text, description=text)
+        st.add_argument("inputs", nargs="+", help="JSONL input files")
+        st.add_argument("--out", required=True, help="output directory (per-shard files; a rerun resumes)")
+        st.add_argument("--shard", type=int, default=0)
+        st.add_argument("--num-shards", type=int, default=1)
+        st.add_argument("--batch-size", type=int, default=16 if name in ("lm-filter", "prompts") else 1)
+        st.add_argument("--quiet", action="store_true", help="no progress bar")
+        st.set_defaults(func=cmd_data)
+        if name == "clips":
+            st.add_argument("--sft", action="store_true", help="B3 sentence rules (no previous-ASR context)")
+            st.add_argument("--transcript-root", default=None)
+            st.add_argument("--max-gap", type=float, default=3.0)
+            st.add_argument("--max-duration", type=float, default=240.0)
+            st.add_argument("--min-duration", type=float, default=30.0)
+            st.add_argument("--min-rate", type=float, default=1.0)
+            st.add_argument("--max-rate", type=float, default=4.0)
+            st.add_argument("--categories", default=None, help="B1: comma-separated categories to keep")
+            st.add_argument("--language", default=None, help="B1: keep this language (e.g. en)")
+            st.add_argument("--min-language-score", type=float, default=0.9)
+        elif name == "rank":
+            st.add_argument("--top", type=int, required=True)
+        elif name == "lm-filter":
+            st.add_argument("--model", required=True, help="local causal LM directory (e.g. Qwen2-1.5B-Instruct)")
+            st.add_argument("--keep", default=None, help="LOW,HIGH (default 1.5,6.5; with --sft 1.5,5)")
+            st.add_argument("--sft", action="store_true")
+            st.add_argument("--device", default=None)
+        elif name == "talking-head":
+            st.add_argument("--model", default=None, help="local Qwen2-VL directory for the default scorer")
+            st.add_argument("--scorer", default=None, help="'qwen-vl' (default with --model) or module:attribute")
+            st.add_argument("--video-root", default=None)
+            st.add_argument("--threshold", type=float, default=0.3)
+        else:
+            st.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (env OPENAI_BASE_URL)")
+            st.add_argument("--llm", default="gpt-4o-2024-08-06", help="model name (env key OPENAI_API_KEY)")
+            st.add_argument("--api-key", default=None)
+            st.add_argument("--azure-api-version", default=None)
+            st.add_argument("--concurrency", type=int, default=8)
+            st.add_argument("--rps", type=float, default=None, help="requests per second limit")
 
     words = sub.add_parser("words", help=cmd_words.__doc__, description=cmd_words.__doc__)
     words.add_argument("transcript")

@@ -1,0 +1,245 @@
+"""Run a pipeline stage over JSONL inputs: streaming, sharded, resumable, fully accounted.
+
+A stage maps a batch of parsed input lines to one :class:`Outcome` each. The runner reads the
+inputs line by line (constant memory), takes every ``num_shards``-th line from ``shard``, and
+writes, per shard, the kept lines, a side file of what was dropped (with its reason) or failed
+(with its error), a progress file and a report. After each batch the output files are flushed and
+the progress file is replaced atomically with the number of lines consumed and the output sizes;
+a rerun truncates the outputs to those sizes and continues after those lines, so a killed run
+neither repeats nor loses work. Accounting: every input line is kept, dropped (by reason) or
+failed (by error) — exactly one of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from tqdm import tqdm
+
+__all__ = ["Outcome", "Stage", "StageReport", "run_stage", "shard_paths"]
+
+log = logging.getLogger("livecc.data")
+
+
+@dataclass
+class Outcome:
+    """What became of one input: output lines, dropped items ``(reason, item)``, or an error."""
+
+    kept: list = field(default_factory=list)
+    dropped: list[tuple[str, object]] = field(default_factory=list)
+    error: str | None = None  # "ErrorType: message"
+
+    @classmethod
+    def failed(cls, e: BaseException) -> Outcome:
+        return cls(error=f"{type(e).__name__}: {e}")
+
+
+class Stage(Protocol):
+    name: str
+
+    def process(self, items: list[tuple[int, object]]) -> list[Outcome]:
+        """One outcome per ``(input index, parsed line)``, in order. An exception fails the batch,
+        which is then retried item by item."""
+        ...
+
+
+@dataclass
+class StageReport:
+    stage: str
+    shard: int = 0
+    num_shards: int = 1
+    inputs: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)  # inputs with nothing kept, by first reason
+    failed: Counter = field(default_factory=Counter)  # by error type
+    outputs: int = 0  # lines written (a transcript can give many clips)
+    dropped_items: Counter = field(default_factory=Counter)  # every dropped item, by reason
+
+    def add(self, outcome: Outcome) -> None:
+        self.inputs += 1
+        if outcome.error is not None:
+            self.failed[outcome.error.split(":", 1)[0]] += 1
+        elif outcome.kept:
+            self.kept += 1
+        else:
+            self.dropped[outcome.dropped[0][0] if outcome.dropped else "no_output"] += 1
+        self.outputs += len(outcome.kept)
+        self.dropped_items.update(reason for reason, _ in outcome.dropped)
+
+    @property
+    def balanced(self) -> bool:
+        return self.inputs == self.kept + sum(self.dropped.values()) + sum(self.failed.values())
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "shard": self.shard, "num_shards": self.num_shards, "inputs": self.inputs,
+                "kept": self.kept, "dropped": dict(self.dropped), "failed": dict(self.failed),
+                "outputs": self.outputs, "dropped_items": dict(self.dropped_items)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StageReport:
+        return cls(d["stage"], d["shard"], d["num_shards"], d["inputs"], d["kept"], Counter(d["dropped"]),
+                   Counter(d["failed"]), d["outputs"], Counter(d["dropped_items"]))
+
+    def summary(self) -> str:
+        def counts(c: Counter) -> str:
+            return ", ".join(f"{k} {v}" for k, v in c.most_common()) or "none"
+
+        return (f"{self.stage} shard {self.shard}/{self.num_shards}: {self.inputs} in = {self.kept} kept + "
+                f"{sum(self.dropped.values())} dropped ({counts(self.dropped)}) + {sum(self.failed.values())} "
+                f"failed ({counts(self.failed)}); {self.outputs} lines written")
+
+
+def shard_paths(out_dir: str | Path, stage: str, shard: int, num_shards: int) -> dict[str, Path]:
+    stem = Path(out_dir) / f"{stage}.{shard:05d}-of-{num_shards:05d}"
+    return {"out": stem.with_suffix(".jsonl"), "side": Path(f"{stem}.rejects.jsonl"),
+            "progress": Path(f"{stem}.progress.json"), "report": Path(f"{stem}.report.json")}
+
+
+def _lines(paths: Iterable[str | Path]) -> Iterator[tuple[int, str, bytes]]:
+    """``(index, where, line)`` over the non-empty lines of every input, in order."""
+    index = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    yield index, f"{path}:{n}", line
+                    index += 1
+
+
+def _is_seek_line(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(o, int) for o in value)
+
+
+def _run_batch(stage: Stage, items: list) -> list[Outcome]:
+    try:
+        outcomes = stage.process(items)
+        if len(outcomes) != len(items):
+            raise RuntimeError(f"stage {stage.name} returned {len(outcomes)} outcomes for {len(items)} items")
+        return outcomes
+    except Exception:  # isolate the bad item: one at a time
+        if len(items) == 1:
+            raise
+    outcomes = []
+    for item in items:
+        try:
+            outcomes += stage.process([item])
+        except Exception as e:
+            outcomes.append(Outcome.failed(e))
+    return outcomes
+
+
+def _write_seek_line(path: Path) -> None:
+    offsets, pos = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            offsets.append(pos)
+            pos += len(line)
+    with open(path, "ab") as f:
+        f.write(json.dumps(offsets).encode() + b"\n")
+
+
+def run_stage(stage: Stage, inputs: list[str | Path], out_dir: str | Path, *, shard: int = 0, num_shards: int = 1,
+              batch_size: int = 1, seek_index: bool = True, progress: bool = True) -> StageReport:
+    """Run ``stage`` over this shard of ``inputs`` (resuming a previous run); return its report."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard} is not in [0, {num_shards})")
+    for path in inputs:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: input file not found")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    paths = shard_paths(out_dir, stage.name, shard, num_shards)
+    state = {"consumed": 0, "out_bytes": 0, "side_bytes": 0, "done": False,
+             "report": StageReport(stage.name, shard, num_shards).to_dict()}
+    if paths["progress"].is_file():
+        state = json.loads(paths["progress"].read_text())
+    report = StageReport.from_dict(state["report"])
+    if state["done"]:
+        log.info("%s: already complete", paths["out"])
+        return report
+    if state["consumed"]:
+        log.info("%s: resuming after %d input lines", paths["out"], state["consumed"])
+
+    out, side = open(paths["out"], "ab"), open(paths["side"], "ab")
+    out.truncate(state["out_bytes"])
+    side.truncate(state["side_bytes"])
+    bar = tqdm(desc=f"{stage.name} {shard}/{num_shards}", unit="line", disable=not progress,
+               initial=state["consumed"])
+    batch: list[tuple[int, str, object]] = []
+
+    def flush(consumed: int) -> None:
+        good = [(index, value) for index, _, value in batch if not isinstance(value, _Broken)]
+        outcomes = iter(_run_batch(stage, good) if good else [])
+        for _, where, value in batch:
+            broken = isinstance(value, _Broken)
+            _record(out, side, report, where, None if broken else value,
+                    Outcome.failed(value.error) if broken else next(outcomes))
+        out.flush()
+        side.flush()
+        os.fsync(out.fileno())
+        os.fsync(side.fileno())
+        state.update(consumed=consumed, out_bytes=out.tell(), side_bytes=side.tell(), report=report.to_dict())
+        _replace(paths["progress"], state)
+        batch.clear()
+
+    consumed = state["consumed"]
+    try:
+        for index, where, line in _lines(inputs):
+            if index < state["consumed"]:
+                continue
+            consumed = index + 1
+            bar.update(1)
+            if index % num_shards != shard:
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                batch.append((index, where, _Broken(e)))
+            else:
+                if _is_seek_line(value):
+                    continue
+                batch.append((index, where, value))
+            if len(batch) >= batch_size:
+                flush(consumed)
+        flush(consumed)
+    finally:
+        out.close()
+        side.close()
+        bar.close()
+    if seek_index:
+        _write_seek_line(paths["out"])
+    state.update(done=True, report=report.to_dict())
+    _replace(paths["progress"], state)
+    _replace(paths["report"], report.to_dict())
+    log.info("%s", report.summary())
+    return report
+
+
+class _Broken:
+    """An input line that is not JSON: it fails without reaching the stage."""
+
+    def __init__(self, error: json.JSONDecodeError):
+        self.error = error
+
+
+def _record(out, side, report: StageReport, where: str, value, outcome: Outcome) -> None:
+    report.add(outcome)
+    for item in outcome.kept:
+        out.write(json.dumps(item, ensure_ascii=False).encode() + b"\n")
+    for reason, item in outcome.dropped:
+        side.write(json.dumps({"input": where, "reason": reason, "item": item}, ensure_ascii=False).encode() + b"\n")
+    if outcome.error is not None:
+        side.write(json.dumps({"input": where, "error": outcome.error, "item": value}, ensure_ascii=False).encode()
+                   + b"\n")
+
+
+def _replace(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
