@@ -25,7 +25,8 @@ from .data.words import Word
 
 __all__ = ["DemoConfig", "run_demo", "word_f1"]
 
-TINY = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, vision_depth=2, vision_dim=64, vision_heads=4)
+TINY = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, vision_depth=2, vision_dim=64, vision_heads=4,
+            tie_word_embeddings=True)
 FRAME = 112  # pixels per side: 16 LLM tokens per 1 s window
 
 
@@ -36,7 +37,7 @@ class DemoConfig:
     test_clips: int = 6
     duration: float = 12.0
     steps: int = 450
-    lr: float = 3e-3
+    lr: float = 1e-3
     events: int = 2  # shapes per clip
     seed: int = 0
     realtime: bool = True

@@ -161,3 +161,59 @@ def test_patch_rows_match_hugging_face_image_processor(processor, gen):
     hf = processor.image_processor(images=[Image.fromarray(f.numpy()) for f in pair], return_tensors="pt")
     assert hf["image_grid_thw"].tolist() == [[1, 18, 24], [1, 18, 24]]
     torch.testing.assert_close(sample.pixel_values_videos, hf["pixel_values"].float(), atol=1e-5, rtol=1e-5)
+
+
+CONVERSATION = [
+    {"role": "user", "content": [{"type": "video", "video": "clip.mp4"}, {"type": "text", "text": "Who scores?"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "The striker."}]},
+    {"role": "user", "content": "And then?"},
+    {"role": "assistant", "content": "A corner."},
+]
+
+
+def test_conversation_sample_for_sft(processor):
+    from livecc.data.sequence import build_conversation_sample, is_streaming_record
+    from livecc.testing import tiny_qwen2vl
+
+    assert not is_streaming_record(CONVERSATION) and is_streaming_record(record([(10.1, 10.3, "a")]).to_messages())
+    sample = build_conversation_sample(CONVERSATION, processor, clip=make_clip(8))
+    as_template = [{"role": m["role"], "content": [{"type": "video"} if c.get("type") == "video" else c
+                                                   for c in m["content"]] if isinstance(m["content"], list)
+                    else [{"type": "text", "text": m["content"]}]} for m in CONVERSATION]
+    assert processor.apply_chat_template(as_template, tokenize=False) == sample.text
+    assert labelled_text(sample, processor.tokenizer) == "The striker.<|im_end|>A corner.<|im_end|>"
+    assert sample.video_grid_thw.tolist() == [[4, 18, 24]] and sample.windows == []
+    model = tiny_qwen2vl()
+    ids = sample.input_ids[None]
+    mm_types = torch.where(ids == model.config.video_token_id, 2, 0)
+    expected, _ = model.model.get_rope_index(ids, mm_token_type_ids=mm_types, video_grid_thw=sample.video_grid_thw)
+    assert torch.equal(sample.position_ids, expected[:, 0])
+
+
+@pytest.mark.usefixtures("torch_attention")
+def test_mixed_streaming_and_conversation_records_pack_and_train(processor, tmp_path):
+    from livecc.data.packing import PackedLoader, StreamingDataset, pack_samples
+    from livecc.data.records import RecordWriter
+    from livecc.data.synth import synthesize_clip
+    from livecc.models import text_only_causal_lm_loss, use_livecc_attention
+    from livecc.testing import tiny_qwen2vl
+
+    with RecordWriter(tmp_path / "mix.jsonl") as w:
+        w.write(synthesize_clip(tmp_path, "clip", seed=0, duration=8.0))
+        w.write([{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}])
+        w.write([{"role": "user", "content": [{"type": "video", "video": "clip.mp4", "video_start": 1.0,
+                                               "video_end": 4.0}, {"type": "text", "text": "Colour?"}]},
+                 {"role": "assistant", "content": "Red."}])
+        w.write([{"role": "user", "content": "no answer"}])  # nothing to learn: counted, skipped
+        w.write([{"role": "robot", "content": "?"}])  # malformed: counted, skipped
+    dataset = StreamingDataset([tmp_path / "mix.jsonl"], processor, tmp_path)
+    loader = PackedLoader(dataset, token_budget=100_000, shuffle=False)
+    (pack,) = list(loader)
+    assert pack.n_clips == 3 and sum(loader.errors.values()) == 2
+    model = tiny_qwen2vl()
+    use_livecc_attention(model)
+    loss = text_only_causal_lm_loss(model, labels=pack.labels, **pack.model_inputs())
+    assert torch.isfinite(loss)
+    alone = pack_samples([dataset[1]])  # text only
+    assert "pixel_values_videos" not in alone.model_inputs()
+    assert torch.isfinite(text_only_causal_lm_loss(model, labels=alone.labels, **alone.model_inputs()))

@@ -16,8 +16,14 @@ from pathlib import Path
 
 import torch
 
-from .records import RecordError, SeekableRecords
-from .sequence import EmptySampleError, StreamingSample, build_streaming_sample
+from .records import ClipRecord, RecordError, SeekableRecords
+from .sequence import (
+    EmptySampleError,
+    StreamingSample,
+    build_conversation_sample,
+    build_streaming_sample,
+    is_streaming_record,
+)
 from .video import VideoError
 from .words import TranscriptError
 
@@ -49,12 +55,14 @@ class Pack:
     def model_inputs(self, device=None) -> dict:
         """Keyword arguments for a Qwen2-VL forward on livecc attention (no cross-clip attention)."""
         move = lambda t: t.to(device) if device is not None else t
-        return {
+        inputs = {
             "input_ids": move(self.input_ids), "position_ids": move(self.position_ids),
-            "pixel_values_videos": move(self.pixel_values_videos), "video_grid_thw": move(self.video_grid_thw),
             "cu_seq_lens_q": move(self.cu_seqlens), "cu_seq_lens_k": move(self.cu_seqlens),
             "max_length_q": self.max_seqlen, "max_length_k": self.max_seqlen,
         }
+        if self.video_grid_thw.numel():  # a pack of text-only conversations has no vision input
+            inputs.update(pixel_values_videos=move(self.pixel_values_videos), video_grid_thw=move(self.video_grid_thw))
+        return inputs
 
 
 def pack_samples(samples: list[StreamingSample]) -> Pack:
@@ -80,10 +88,12 @@ def pack_samples(samples: list[StreamingSample]) -> Pack:
 
 # Bad inputs a long run counts and skips instead of dying on.
 SAMPLE_ERRORS = (RecordError, VideoError, TranscriptError, EmptySampleError, FileNotFoundError)
+CONVERSATION_KWARGS = ("budget", "backend", "dtype", "device", "time_interval")  # the rest is streaming-only
 
 
 class StreamingDataset(torch.utils.data.Dataset):
-    """Record ``i`` of one or more Live-CC JSONL files as a streaming sample, or the error it raised."""
+    """Record ``i`` of one or more JSONL files as a training sample, or the error it raised: a Live-CC
+    record becomes a streaming sample, an ordinary chat (SFT mixes them in) a conversation sample."""
 
     def __init__(self, paths: list[str | Path], processor, video_root: str | Path | None = None, **sample_kwargs):
         self.files = [SeekableRecords(p) for p in paths]
@@ -96,8 +106,14 @@ class StreamingDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> StreamingSample | str:
         f, j = self.index[i]
         try:
-            record = self.files[f].record(j)
-            return build_streaming_sample(record, self.processor, video_root=self.video_root, **self.sample_kwargs)
+            raw = self.files[f][j]
+            if is_streaming_record(raw):
+                record = ClipRecord.from_messages(raw, f"{self.files[f].path}: record {j}")
+                return build_streaming_sample(record, self.processor, video_root=self.video_root,
+                                              **self.sample_kwargs)
+            shared = {k: v for k, v in self.sample_kwargs.items() if k in CONVERSATION_KWARGS}
+            return build_conversation_sample(raw, self.processor, video_root=self.video_root,
+                                             source=f"{self.files[f].path}: record {j}", **shared)
         except SAMPLE_ERRORS as e:
             return f"{type(e).__name__}: {e}"
 

@@ -20,7 +20,7 @@ import torch
 
 from ..kernels.preprocess import preprocess_frames, preprocess_frames_reference
 from .processor import TokenIds, VisionSpec
-from .records import ClipRecord
+from .records import ClipRecord, RecordError
 from .rope import mrope_position_ids
 from .video import FPS, PixelBudget, VideoClip, clip_frame_size, decode_clip
 from .words import Word
@@ -34,7 +34,9 @@ __all__ = [
     "assign_words",
     "assistant_labels",
     "assistant_turn",
+    "build_conversation_sample",
     "build_streaming_sample",
+    "is_streaming_record",
     "context_text",
     "expand_video_pads",
     "patch_rows",
@@ -211,3 +213,75 @@ def build_streaming_sample(
         windows=windows,
         text=text,
     )
+
+
+def is_streaming_record(messages) -> bool:
+    """A Live-CC record (its assistant speaks a ``text_stream``), as opposed to an ordinary chat."""
+    return isinstance(messages, list) and any(
+        isinstance(m, dict) and isinstance(m.get("content"), list)
+        and any(isinstance(c, dict) and c.get("type") == "text_stream" for c in m["content"]) for m in messages)
+
+
+def _content(message: dict, where: str) -> list[dict]:
+    content = message.get("content")
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list) or not all(isinstance(c, dict) for c in content):
+        raise RecordError(f"{where}: content must be a string or a list of elements")
+    return content
+
+
+def build_conversation_sample(
+    messages: list,
+    processor,
+    *,
+    video_root: str | os.PathLike | None = None,
+    clip: VideoClip | None = None,
+    budget: PixelBudget = PixelBudget(),
+    backend: str = "auto",
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    time_interval: float = 1.0,
+    source: str = "<conversation>",
+) -> StreamingSample:
+    """An ordinary (non-streaming) chat for SFT: ``[{"role", "content"}]`` turns whose content is a
+    string or ``{"type": "text" | "video"}`` elements (at most one video, decoded at 2 FPS as one
+    block). Labels cover the assistant turns; ``windows`` is empty."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    ids, spec = TokenIds.from_tokenizer(tokenizer), VisionSpec.from_processor(processor)
+    text, video = "", None
+    if not isinstance(messages, list) or not messages:
+        raise RecordError(f"{source}: expected a list of chat messages")
+    if not (isinstance(messages[0], dict) and messages[0].get("role") == "system"):
+        text += SYSTEM_TURN
+    for message in messages:
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ("system", "user", "assistant"):
+            raise RecordError(f"{source}: unknown role {role!r}")
+        parts = []
+        for element in _content(message, source):
+            if element.get("type") == "video":
+                if video is not None:
+                    raise RecordError(f"{source}: more than one video")
+                video = element
+                parts.append(VIDEO_BLOCK)
+            elif element.get("type") == "text":
+                parts.append(str(element.get("text", "")))
+        text += f"<|im_start|>{role}\n{''.join(parts)}<|im_end|>\n"
+    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+        raise EmptySampleError(f"{source}: no assistant turn to learn from")
+    input_ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
+    if video is None:
+        pixel_values, grids = torch.zeros(0, spec.row_size, dtype=dtype), torch.zeros(0, 3, dtype=torch.long)
+    else:
+        if clip is None:
+            path = Path(video_root) / video["video"] if video_root is not None else Path(video["video"])
+            clip = decode_clip(path, video.get("video_start"), video.get("video_end"), resize=False, budget=budget,
+                               backend=backend, device=device)
+        size = clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts), budget)
+        pixel_values, grids = patch_rows(clip.frames.to(device), size, spec, dtype)
+        input_ids = expand_video_pads(input_ids, ids.video_pad, [int(grids.prod()) // spec.merge_size**2])
+    position_ids, _ = mrope_position_ids(input_ids, grids, (ids.video_pad,), spec.merge_size,
+                                         time_interval=time_interval)
+    return StreamingSample(input_ids=input_ids, labels=assistant_labels(input_ids, ids), position_ids=position_ids,
+                           pixel_values_videos=pixel_values, video_grid_thw=grids, windows=[], text=text)
