@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from .data.records import ClipRecord, RecordWriter
-from .data.synth import synthesize_clip
+from .data.synth import background, synthesize_clip
 from .data.video import decode_clip
 from .data.words import Word
 
@@ -76,14 +76,15 @@ def _synthesize(root: Path, cfg: DemoConfig) -> tuple[Path, list[ClipRecord]]:
 
 
 def _stream(model, processor, root: Path, record: ClipRecord, blank: bool, realtime: bool, show: bool) -> list[Word]:
-    """Comment on a held-out clip window by window; each word is stamped with its window's end."""
+    """Comment on a held-out clip window by window. Each word is stamped with the time of its
+    window's last frame: a window answers the words spoken up to that frame (SPEC section 4)."""
     from .infer import StreamingSession
 
     session = StreamingSession(model, processor, max_new_tokens=8, repetition_penalty=1.0,
                                min_pixels=FRAME * FRAME, max_pixels=FRAME * FRAME)
     frames = decode_clip(root / record.video, record.video_start, record.video_end, resize=False).frames
-    if blank:
-        frames = torch.full_like(frames, 90)  # the background grey: no shapes at all
+    if blank:  # the empty field: no shapes at all
+        frames = torch.from_numpy(background(tuple(frames.shape[1:3]))).expand_as(frames).clone()
     words, start = [], time.monotonic()
     while len(frames) >= session.frames_needed:
         n = session.frames_needed
@@ -91,7 +92,8 @@ def _stream(model, processor, root: Path, record: ClipRecord, blank: bool, realt
         frames = frames[n:]
         if realtime and (wait := start + result.end - time.monotonic()) > 0:
             time.sleep(wait)  # a live viewer sees each comment when its window has played
-        words += [Word(result.end, result.end, w) for w in result.text.split()]
+        said = result.end - 1 / session.fps
+        words += [Word(said, said, w) for w in result.text.split()]
         if show and result.text:
             print(f"  [{result.start:5.1f}-{result.end:5.1f}s] {result.text}", flush=True)
     return words

@@ -17,7 +17,8 @@ import numpy as np
 from .records import ClipRecord
 from .words import Word
 
-__all__ = ["COLORS", "SHAPES", "ShapeEvent", "event_words", "random_events", "render_frame", "synthesize_clip"]
+__all__ = ["COLORS", "SHAPES", "ShapeEvent", "background", "event_words", "random_events", "render_frame",
+           "synthesize_clip"]
 
 COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 80, 230), "yellow": (235, 215, 40)}
 SHAPES = {"red": "circle", "green": "square", "blue": "triangle", "yellow": "diamond"}  # by colour
@@ -64,11 +65,22 @@ def event_words(events: list[ShapeEvent]) -> list[Word]:
     return sorted(words)
 
 
-def render_frame(events: list[ShapeEvent], t: float, size: tuple[int, int] = (224, 224)) -> np.ndarray:
-    """uint8 ``[H, W, 3]``: grey background; a shape waits 1 s at the left edge as it enters, crosses
-    the middle, and waits 1 s at the right edge as it leaves (so each event shows in its window)."""
+def background(size: tuple[int, int] = (224, 224)) -> np.ndarray:
+    """Grey field with a dark gate along the left edge and a light one along the right (an eighth of
+    the width each). A shape over a gate is entering or leaving: a local pattern a ViT sees at once,
+    where a bare edge would have to be told from the middle by absolute position."""
     h, w = size
     frame = np.full((h, w, 3), 90, dtype=np.uint8)
+    frame[:, : w // 8] = 50
+    frame[:, w - w // 8 :] = 140
+    return frame
+
+
+def render_frame(events: list[ShapeEvent], t: float, size: tuple[int, int] = (224, 224)) -> np.ndarray:
+    """uint8 ``[H, W, 3]``: a shape waits 1 s on the left gate as it enters, crosses the middle, and
+    waits 1 s on the right gate as it leaves (so each event shows in its window)."""
+    h, w = size
+    frame = background(size)
     yy, xx = np.mgrid[0:h, 0:w]
     r = min(h, w) // 6
     for e in events:
