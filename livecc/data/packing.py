@@ -106,14 +106,12 @@ class StreamingDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> StreamingSample | str:
         f, j = self.index[i]
         try:
-            raw = self.files[f][j]
+            raw, source = self.files[f][j], f"{self.files[f].path}: record {j}"
             if is_streaming_record(raw):
-                record = ClipRecord.from_messages(raw, f"{self.files[f].path}: record {j}")
-                return build_streaming_sample(record, self.processor, video_root=self.video_root,
-                                              **self.sample_kwargs)
+                return build_streaming_sample(ClipRecord.from_messages(raw, source), self.processor,
+                                              video_root=self.video_root, **self.sample_kwargs)
             shared = {k: v for k, v in self.sample_kwargs.items() if k in CONVERSATION_KWARGS}
-            return build_conversation_sample(raw, self.processor, video_root=self.video_root,
-                                             source=f"{self.files[f].path}: record {j}", **shared)
+            return build_conversation_sample(raw, self.processor, video_root=self.video_root, source=source, **shared)
         except SAMPLE_ERRORS as e:
             return f"{type(e).__name__}: {e}"
 

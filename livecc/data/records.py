@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .words import Word, validate_words
 
-__all__ = ["ClipRecord", "RecordError", "RecordWriter", "SeekableRecords", "read_records"]
+__all__ = ["ClipRecord", "RecordError", "RecordWriter", "SeekableRecords", "append_seek_line", "is_seek_line",
+           "read_records"]
 
 
 class RecordError(ValueError):
@@ -144,18 +145,10 @@ class SeekableRecords:
             offsets = json.loads(last)
         except json.JSONDecodeError:
             return None
-        if isinstance(offsets, list) and all(isinstance(o, int) for o in offsets):
-            return offsets
-        return None
+        return offsets if is_seek_line(offsets) else None
 
     def _scan(self) -> list[int]:
-        offsets, pos = [], 0
-        with open(self.path, "rb") as f:
-            for line in f:
-                if line.strip():
-                    offsets.append(pos)
-                pos += len(line)
-        return offsets
+        return _line_offsets(self.path)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -185,6 +178,28 @@ def read_records(path: str | Path) -> Iterator[list]:
                 value = json.loads(line)
             except json.JSONDecodeError as e:
                 raise RecordError(f"{path}: line {n + 1} is broken JSON ({e})") from e
-            if isinstance(value, list) and all(isinstance(o, int) for o in value):
-                continue  # the seek line
+            if is_seek_line(value):
+                continue
             yield value
+
+
+def is_seek_line(value) -> bool:
+    """The trailing line of byte offsets (a record is a list of message objects)."""
+    return isinstance(value, list) and all(isinstance(o, int) for o in value)
+
+
+def _line_offsets(path: str | Path) -> list[int]:
+    offsets, pos = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                offsets.append(pos)
+            pos += len(line)
+    return offsets
+
+
+def append_seek_line(path: str | Path) -> None:
+    """Index a finished JSONL file of records: append the offsets of its lines as the seek line."""
+    offsets = _line_offsets(path)
+    with open(path, "ab") as f:
+        f.write(json.dumps(offsets).encode() + b"\n")

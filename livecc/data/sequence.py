@@ -41,6 +41,7 @@ __all__ = [
     "expand_video_pads",
     "patch_rows",
     "plan_windows",
+    "tokenize_with_video",
     "user_turn",
 ]
 
@@ -140,6 +141,18 @@ def patch_rows(frames: torch.Tensor, size: tuple[int, int], spec: VisionSpec,
     return preprocess(frames, size, spec, dtype)
 
 
+def tokenize_with_video(tokenizer, text: str, video_pad: int, grids: torch.Tensor, merge_size: int) -> torch.Tensor:
+    """Token ids of ``text`` with its i-th ``<|video_pad|>`` expanded to the LLM tokens of ``grids[i]``."""
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
+    return expand_video_pads(ids, video_pad, (grids.prod(-1) // merge_size**2).tolist())
+
+
+def _open_clip(video: str, start: float | None, end: float | None, video_root, budget: PixelBudget, backend: str,
+               device: str) -> VideoClip:
+    path = Path(video_root) / video if video_root is not None else Path(video)
+    return decode_clip(path, start, end, resize=False, budget=budget, backend=backend, device=device)
+
+
 def expand_video_pads(ids: torch.Tensor, video_pad: int, counts: list[int]) -> torch.Tensor:
     """Repeat the i-th ``<|video_pad|>`` ``counts[i]`` times (tokenizing one pad per window is exact
     because it is a special token, and far faster than tokenizing thousands)."""
@@ -177,9 +190,7 @@ def build_streaming_sample(
     tokenizer = getattr(processor, "tokenizer", processor)
     ids, spec = TokenIds.from_tokenizer(tokenizer), VisionSpec.from_processor(processor)
     if clip is None:
-        path = Path(video_root) / record.video if video_root is not None else Path(record.video)
-        clip = decode_clip(path, record.video_start, record.video_end, resize=False, budget=budget, backend=backend,
-                           device=device)
+        clip = _open_clip(record.video, record.video_start, record.video_end, video_root, budget, backend, device)
 
     windows = plan_windows(len(clip.pts), initial_frames, streaming_frames)
     assign_words(windows, clip.pts, record.words)
@@ -199,9 +210,7 @@ def build_streaming_sample(
     text = SYSTEM_TURN + "".join(
         user_turn(w, query if i == 0 else "") + assistant_turn(w.text) for i, w in enumerate(windows)
     )
-    input_ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
-    tokens_per_window = (grids.prod(-1) // spec.merge_size**2).tolist()
-    input_ids = expand_video_pads(input_ids, ids.video_pad, tokens_per_window)
+    input_ids = tokenize_with_video(tokenizer, text, ids.video_pad, grids, spec.merge_size)
     position_ids, _ = mrope_position_ids(input_ids, grids, (ids.video_pad,), spec.merge_size,
                                          time_interval=time_interval)
     return StreamingSample(
@@ -270,17 +279,15 @@ def build_conversation_sample(
         text += f"<|im_start|>{role}\n{''.join(parts)}<|im_end|>\n"
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         raise EmptySampleError(f"{source}: no assistant turn to learn from")
-    input_ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
     if video is None:
         pixel_values, grids = torch.zeros(0, spec.row_size, dtype=dtype), torch.zeros(0, 3, dtype=torch.long)
     else:
         if clip is None:
-            path = Path(video_root) / video["video"] if video_root is not None else Path(video["video"])
-            clip = decode_clip(path, video.get("video_start"), video.get("video_end"), resize=False, budget=budget,
-                               backend=backend, device=device)
+            clip = _open_clip(video["video"], video.get("video_start"), video.get("video_end"), video_root, budget,
+                              backend, device)
         size = clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts), budget)
         pixel_values, grids = patch_rows(clip.frames.to(device), size, spec, dtype)
-        input_ids = expand_video_pads(input_ids, ids.video_pad, [int(grids.prod()) // spec.merge_size**2])
+    input_ids = tokenize_with_video(tokenizer, text, ids.video_pad, grids, spec.merge_size)
     position_ids, _ = mrope_position_ids(input_ids, grids, (ids.video_pad,), spec.merge_size,
                                          time_interval=time_interval)
     return StreamingSample(input_ids=input_ids, labels=assistant_labels(input_ids, ids), position_ids=position_ids,

@@ -14,15 +14,14 @@ def video_prompt_logits(model, processor, frames: torch.Tensor, size: tuple[int,
     frames ``[T, H, W, 3]`` resized to ``size``."""
     from ..data.processor import TokenIds, VisionSpec
     from ..data.rope import mrope_position_ids, rope_time_interval
-    from ..data.sequence import SYSTEM_TURN, VIDEO_BLOCK, expand_video_pads, patch_rows
+    from ..data.sequence import SYSTEM_TURN, VIDEO_BLOCK, patch_rows, tokenize_with_video
 
     tokenizer = getattr(processor, "tokenizer", processor)
     token_ids, spec = TokenIds.from_tokenizer(tokenizer), VisionSpec.from_processor(processor)
     device = next(model.parameters()).device
     pixels, grid = patch_rows(frames.to(device), size, spec)
     text = SYSTEM_TURN + f"<|im_start|>user\n{VIDEO_BLOCK}{prompt}<|im_end|>\n<|im_start|>assistant\n{answer_prefix}"
-    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
-    ids = expand_video_pads(ids, token_ids.video_pad, [int(grid.prod()) // spec.merge_size**2])
+    ids = tokenize_with_video(tokenizer, text, token_ids.video_pad, grid, spec.merge_size)
     interval = rope_time_interval(model.config, spec.temporal_patch_size)
     positions, _ = mrope_position_ids(ids, grid, (token_ids.video_pad,), spec.merge_size, time_interval=interval)
     return model(input_ids=ids[None].to(device), position_ids=positions[:, None].to(device),

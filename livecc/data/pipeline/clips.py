@@ -161,10 +161,15 @@ class ClipStage:
         return outcome
 
 
+def _vocab(messages) -> int:
+    """The vocabulary size stored on a clip by :class:`ClipStage`."""
+    return int(ClipRecord.from_messages(messages).meta["vocab"])
+
+
 def _clip_vocab(line: bytes) -> int | None:
     """The stored vocabulary size of a clip line; None for anything else (broken, seek line)."""
     try:
-        return int(ClipRecord.from_messages(json.loads(line)).meta["vocab"])
+        return _vocab(json.loads(line))
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -204,7 +209,7 @@ class RankStage:
         outcomes = []
         for index, record in items:
             try:
-                v = int(ClipRecord.from_messages(record).meta["vocab"])
+                v = _vocab(record)
             except (ValueError, KeyError, TypeError) as e:
                 outcomes.append(Outcome.failed(e))
                 continue

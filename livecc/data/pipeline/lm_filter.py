@@ -14,16 +14,20 @@ import torch
 from ..records import ClipRecord
 from .runner import Outcome
 
-__all__ = ["LMFilterStage", "clip_text_losses"]
+__all__ = ["LMFilterStage", "clip_text_losses", "token_losses"]
+
+
+def clip_text_losses(model, tokenizer, texts: list[str], max_tokens: int = 2048) -> list[float]:
+    """Mean next-token loss of each text (its first ``max_tokens`` tokens), in one padded batch."""
+    return token_losses(model, [tokenizer(t, add_special_tokens=False).input_ids[:max_tokens] for t in texts])
 
 
 @torch.no_grad()
-def clip_text_losses(model, tokenizer, texts: list[str], max_tokens: int = 2048) -> list[float]:
-    """Mean next-token loss of each text (its first ``max_tokens`` tokens), in one padded batch."""
-    device = next(model.parameters()).device
-    encoded = [tokenizer(t, add_special_tokens=False).input_ids[:max_tokens] for t in texts]
+def token_losses(model, encoded: list[list[int]]) -> list[float]:
+    """Mean next-token loss of each token sequence (at least 2 tokens each), in one padded batch."""
     if any(len(ids) < 2 for ids in encoded):
         raise ValueError("a clip's text has fewer than 2 tokens")
+    device = next(model.parameters()).device
     width = max(len(ids) for ids in encoded)
     ids = torch.zeros(len(encoded), width, dtype=torch.long)
     mask = torch.zeros(len(encoded), width, dtype=torch.long)
@@ -56,19 +60,20 @@ class LMFilterStage:
 
     def process(self, items: list[tuple[int, object]]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(items)
-        records, texts = [], []
+        records, encoded = [], []
         for k, (_, raw) in enumerate(items):
             try:
                 record = ClipRecord.from_messages(raw)
                 text = " ".join(w.text for w in record.words)
-                if len(self.tokenizer(text, add_special_tokens=False).input_ids) < 2:
+                ids = self.tokenizer(text, add_special_tokens=False).input_ids[:self.max_tokens]
+                if len(ids) < 2:
                     raise ValueError("fewer than 2 tokens of text")
             except ValueError as e:
                 outcomes[k] = Outcome.failed(e)
                 continue
             records.append((k, record))
-            texts.append(text)
-        losses = clip_text_losses(self.model, self.tokenizer, texts, self.max_tokens) if texts else []
+            encoded.append(ids)
+        losses = token_losses(self.model, encoded) if encoded else []
         for (k, record), loss in zip(records, losses):
             record.meta["lm_loss"] = round(loss, 4)
             out = record.to_messages()

@@ -23,6 +23,8 @@ from typing import Protocol
 
 from tqdm import tqdm
 
+from ..records import append_seek_line, is_seek_line
+
 __all__ = ["Outcome", "Stage", "StageReport", "run_stage", "shard_paths"]
 
 log = logging.getLogger("livecc.data")
@@ -113,10 +115,6 @@ def _lines(paths: Iterable[str | Path]) -> Iterator[tuple[int, str, bytes]]:
                     index += 1
 
 
-def _is_seek_line(value) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(o, int) for o in value)
-
-
 def _run_batch(stage: Stage, items: list) -> list[Outcome]:
     try:
         outcomes = stage.process(items)
@@ -133,16 +131,6 @@ def _run_batch(stage: Stage, items: list) -> list[Outcome]:
         except Exception as e:
             outcomes.append(Outcome.failed(e))
     return outcomes
-
-
-def _write_seek_line(path: Path) -> None:
-    offsets, pos = [], 0
-    with open(path, "rb") as f:
-        for line in f:
-            offsets.append(pos)
-            pos += len(line)
-    with open(path, "ab") as f:
-        f.write(json.dumps(offsets).encode() + b"\n")
 
 
 def run_stage(stage: Stage, inputs: list[str | Path], out_dir: str | Path, *, shard: int = 0, num_shards: int = 1,
@@ -171,15 +159,13 @@ def run_stage(stage: Stage, inputs: list[str | Path], out_dir: str | Path, *, sh
     side.truncate(state["side_bytes"])
     bar = tqdm(desc=f"{stage.name} {shard}/{num_shards}", unit="line", disable=not progress,
                initial=state["consumed"])
-    batch: list[tuple[int, str, object]] = []
+    batch: list[tuple[int, str, object, Outcome | None]] = []  # a line that is not JSON comes with its outcome
 
     def flush(consumed: int) -> None:
-        good = [(index, value) for index, _, value in batch if not isinstance(value, _Broken)]
+        good = [(index, value) for index, _, value, outcome in batch if outcome is None]
         outcomes = iter(_run_batch(stage, good) if good else [])
-        for _, where, value in batch:
-            broken = isinstance(value, _Broken)
-            _record(out, side, report, where, None if broken else value,
-                    Outcome.failed(value.error) if broken else next(outcomes))
+        for _, where, value, outcome in batch:
+            _record(out, side, report, where, value, outcome or next(outcomes))
         out.flush()
         side.flush()
         os.fsync(out.fileno())
@@ -200,11 +186,11 @@ def run_stage(stage: Stage, inputs: list[str | Path], out_dir: str | Path, *, sh
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as e:
-                batch.append((index, where, _Broken(e)))
+                batch.append((index, where, None, Outcome.failed(e)))
             else:
-                if _is_seek_line(value):
+                if is_seek_line(value):
                     continue
-                batch.append((index, where, value))
+                batch.append((index, where, value, None))
             if len(batch) >= batch_size:
                 flush(consumed)
         flush(consumed)
@@ -213,19 +199,12 @@ def run_stage(stage: Stage, inputs: list[str | Path], out_dir: str | Path, *, sh
         side.close()
         bar.close()
     if seek_index:
-        _write_seek_line(paths["out"])
+        append_seek_line(paths["out"])
     state.update(done=True, report=report.to_dict())
     _replace(paths["progress"], state)
     _replace(paths["report"], report.to_dict())
     log.info("%s", report.summary())
     return report
-
-
-class _Broken:
-    """An input line that is not JSON: it fails without reaching the stage."""
-
-    def __init__(self, error: json.JSONDecodeError):
-        self.error = error
 
 
 def _record(out, side, report: StageReport, where: str, value, outcome: Outcome) -> None:

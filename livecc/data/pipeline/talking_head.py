@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..processor import VisionSpec
 from ..records import ClipRecord
 from ..video import VideoError, decode_clip, smart_resize
 from .runner import Outcome
@@ -44,7 +45,8 @@ class QwenVLTalkingHead:
         self.model, self.processor = model.eval(), processor
         tokenizer = getattr(processor, "tokenizer", processor)
         self.yes, self.no = (tokenizer(w, add_special_tokens=False).input_ids[0] for w in ("Yes", "No"))
-        self.size = smart_resize(*size, factor=28, min_pixels=0, max_pixels=size[0] * size[1] * 1.2)
+        factor = VisionSpec.from_processor(processor).factor
+        self.size = smart_resize(*size, factor=factor, min_pixels=0, max_pixels=size[0] * size[1] * 1.2)
 
     def __call__(self, frames: torch.Tensor) -> float:
         from ...models.ask import video_prompt_logits

@@ -76,6 +76,14 @@ def _key_end(k_len, q_len, i_m, BM: tl.constexpr, CAUSAL: tl.constexpr):
 
 
 @triton.jit
+def _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m):
+    """A query block's log-sum-exp (in log2 units, for exp2) and ``delta = rowsum(dO * O)``."""
+    b_lse = tl.load(LSE + i_h * total_q + q_start + o_m, mask=m_m, other=0.0) * 1.4426950408889634
+    b_delta = tl.load(DELTA + i_h * total_q + q_start + o_m, mask=m_m, other=0.0)
+    return b_lse, b_delta
+
+
+@triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K, scale_log2,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, total_q,
@@ -148,8 +156,7 @@ def _bwd_dkdv_kernel(
             m_m = o_m < q_len
             b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
             b_do = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_d, m_m, m_d)
-            b_lse = tl.load(LSE + i_h * total_q + q_start + o_m, mask=m_m, other=0.0) * 1.4426950408889634
-            b_delta = tl.load(DELTA + i_h * total_q + q_start + o_m, mask=m_m, other=0.0)
+            b_lse, b_delta = _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m)
             b_s = _dot(b_q, tl.trans(b_k), tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32) * scale_log2
             b_p = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), tl.exp2(b_s - b_lse[:, None]), 0.0)
             b_dv = _dot(tl.trans(b_p.to(b_do.dtype)), b_do, b_dv, DOT_FP32)
@@ -179,8 +186,7 @@ def _bwd_dq_kernel(
     m_m, m_d = o_m < q_len, o_d < D
     b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
     b_do = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_d, m_m, m_d)
-    b_lse = tl.load(LSE + i_h * total_q + q_start + o_m, mask=m_m, other=0.0) * 1.4426950408889634
-    b_delta = tl.load(DELTA + i_h * total_q + q_start + o_m, mask=m_m, other=0.0)
+    b_lse, b_delta = _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m)
     b_dq = tl.zeros([BM, BD], dtype=tl.float32)
     diag = k_len - q_len
     for start_n in range(0, _key_end(k_len, q_len, i_m, BM, CAUSAL), BN):
