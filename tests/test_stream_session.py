@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from livecc.infer import StreamingSession
+from livecc.infer import KVPool, StreamingSession, step_streams
 from livecc.testing import tiny_qwen2vl
 
 pytestmark = pytest.mark.usefixtures("torch_attention")
@@ -54,7 +54,7 @@ def test_window_logits_equal_one_full_forward(processor, gen, arch):
 
 def test_after_eviction_logits_equal_a_masked_full_forward(processor, gen):
     model, session, results = run_session(processor, gen, 7, max_new_tokens=3, horizon=2.0,
-                                          max_text_tokens=40, text_sink=10)
+                                          max_text_tokens=40, text_sink=10, page_size=16)
     assert sum(r.evicted_tokens for r in results) > 0 and session.trace.evictions
     check_logits(model, session)
 
@@ -67,13 +67,53 @@ def test_memory_is_flat_over_a_long_stream(processor, gen):
     sizes = []
     for _ in range(150):  # 150 s of stream, 50x the horizon
         session.step(frames[: session.frames_needed])
-        sizes.append((session.cache.length, session.cache.nbytes()))
+        sizes.append((session.cache.length, len(session.cache.page_table), session.cache.pool.nbytes()))
     assert max(s[0] for s in sizes[20:]) == max(s[0] for s in sizes[20:40])  # live tokens bounded early
-    assert sizes[-1][1] == sizes[30][1]  # the buffers stopped growing
+    assert max(s[1] for s in sizes[20:]) == max(s[1] for s in sizes[20:40])  # so are the pages held
+    assert sizes[-1][2] == sizes[30][2]  # the pool stopped growing
     assert session.cache.evicted > 0
+
+
+def test_streams_stepped_together_say_what_they_say_alone(processor, gen):
+    """Three streams (own queries, frame sizes, a forced answer, sampling) batched into shared
+    ViT, prefill and decode steps give the tokens and logits each gives alone."""
+    model = tiny_qwen2vl(seed=0, attn_implementation="eager")
+    options = [dict(query="Who scores?"), dict(query="", temperature=0.8, seed=3), dict(query="Describe it.")]
+    sizes = [(90, 120), (56, 56), (120, 90)]
+    n_windows = 4
+    frames = [[torch.randint(0, 256, (6 if w == 0 else 2, *size, 3), dtype=torch.uint8, generator=gen)
+               for w in range(n_windows)] for size in sizes]
+    forced = lambda i, w: "the ball" if (i, w) == (2, 1) else None
+
+    def session(pool=None, **kw):
+        return StreamingSession(model, processor, max_new_tokens=5, trace=True, pool=pool, page_size=16, **kw)
+
+    alone = [session(**kw) for kw in options]
+    alone_results = [[s.step(frames[i][w], forced(i, w)) for w in range(n_windows)] for i, s in enumerate(alone)]
+    pool = KVPool.for_model(model, page_size=16, pages=4)
+    together = [session(pool, **kw) for kw in options]
+    together_results = [step_streams(together, [f[w] for f in frames], [forced(i, w) for i in range(3)])
+                        for w in range(n_windows)]
+    for i in range(3):
+        got = [r[i] for r in together_results]
+        assert [r.token_ids for r in got] == [r.token_ids for r in alone_results[i]]
+        assert [(r.start, r.end, r.prefill_tokens) for r in got] == [(r.start, r.end, r.prefill_tokens)
+                                                                     for r in alone_results[i]]
+        for (idx_a, a), (idx_b, b) in zip(alone[i].trace.logits, together[i].trace.logits, strict=True):
+            assert idx_a == idx_b
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert len({len(r.token_ids) for r in together_results[1]}) > 1  # streams left the decode batch early
+    assert pool.pages > 4  # the shared pool grew to hold all three
+    held = sum(len(s.cache.page_table) for s in together)
+    assert pool.pages_in_use == held > 0
+    for s in together:
+        s.close()
+    assert pool.pages_in_use == 0
 
 
 def test_bad_frames_are_rejected(processor):
     session = StreamingSession(tiny_qwen2vl(seed=0), processor)
     with pytest.raises(ValueError, match="expected uint8 frames"):
         session.step(torch.zeros(0, 56, 56, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="stepped once per call"):
+        step_streams([session, session], [torch.zeros(6, 56, 56, 3, dtype=torch.uint8)] * 2)

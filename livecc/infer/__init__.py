@@ -1,6 +1,6 @@
-"""Streaming commentary inference: a session per stream over one bounded KV cache."""
+"""Streaming commentary inference: sessions over bounded, paged KV caches, stepped alone or together."""
 
-from .cache import StreamKVCache
-from .session import StreamingSession, WindowResult
+from .cache import KVPool, StreamKVCache
+from .session import StreamingSession, WindowResult, step_streams
 
-__all__ = ["StreamKVCache", "StreamingSession", "WindowResult"]
+__all__ = ["KVPool", "StreamKVCache", "StreamingSession", "WindowResult", "step_streams"]

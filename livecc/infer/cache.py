@@ -1,62 +1,109 @@
-"""A stream's KV cache: one preallocated buffer per layer, compacted when tokens are evicted.
+"""KV memory for streams: fixed-size pages in one pool, and each stream's ordered view of them.
 
 Keys are stored after RoPE, so evicting tokens never re-rotates the survivors: each keeps the
-position it was computed with. Memory is bounded by the buffer, which grows (doubling) only while
-the live tokens outgrow it; with visual tokens evicted past a horizon it stops growing.
+position it was computed with. A stream holds ``ceil(live tokens / page size)`` pages; eviction
+compacts its survivors forward and hands the emptied pages back to the pool, so a stream whose
+visual tokens expire past a horizon holds a bounded number of pages, and the pool, shared by every
+stream of a process, stops growing once its streams do.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["StreamKVCache", "TEXT", "VISION"]
+__all__ = ["KVPool", "StreamKVCache", "TEXT", "VISION"]
 
 TEXT, VISION = 0, 1
 
 
+class KVPool:
+    """Per layer, keys and values ``[pages, page_size, Hkv, D]``; pages are lent to streams."""
+
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, dtype, device, *, page_size: int = 64,
+                 pages: int = 64):
+        if page_size < 16 or page_size & (page_size - 1):
+            raise ValueError(f"page size must be a power of two >= 16, got {page_size}")
+        self.page_size, self.dtype, self.device = page_size, dtype, device
+        shape = (pages, page_size, n_kv_heads, head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.free = list(range(pages - 1, -1, -1))  # a stack: the lowest page is lent first
+
+    @classmethod
+    def for_model(cls, model, **kwargs) -> KVPool:
+        cfg = model.config.text_config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        param = next(model.parameters())
+        return cls(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, param.dtype, param.device, **kwargs)
+
+    @property
+    def pages(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
+    def pages_in_use(self) -> int:
+        return self.pages - len(self.free)
+
+    def allocate(self, n: int) -> list[int]:
+        while len(self.free) < n:
+            self._grow()
+        return [self.free.pop() for _ in range(n)]
+
+    def release(self, pages: list[int]) -> None:
+        self.free.extend(reversed(pages))
+
+    def _grow(self) -> None:
+        """Double the pool (amortised); lent pages keep their indices."""
+        old = self.pages
+        for buffers in (self.keys, self.values):
+            for i, buf in enumerate(buffers):
+                buffers[i] = torch.cat([buf, torch.empty_like(buf)])
+        self.free = list(range(2 * old - 1, old - 1, -1)) + self.free
+
+    def slot_view(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``layer`` as ``[pages * page_size, Hkv, D]``, indexed by slot."""
+        k, v = self.keys[layer], self.values[layer]
+        return k.view(-1, *k.shape[2:]), v.view(-1, *v.shape[2:])
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in (*self.keys, *self.values))
+
+
 class StreamKVCache:
-    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, dtype, device, capacity: int = 4096):
-        self.shape = (n_kv_heads, head_dim)
-        self.dtype, self.device = dtype, device
-        self.keys = [torch.empty(capacity, *self.shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.values = [torch.empty(capacity, *self.shape, dtype=dtype, device=device) for _ in range(n_layers)]
+    """One stream's tokens in pool pages: token ``j`` is at slot ``page_table[j // S] * S + j % S``."""
+
+    def __init__(self, pool: KVPool):
+        self.pool = pool
+        self.page_table: list[int] = []
         self.length = 0
-        self.kind = torch.empty(capacity, dtype=torch.int8)  # TEXT or VISION, per cached token
-        self.time = torch.empty(capacity, dtype=torch.float64)  # stream seconds the token belongs to
-        self.origin = torch.empty(capacity, dtype=torch.long)  # index of the token in everything ever fed
+        self.kind = torch.empty(0, dtype=torch.int8)  # TEXT or VISION, per cached token
+        self.time = torch.empty(0, dtype=torch.float64)  # stream seconds the token belongs to
+        self.origin = torch.empty(0, dtype=torch.long)  # index of the token in everything ever fed
         self.fed = 0
         self.evicted = 0
 
-    @property
-    def capacity(self) -> int:
-        return self.keys[0].shape[0]
-
     def reserve(self, n: int) -> None:
-        """Make room for ``n`` more tokens (doubling, so growth is amortised)."""
+        """Hold enough pages for ``n`` more tokens."""
         need = self.length + n
-        if need <= self.capacity:
-            return
-        new = max(need, 2 * self.capacity)
-        for buffers in (self.keys, self.values):
-            for i, old in enumerate(buffers):
-                grown = torch.empty(new, *self.shape, dtype=self.dtype, device=self.device)
+        pages = -(-need // self.pool.page_size)
+        if pages > len(self.page_table):
+            self.page_table += self.pool.allocate(pages - len(self.page_table))
+        if need > self.kind.numel():  # metadata grows by doubling
+            size = max(need, 2 * self.kind.numel())
+            for name in ("kind", "time", "origin"):
+                old = getattr(self, name)
+                grown = torch.empty(size, dtype=old.dtype)
                 grown[: self.length] = old[: self.length]
-                buffers[i] = grown
-        for name in ("kind", "time", "origin"):
-            old = getattr(self, name)
-            grown = torch.empty(new, dtype=old.dtype)
-            grown[: self.length] = old[: self.length]
-            setattr(self, name, grown)
+                setattr(self, name, grown)
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k/v [n, Hkv, D]`` after the live tokens; return all live keys and values of the layer."""
-        end = self.length + k.shape[0]
-        self.keys[layer][self.length : end] = k
-        self.values[layer][self.length : end] = v
-        return self.keys[layer][:end], self.values[layer][:end]
+    def slots(self, start: int, end: int) -> torch.Tensor:
+        """Pool slots of tokens ``start:end`` (int64, on the pool's device)."""
+        j = torch.arange(start, end)
+        page = self.pool.page_size
+        return (torch.tensor(self.page_table, dtype=torch.long)[j // page] * page + j % page).to(self.pool.device)
 
     def commit(self, n: int, kind: torch.Tensor | int, time: float) -> None:
-        """Account for the ``n`` tokens every layer has just written."""
+        """Account for the ``n`` tokens every layer has just written after the live ones."""
         self.kind[self.length : self.length + n] = kind
         self.time[self.length : self.length + n] = time
         self.origin[self.length : self.length + n] = torch.arange(self.fed, self.fed + n)
@@ -68,16 +115,26 @@ class StreamKVCache:
         n_drop = int(drop.sum())
         if n_drop == 0:
             return 0
-        keep = (~drop).nonzero().flatten()
-        keep_dev = keep.to(self.device)
-        for buffers in (self.keys, self.values):
-            for buf in buffers:
-                buf[: keep.numel()] = buf.index_select(0, keep_dev)
+        first = int(drop.nonzero()[0])  # tokens before the first dropped one stay where they are
+        keep = (~drop[first:]).nonzero().flatten() + first
+        src, dst = self.slots(0, self.length)[keep.to(self.pool.device)], self.slots(first, first + keep.numel())
+        for layer in range(len(self.pool.keys)):
+            for buf in self.pool.slot_view(layer):
+                buf[dst] = buf[src]  # gathers before it scatters, so overlapping ranges are safe
         for meta in (self.kind, self.time, self.origin):
-            meta[: keep.numel()] = meta[keep]
-        self.length = keep.numel()
+            meta[first : first + keep.numel()] = meta[keep]
+        self.length = first + keep.numel()
         self.evicted += n_drop
+        held = -(-self.length // self.pool.page_size)
+        self.pool.release(self.page_table[held:])
+        del self.page_table[held:]
         return n_drop
 
+    def close(self) -> None:
+        """Give every page back to the pool."""
+        self.pool.release(self.page_table)
+        self.page_table, self.length = [], 0
+
     def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in (*self.keys, *self.values))
+        """Pool memory this stream holds."""
+        return self.pool.nbytes() * len(self.page_table) // self.pool.pages

@@ -1,4 +1,4 @@
-"""A streaming commentary session: one KV cache, one window at a time, no re-tokenization.
+"""A streaming commentary session: one paged KV cache, one window at a time, no re-tokenization.
 
 Each window (3 s first, then 1 s at 2 FPS) is one user turn (``Time=a-b s`` + its frames + the
 query on the first turn) prefilled on top of the cache with M-RoPE positions continuing from it,
@@ -6,6 +6,11 @@ then decoded until the streaming EOS ``' ...'``, ``<|im_end|>`` or ``max_new_tok
 stays in the cache and is closed (``' ...<|im_end|>\\n'``) at the start of the next window, so
 the cache always holds exactly the training format. Visual tokens older than ``horizon`` seconds
 are evicted; text stays (optionally capped to a sink plus the most recent tokens).
+
+``step_streams`` steps several sessions (sharing a model and a ``KVPool``) together: one ViT call
+for all their frames, one packed prefill, and decode steps batched over the streams still talking.
+Each stream keeps its own clock, positions, sampling state and cache, so its output is the one it
+would produce alone.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from ..data.processor import TokenIds, VisionSpec
 from ..data.rope import mrope_position_ids, rope_time_interval
 from ..data.sequence import SYSTEM_TURN, Window, expand_video_pads, patch_rows, user_turn
 from ..data.video import FPS, smart_resize
-from .cache import TEXT, VISION, StreamKVCache
+from .cache import TEXT, VISION, KVPool, StreamKVCache
 from .decoder import forward_tokens
 
-__all__ = ["StreamingSession", "WindowResult"]
+__all__ = ["StreamingSession", "WindowResult", "step_streams"]
 
 
 @dataclass
@@ -70,6 +75,8 @@ class StreamingSession:
         fps: float = FPS,
         seed: int = 0,
         trace: bool = False,
+        pool: KVPool | None = None,
+        page_size: int = 64,
     ):
         self.model = model.eval()
         param = next(model.parameters())
@@ -87,9 +94,8 @@ class StreamingSession:
         self.horizon, self.text_sink, self.max_text_tokens = horizon, text_sink, max_text_tokens
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
         self.initial_frames, self.streaming_frames, self.fps = initial_frames, streaming_frames, fps
-        cfg = model.config.text_config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.cache = StreamKVCache(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, self.dtype, self.device)
+        self.stops = (self.stream_eos, self.ids.im_end)
+        self.cache = StreamKVCache(pool if pool is not None else KVPool.for_model(model, page_size=page_size))
         self.seen = torch.zeros(model.lm_head.out_features, dtype=torch.bool, device=self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.next_pos = 0
@@ -106,17 +112,24 @@ class StreamingSession:
         """Advance the stream clock over dropped windows, so ``Time=`` keeps matching the stream."""
         self.clock += seconds
 
-    @torch.no_grad()
     def step(self, frames: torch.Tensor, force_text: str | None = None) -> WindowResult:
         """Comment on one window of uint8 frames ``[T, H, W, 3]``; ``force_text`` feeds a given
         answer instead of decoding one (teacher forcing)."""
+        return step_streams([self], [frames], [force_text])[0]
+
+    def close(self) -> None:
+        """End the stream: its pages go back to the pool."""
+        self.cache.close()
+
+    def _patches(self, frames: torch.Tensor):
         if frames.ndim != 4 or frames.shape[0] == 0:
             raise ValueError(f"expected uint8 frames [T, H, W, 3], got {tuple(frames.shape)}")
-        t0 = time.perf_counter()
-        window = Window(slice(0, len(frames)), self.clock, self.clock + len(frames) / self.fps)
-        embeds_v, pixel_values, grid = self._encode(frames)
-        t_vision = time.perf_counter()
+        h, w = frames.shape[1:3]
+        size = smart_resize(h, w, self.spec.factor, self.min_pixels, self.max_pixels)
+        return patch_rows(frames.to(self.device), size, self.spec, self.dtype)
 
+    def _prompt(self, window: Window, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window's user turn (after the closing of the previous answer) and its positions."""
         head = SYSTEM_TURN if self.window_index == 0 else ""
         query = self.query if self.window_index == 0 else ""
         text = head + user_turn(window, query) + "<|im_start|>assistant\n"
@@ -124,51 +137,7 @@ class StreamingSession:
         ids = expand_video_pads(ids, self.ids.video_pad, [int(grid.prod()) // self.spec.merge_size**2])
         positions, self.next_pos = mrope_position_ids(ids, grid, (self.ids.video_pad,), self.spec.merge_size,
                                                       start=self.next_pos, time_interval=self.time_interval)
-        ids_dev = ids.to(self.device)
-        embeds = self.model.get_input_embeddings()(ids_dev)
-        embeds[ids_dev == self.ids.video_pad] = embeds_v.to(embeds.dtype)
-        logits = self._feed(ids, positions, embeds, window.end, kind=(ids == self.ids.video_pad).to(torch.int8))
-        if self.trace is not None:
-            self.trace.pixel_values.append(pixel_values.cpu())
-            self.trace.grids.append(grid)
-        self.seen[ids_dev] = True
-        t_prefill = time.perf_counter()
-
-        forced = None if force_text is None else self.tokenizer(force_text, add_special_tokens=False).input_ids
-        generated = self._decode(logits, window.end, forced)
-        t_decode = time.perf_counter()
-
-        evicted = self._evict(window.end)
-        self.pending = self._closing(generated)
-        self.clock = window.end
-        self.window_index += 1
-        answer = [t for t in generated if t not in (self.stream_eos, self.ids.im_end)]
-        ms = lambda a, b: (b - a) * 1e3
-        return WindowResult(
-            index=self.window_index - 1, start=window.start, end=window.end,
-            text=self.tokenizer.decode(answer).strip(), token_ids=generated,
-            timings={"vision": ms(t0, t_vision), "prefill": ms(t_vision, t_prefill),
-                     "decode": ms(t_prefill, t_decode), "total": ms(t0, time.perf_counter())},
-            prefill_tokens=int(ids.numel()), cache_tokens=self.cache.length, evicted_tokens=evicted,
-        )
-
-    def _encode(self, frames: torch.Tensor):
-        h, w = frames.shape[1:3]
-        size = smart_resize(h, w, self.spec.factor, self.min_pixels, self.max_pixels)
-        pixel_values, grid = patch_rows(frames.to(self.device), size, self.spec, self.dtype)
-        out = self.model.model.visual(pixel_values, grid_thw=grid.to(self.device))
-        return getattr(out, "pooler_output", out), pixel_values, grid
-
-    def _feed(self, ids, positions, embeds, t: float, kind) -> torch.Tensor:
-        """Run ``ids`` through the LLM on top of the cache; return the logits after the last one."""
-        hidden = forward_tokens(self.model, embeds, positions, self.cache)
-        self.cache.commit(ids.numel(), kind, t)
-        logits = self.model.lm_head(hidden[-1]).float()
-        if self.trace is not None:
-            self.trace.ids.append(ids.cpu())
-            self.trace.positions.append(positions.cpu())
-            self.trace.logits.append((self.cache.fed - 1, logits.cpu()))
-        return logits
+        return ids, positions
 
     def _choose(self, logits: torch.Tensor) -> int:
         if self.repetition_penalty != 1.0:
@@ -179,25 +148,6 @@ class StreamingSession:
             return int(logits.argmax())
         probs = torch.softmax(logits / self.temperature, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
-
-    def _decode(self, logits: torch.Tensor, t: float, forced: list[int] | None) -> list[int]:
-        generated: list[int] = []
-        stops = (self.stream_eos, self.ids.im_end)
-        limit = self.max_new_tokens if forced is None else len(forced) + 1
-        while True:
-            if forced is None:
-                token = self._choose(logits)
-            else:
-                token = forced[len(generated)] if len(generated) < len(forced) else self.stream_eos
-            generated.append(token)
-            if token in stops or len(generated) >= limit:
-                return generated
-            ids = torch.tensor([token])
-            positions = torch.full((3, 1), self.next_pos, dtype=torch.long)
-            self.next_pos += 1
-            embeds = self.model.get_input_embeddings()(ids.to(self.device))
-            logits = self._feed(ids, positions, embeds, t, kind=TEXT)
-            self.seen[token] = True
 
     def _closing(self, generated: list[int]) -> list[int]:
         """Tokens that end this answer in the training format: ``... ...<|im_end|>\\n``."""
@@ -220,3 +170,118 @@ class StreamingSession:
         if self.trace is not None and drop.any():
             self.trace.evictions.append((self.cache.fed, self.cache.origin[:n][drop].clone()))
         return self.cache.evict(drop)
+
+    def _finish(self, window: Window, generated: list[int], timings: dict[str, float], prefill_tokens: int):
+        evicted = self._evict(window.end)
+        self.pending = self._closing(generated)
+        self.clock = window.end
+        self.window_index += 1
+        answer = [t for t in generated if t not in self.stops]
+        return WindowResult(
+            index=self.window_index - 1, start=window.start, end=window.end,
+            text=self.tokenizer.decode(answer).strip(), token_ids=generated, timings=timings,
+            prefill_tokens=prefill_tokens, cache_tokens=self.cache.length, evicted_tokens=evicted,
+        )
+
+
+def _feed(sessions: list[StreamingSession], ids: list[torch.Tensor], positions: list[torch.Tensor],
+          embeds: torch.Tensor, times: list[float], kinds: list) -> list[torch.Tensor]:
+    """Run each session's ``ids`` through the LLM on top of its cache, all in one batch; return the
+    logits after each session's last token."""
+    lead = sessions[0]
+    counts = [t.numel() for t in ids]
+    hidden = forward_tokens(lead.model, embeds, torch.cat(positions, dim=1), [s.cache for s in sessions], counts)
+    last = torch.tensor(counts).cumsum(0) - 1
+    logits = lead.model.lm_head(hidden[last.to(hidden.device)]).float()
+    for s, t, pos, when, kind, row in zip(sessions, ids, positions, times, kinds, logits):
+        s.cache.commit(t.numel(), kind, when)
+        if s.trace is not None:
+            s.trace.ids.append(t.cpu())
+            s.trace.positions.append(pos.cpu())
+            s.trace.logits.append((s.cache.fed - 1, row.cpu()))
+    return list(logits)
+
+
+def _encode(sessions: list[StreamingSession], frames: list[torch.Tensor]):
+    """One ViT call over every stream's window -> per stream (visual embeds, pixel rows, grid)."""
+    lead = sessions[0]
+    patches = [s._patches(f) for s, f in zip(sessions, frames)]
+    pixel_values, grids = torch.cat([p for p, _ in patches]), torch.cat([g for _, g in patches])
+    out = lead.model.model.visual(pixel_values, grid_thw=grids.to(lead.device))
+    embeds = getattr(out, "pooler_output", out)
+    sizes = [int(g.prod()) // lead.spec.merge_size**2 for g in grids]
+    return [(e, p, g[None]) for e, (p, _), g in zip(embeds.split(sizes), patches, grids)]
+
+
+def _decode(sessions: list[StreamingSession], logits: list[torch.Tensor], times: list[float],
+            forced: list[list[int] | None]) -> list[list[int]]:
+    """Decode every stream until its stop token or limit; the streams still talking share each step."""
+    generated: list[list[int]] = [[] for _ in sessions]
+    talking = list(range(len(sessions)))
+    while True:
+        still = []
+        for i in talking:
+            s, f, out = sessions[i], forced[i], generated[i]
+            if f is None:
+                out.append(s._choose(logits[i]))
+            else:
+                out.append(f[len(out)] if len(out) < len(f) else s.stream_eos)
+            limit = s.max_new_tokens if f is None else len(f) + 1
+            if out[-1] not in s.stops and len(out) < limit:
+                still.append(i)
+        if not still:
+            return generated
+        group = [sessions[i] for i in still]
+        ids = [torch.tensor(generated[i][-1:]) for i in still]
+        positions = []
+        for s in group:
+            positions.append(torch.full((3, 1), s.next_pos, dtype=torch.long))
+            s.next_pos += 1
+        embeds = group[0].model.get_input_embeddings()(torch.cat(ids).to(group[0].device))
+        for i, row in zip(still, _feed(group, ids, positions, embeds, [times[i] for i in still], [TEXT] * len(still))):
+            logits[i] = row
+            sessions[i].seen[generated[i][-1]] = True
+        talking = still
+
+
+@torch.no_grad()
+def step_streams(sessions: list[StreamingSession], frames: list[torch.Tensor],
+                 force_texts: list[str | None] | None = None) -> list[WindowResult]:
+    """One window for each stream (``frames[i]`` for ``sessions[i]``), stepped together.
+
+    The timings of each result are those of the shared steps."""
+    force_texts = force_texts or [None] * len(sessions)
+    if not (len(sessions) == len(frames) == len(force_texts)) or not sessions:
+        raise ValueError("step_streams needs one window of frames (and force text) per session")
+    if len({id(s) for s in sessions}) < len(sessions) or any(s.model is not sessions[0].model for s in sessions):
+        raise ValueError("each session is stepped once per call, and all share one model")
+    t0 = time.perf_counter()
+    windows = [Window(slice(0, len(f)), s.clock, s.clock + len(f) / s.fps) for s, f in zip(sessions, frames)]
+    visual = _encode(sessions, frames)
+    t_vision = time.perf_counter()
+
+    ids, positions, embeds, kinds = [], [], [], []
+    for s, window, (embeds_v, pixel_values, grid) in zip(sessions, windows, visual):
+        turn, pos = s._prompt(window, grid)
+        turn_dev = turn.to(s.device)
+        e = s.model.get_input_embeddings()(turn_dev)
+        e[turn_dev == s.ids.video_pad] = embeds_v.to(e.dtype)
+        ids.append(turn), positions.append(pos), embeds.append(e)
+        kinds.append((turn == s.ids.video_pad).to(torch.int8))
+        if s.trace is not None:
+            s.trace.pixel_values.append(pixel_values.cpu())
+            s.trace.grids.append(grid)
+    logits = _feed(sessions, ids, positions, torch.cat(embeds), [w.end for w in windows], kinds)
+    for s, turn in zip(sessions, ids):
+        s.seen[turn.to(s.device)] = True
+    t_prefill = time.perf_counter()
+
+    forced = [None if t is None else s.tokenizer(t, add_special_tokens=False).input_ids
+              for s, t in zip(sessions, force_texts)]
+    generated = _decode(sessions, logits, [w.end for w in windows], forced)
+    t_decode = time.perf_counter()
+
+    ms = lambda a, b: (b - a) * 1e3
+    timings = {"vision": ms(t0, t_vision), "prefill": ms(t_vision, t_prefill), "decode": ms(t_prefill, t_decode)}
+    timings["total"] = ms(t0, time.perf_counter())
+    return [s._finish(w, g, dict(timings), int(t.numel())) for s, w, g, t in zip(sessions, windows, generated, ids)]
