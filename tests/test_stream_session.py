@@ -59,6 +59,20 @@ def test_after_eviction_logits_equal_a_masked_full_forward(processor, gen):
     check_logits(model, session)
 
 
+def test_the_kernel_path_equals_one_full_forward(processor, gen, monkeypatch):
+    """Prefill on the varlen kernel and decode on the paged kernel (interpreted), inside the model."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = tiny_qwen2vl(seed=0, attn_implementation="eager")
+    session = StreamingSession(model, processor, max_new_tokens=3, trace=True, page_size=16,
+                               min_pixels=56 * 56, max_pixels=56 * 56)
+    for _ in range(2):
+        session.step(torch.randint(0, 256, (session.frames_needed, 56, 56, 3), dtype=torch.uint8, generator=gen))
+    assert sum(1 for fed, _ in session.trace.logits) >= 4  # two prefills and decode steps
+    full = full_forward_logits(model, session.trace)
+    for index, logits in session.trace.logits:
+        torch.testing.assert_close(logits, full[index].float(), atol=2e-4, rtol=1e-4)
+
+
 def test_memory_is_flat_over_a_long_stream(processor, gen):
     model = tiny_qwen2vl(seed=0)
     session = StreamingSession(model, processor, horizon=3.0, max_new_tokens=2, max_text_tokens=64,

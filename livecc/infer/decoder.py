@@ -3,14 +3,18 @@
 Reuses the Hugging Face modules' weights (norms, projections, MLPs, M-RoPE tables). The streams'
 new tokens run as one packed batch through every projection and MLP. Attention: a decode step (one
 token per stream) reads the pages in place with the paged decode kernel; a prefill gathers each
-stream's pages and runs livecc's varlen kernel, bottom-right causal over the cache.
+stream's pages and runs livecc's varlen kernel, bottom-right causal over the cache. Where the
+kernels do not run (CPU), torch's SDPA serves instead of the kernels' references, which are
+written for checking (fp32 math, log-sum-exp) and cost about 3x more per call.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..kernels.attention import varlen_attention
+from ..kernels.dispatch import use_triton
 from ..kernels.paged_decode import paged_decode_attention
 from .cache import StreamKVCache
 
@@ -24,6 +28,17 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def _cumulative(counts: list[int], device) -> torch.Tensor:
     return torch.tensor([0, *torch.tensor(counts).cumsum(0).tolist()], dtype=torch.int32, device=device)
+
+
+def _sdpa(q, keys, values, cu_q: list[int], cu_k: list[int], scale: float) -> torch.Tensor:
+    """Per stream, bottom-right causal attention with torch's SDPA (the CPU serving path)."""
+    outs = []
+    for b in range(len(cu_q) - 1):
+        qb, kb, vb = (t[c[b] : c[b + 1]].transpose(0, 1) for t, c in ((q, cu_q), (keys, cu_k), (values, cu_k)))
+        lq, lk = qb.shape[1], kb.shape[1]
+        mask = None if lq == 1 else torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+        outs.append(F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale, enable_gqa=True))
+    return torch.cat(outs, dim=1).transpose(0, 1)
 
 
 @torch.no_grad()
@@ -44,7 +59,8 @@ def forward_tokens(model, embeds: torch.Tensor, positions: torch.Tensor, caches:
         cache.reserve(n)
     lengths = [c.length + n for c, n in zip(caches, counts)]
     write = torch.cat([c.slots(c.length, c.length + n) for c, n in zip(caches, counts)])
-    decode = all(n == 1 for n in counts)
+    kernels = use_triton(embeds)
+    decode = kernels and all(n == 1 for n in counts)
     if decode:
         width = max(len(c.page_table) for c in caches)
         table = torch.tensor([c.page_table + [0] * (width - len(c.page_table)) for c in caches],
@@ -69,9 +85,11 @@ def forward_tokens(model, embeds: torch.Tensor, positions: torch.Tensor, caches:
         if decode:
             out, _ = paged_decode_attention(q, pool.keys[i], pool.values[i], table, lens, max(lengths),
                                             softmax_scale=attn.scaling)
-        else:
+        elif kernels:
             out, _ = varlen_attention(q, keys[read], values[read], cu_q, cu_k, max(counts), max(lengths),
                                       causal=True, softmax_scale=attn.scaling)
+        else:
+            out = _sdpa(q, keys[read], values[read], cu_q.tolist(), cu_k.tolist(), attn.scaling)
         h = h + attn.o_proj(out.reshape(n, -1))
         h = h + layer.mlp(layer.post_attention_layernorm(h))
     return lm.norm(h)
