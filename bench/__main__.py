@@ -2,8 +2,8 @@
 
     python -m bench          (or: livecc bench)
 
-GPU: attention (P1/P2), cross-entropy (P3), video (P4), training (P5), with NVML telemetry.
-CPU: the CPU-meaningful subset (cross-entropy and video, as ratios within the run).
+GPU: attention (P1/P2), cross-entropy (P3), video (P4), streaming (P6-P8), training (P5), with NVML
+telemetry. CPU: the CPU-meaningful subset (cross-entropy, video and streaming, as ratios within the run).
 Each benchmark also writes its own file; the combined ``bench/results/<date>-<device>.json``
 and ``.md`` list them all.
 """
@@ -19,10 +19,10 @@ from bench.common import RESULTS, _slug, environment, on_gpu
 
 
 def main(argv=None) -> int:
-    from bench import attention, cross_entropy, train, video
+    from bench import attention, cross_entropy, stream, train, video
     from bench.telemetry import GpuTelemetry
 
-    suite = [("cross_entropy", cross_entropy.main), ("video", video.main)]
+    suite = [("cross_entropy", cross_entropy.main), ("video", video.main), ("stream", stream.main)]
     if on_gpu():
         suite = [("attention", attention.main), *suite, ("train", train.main)]
     env = environment()

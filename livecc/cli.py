@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -203,7 +204,13 @@ def cmd_data(args) -> int:
     """Run a data pipeline stage over JSONL inputs (sharded, resumable, accounted)."""
     from .data.pipeline import run_stage
 
-    stage = _data_stage(args)
+    if args.engine == "ray":
+        from .data.pipeline.ray_engine import RayStage
+
+        stage = RayStage(args.data_command, functools.partial(_data_stage, args), window=args.ray_window,
+                         workers=args.ray_workers, num_cpus=args.ray_cpus, num_gpus=args.ray_gpus)
+    else:
+        stage = _data_stage(args)
     num_shards = 1 if args.data_command == "rank" else args.num_shards
     report = run_stage(stage, args.inputs, args.out, shard=args.shard if num_shards > 1 else 0,
                        num_shards=num_shards, batch_size=args.batch_size, progress=not args.quiet)
@@ -312,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
         st.add_argument("--num-shards", type=int, default=1)
         st.add_argument("--batch-size", type=int, default=16 if name in ("lm-filter", "prompts") else 1)
         st.add_argument("--quiet", action="store_true", help="no progress bar")
+        st.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="ray: the stage runs on Ray Data actors (RAY_ADDRESS joins a cluster)")
+        st.add_argument("--ray-workers", type=int, default=2, help="actors, each with its own stage")
+        st.add_argument("--ray-window", type=int, default=64, help="batches per Ray Data job")
+        st.add_argument("--ray-cpus", type=float, default=1.0, help="CPUs per actor")
+        st.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per actor")
         st.set_defaults(func=cmd_data)
         if name == "clips":
             st.add_argument("--sft", action="store_true", help="B3 sentence rules (no previous-ASR context)")

@@ -211,6 +211,35 @@ def test_shards_partition_the_inputs(manifest, tmp_path):
     assert sum(r.outputs for r in reports) == whole.outputs and sum(r.kept for r in reports) == whole.kept
 
 
+def test_ray_engine_writes_what_the_local_engine_writes(manifest, tmp_path):
+    """Batches run on Ray Data actors (two workers, windows of two batches, one input per batch
+    failing); outputs, side files and reports are byte for byte the local engine's."""
+    pytest.importorskip("ray.data")
+    import functools
+
+    import ray
+
+    from livecc.cli import main
+    from livecc.data.pipeline.ray_engine import RayStage
+
+    factory = functools.partial(ClipStage, ClipRules(), tmp_path, {"Sports"}, "en")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        remote = run_stage(RayStage("clips", factory, window=2, workers=2, num_cpus=0.5), [manifest],
+                           tmp_path / "ray", batch_size=2, progress=False)
+        assert main(["data", "clips", str(manifest), "--out", str(tmp_path / "cli"), "--transcript-root",
+                     str(tmp_path), "--categories", "Sports", "--language", "en", "--batch-size", "2", "--quiet",
+                     "--engine", "ray", "--ray-workers", "1", "--ray-cpus", "0.5"]) == 0
+    finally:
+        ray.shutdown()
+    local = run_stage(factory(), [manifest], tmp_path / "local", batch_size=2, progress=False)
+    assert remote.to_dict() == local.to_dict() and remote.balanced and remote.failed
+    for kind in ("out", "side", "report"):
+        expected = shard_paths(tmp_path / "local", "clips", 0, 1)[kind].read_bytes()
+        assert shard_paths(tmp_path / "ray", "clips", 0, 1)[kind].read_bytes() == expected, kind
+        assert shard_paths(tmp_path / "cli", "clips", 0, 1)[kind].read_bytes() == expected, kind
+
+
 def test_rank_keeps_the_largest_vocabularies_with_ties_in_input_order(tmp_path):
     def clip(i, vocab):
         words = [Word(float(k), k + 0.5, f"v{k % vocab}") for k in range(40)]

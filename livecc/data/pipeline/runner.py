@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..records import append_seek_line, is_seek_line
 
-__all__ = ["Outcome", "Stage", "StageReport", "run_stage", "shard_paths"]
+__all__ = ["Outcome", "Stage", "StageReport", "run_batch", "run_stage", "shard_paths"]
 
 log = logging.getLogger("livecc.data")
 
@@ -115,7 +115,15 @@ def _lines(paths: Iterable[str | Path]) -> Iterator[tuple[int, str, bytes]]:
                     index += 1
 
 
-def _run_batch(stage: Stage, items: list) -> list[Outcome]:
+def _outcomes(stage: Stage, batches: Iterator[list]) -> Iterator[list[Outcome]]:
+    """Each batch's outcomes, in order. A stage with ``process_batches`` (the Ray engine) takes
+    the whole stream of batches and keeps several in flight."""
+    if hasattr(stage, "process_batches"):
+        return stage.process_batches(batches)
+    return (run_batch(stage, items) if items else [] for items in batches)
+
+
+def run_batch(stage: Stage, items: list) -> list[Outcome]:
     try:
         outcomes = stage.process(items)
         if len(outcomes) != len(items):
@@ -159,41 +167,43 @@ def run_stage(stage: Stage, inputs: list[str | Path], out_dir: str | Path, *, sh
     side.truncate(state["side_bytes"])
     bar = tqdm(desc=f"{stage.name} {shard}/{num_shards}", unit="line", disable=not progress,
                initial=state["consumed"])
-    batch: list[tuple[int, str, object, Outcome | None]] = []  # a line that is not JSON comes with its outcome
+    # Batches wait here, with the lines they consumed, until their outcomes come back in order.
+    pending: deque[tuple[int, list[tuple[int, str, object, Outcome | None]]]] = deque()
 
-    def flush(consumed: int) -> None:
-        good = [(index, value) for index, _, value, outcome in batch if outcome is None]
-        outcomes = iter(_run_batch(stage, good) if good else [])
-        for _, where, value, outcome in batch:
-            _record(out, side, report, where, value, outcome or next(outcomes))
-        out.flush()
-        side.flush()
-        os.fsync(out.fileno())
-        os.fsync(side.fileno())
-        state.update(consumed=consumed, out_bytes=out.tell(), side_bytes=side.tell(), report=report.to_dict())
-        _replace(paths["progress"], state)
-        batch.clear()
-
-    consumed = state["consumed"]
-    try:
+    def batches() -> Iterator[list[tuple[int, object]]]:
+        batch, consumed = [], state["consumed"]  # a line that is not JSON comes with its outcome
         for index, where, line in _lines(inputs):
             if index < state["consumed"]:
                 continue
             consumed = index + 1
-            bar.update(1)
-            if index % num_shards != shard:
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                batch.append((index, where, None, Outcome.failed(e)))
-            else:
-                if is_seek_line(value):
-                    continue
-                batch.append((index, where, value, None))
+            if index % num_shards == shard:
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as e:
+                    batch.append((index, where, None, Outcome.failed(e)))
+                else:
+                    if not is_seek_line(value):
+                        batch.append((index, where, value, None))
             if len(batch) >= batch_size:
-                flush(consumed)
-        flush(consumed)
+                pending.append((consumed, batch))
+                yield [(i, value) for i, _, value, outcome in batch if outcome is None]
+                batch = []
+        pending.append((consumed, batch))  # the last, possibly empty, batch records the lines read
+        yield [(i, value) for i, _, value, outcome in batch if outcome is None]
+
+    try:
+        for outcomes in _outcomes(stage, batches()):
+            consumed, batch = pending.popleft()
+            outcomes = iter(outcomes)
+            for _, where, value, outcome in batch:
+                _record(out, side, report, where, value, outcome or next(outcomes))
+            out.flush()
+            side.flush()
+            os.fsync(out.fileno())
+            os.fsync(side.fileno())
+            bar.update(consumed - state["consumed"])
+            state.update(consumed=consumed, out_bytes=out.tell(), side_bytes=side.tell(), report=report.to_dict())
+            _replace(paths["progress"], state)
     finally:
         out.close()
         side.close()
