@@ -96,7 +96,7 @@ class StreamingSession:
         self.initial_frames, self.streaming_frames, self.fps = initial_frames, streaming_frames, fps
         self.stops = (self.stream_eos, self.ids.im_end)
         self.cache = StreamKVCache(pool if pool is not None else KVPool.for_model(model, page_size=page_size))
-        self.seen = torch.zeros(model.lm_head.out_features, dtype=torch.bool, device=self.device)
+        self.seen_ids = torch.empty(0, dtype=torch.long, device=self.device)  # for the repetition penalty
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.next_pos = 0
         self.clock = 0.0  # stream seconds covered so far
@@ -141,13 +141,18 @@ class StreamingSession:
 
     def _choose(self, logits: torch.Tensor) -> int:
         if self.repetition_penalty != 1.0:
-            seen = logits[self.seen]
+            seen = logits[self.seen_ids]
             logits = logits.clone()
-            logits[self.seen] = torch.where(seen > 0, seen / self.repetition_penalty, seen * self.repetition_penalty)
+            logits[self.seen_ids] = torch.where(seen > 0, seen / self.repetition_penalty,
+                                                seen * self.repetition_penalty)
         if self.temperature <= 0:
             return int(logits.argmax())
         probs = torch.softmax(logits / self.temperature, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def _mark_seen(self, ids: torch.Tensor) -> None:
+        """Remember token ids for the repetition penalty: a short sorted list, not a vocabulary mask."""
+        self.seen_ids = torch.cat([self.seen_ids, ids.to(self.device)]).unique()
 
     def _closing(self, generated: list[int]) -> list[int]:
         """Tokens that end this answer in the training format: ``... ...<|im_end|>\\n``."""
@@ -238,9 +243,10 @@ def _decode(sessions: list[StreamingSession], logits: list[torch.Tensor], times:
             positions.append(torch.full((3, 1), s.next_pos, dtype=torch.long))
             s.next_pos += 1
         embeds = group[0].model.get_input_embeddings()(torch.cat(ids).to(group[0].device))
-        for i, row in zip(still, _feed(group, ids, positions, embeds, [times[i] for i in still], [TEXT] * len(still))):
+        rows = _feed(group, ids, positions, embeds, [times[i] for i in still], [TEXT] * len(still))
+        for i, token, row in zip(still, ids, rows):
             logits[i] = row
-            sessions[i].seen[generated[i][-1]] = True
+            sessions[i]._mark_seen(token)
         talking = still
 
 
@@ -273,7 +279,7 @@ def step_streams(sessions: list[StreamingSession], frames: list[torch.Tensor],
             s.trace.grids.append(grid)
     logits = _feed(sessions, ids, positions, torch.cat(embeds), [w.end for w in windows], kinds)
     for s, turn in zip(sessions, ids):
-        s.seen[turn.to(s.device)] = True
+        s._mark_seen(turn)
     t_prefill = time.perf_counter()
 
     forced = [None if t is None else s.tokenizer(t, add_special_tokens=False).input_ids
