@@ -14,6 +14,11 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SHAPES = {  # hidden, layers, q heads, kv heads, MLP, vocab (PERF.md)
+    "qwen2vl-2b": (1536, 28, 12, 2, 8960, 151936),
+    "qwen2vl-7b": (3584, 28, 28, 4, 18944, 152064),
+}
+PEAK, HBM = 989e12, 3.35e12  # H100 SXM dense bf16 FLOP/s and HBM bytes/s (datasheet, PERF.md)
 
 
 def on_gpu() -> bool:
@@ -59,6 +64,30 @@ def _git(*args: str) -> str:
                               cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def random_qwen2vl(shape: str, attn: str):
+    """A Qwen2-VL of ``shape`` (the real ViT) with random bf16 weights, built on the GPU."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    h, n, hq, hkv, mlp, vocab = SHAPES[shape]
+    cfg = Qwen2VLConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=h, intermediate_size=mlp, num_hidden_layers=n,
+                         num_attention_heads=hq, num_key_value_heads=hkv,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
+        vision_config=dict(depth=32, embed_dim=1280, num_heads=16, hidden_size=h))
+    cfg._attn_implementation = attn
+    with torch.device("cuda"):
+        return Qwen2VLForConditionalGeneration(cfg).to(torch.bfloat16)
+
+
+def reference_attention() -> str:
+    """The reference stack's attention: FlashAttention-2 when installed, else SDPA."""
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return "sdpa"
+    return "flash_attention_2"
 
 
 def median_ms(fn: Callable[[], object], warmup: int = 3, rep: int = 10) -> float:

@@ -26,33 +26,27 @@ import time
 
 import torch
 
-from bench.common import environment, on_gpu, write_results
+from bench.common import HBM, PEAK, environment, on_gpu, random_qwen2vl, reference_attention, write_results
 from livecc.data.processor import TokenIds, VisionSpec
 from livecc.data.sequence import expand_video_pads, patch_rows
 from livecc.data.video import smart_resize
+from livecc.infer.stream import percentile
 
 MAX_PIXELS = 384 * 28 * 28
-HBM, PEAK = 3.35e12, 989e12  # H100 SXM bytes/s, dense bf16 FLOP/s (PERF.md)
 
 
 def build(gpu: bool, attn: str):
-    if not gpu:
-        from livecc.testing import tiny_qwen2vl
+    if gpu:
+        return random_qwen2vl("qwen2vl-7b", attn).eval()
+    from livecc.testing import tiny_qwen2vl
 
-        return tiny_qwen2vl(seed=0, attn_implementation=attn).eval()
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    return tiny_qwen2vl(seed=0, attn_implementation=attn).eval()
 
-    from bench.train import SHAPES
 
-    h, n, hq, hkv, mlp, vocab = SHAPES["qwen2vl-7b"]
-    cfg = Qwen2VLConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=h, intermediate_size=mlp, num_hidden_layers=n,
-                         num_attention_heads=hq, num_key_value_heads=hkv,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
-        vision_config=dict(depth=32, embed_dim=1280, num_heads=16, hidden_size=h))
-    cfg._attn_implementation = attn
-    with torch.device("cuda"):
-        return Qwen2VLForConditionalGeneration(cfg).to(torch.bfloat16).eval()
+def kv_bytes_per_token(model) -> int:
+    """Keys and values of one token over all layers, in bf16."""
+    cfg = model.config.text_config
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2
 
 
 def windows(n: int, size: tuple[int, int], device, seed: int = 0) -> list[torch.Tensor]:
@@ -117,16 +111,10 @@ def livecc_loop(model, processor, frames: list[torch.Tensor], query: str, **opti
     return rows
 
 
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
-def floor_ms(model, row: dict, kv_bytes_per_token: int) -> float:
-    """Hardware floor of one window: prefill and ViT at peak FLOP/s or weight-read time, whichever
-    is larger, plus each decode step's weight and KV reads at full HBM bandwidth."""
-    vit = sum(p.numel() for p in model.model.visual.parameters())
-    llm = sum(p.numel() for p in model.parameters()) - vit
+def floor_ms(row: dict, llm: int, vit: int, kv_bytes_per_token: int) -> float:
+    """Hardware floor of one window (``llm``/``vit`` parameters): prefill and ViT at peak FLOP/s or
+    weight-read time, whichever is larger, plus each decode step's weight and KV reads at full HBM
+    bandwidth."""
     patches = 4 * row["prefill_tokens"]  # upper bound: every prefill token a merged 2x2 patch group
     prefill = max(2 * llm * row["prefill_tokens"] / PEAK, 2 * llm / HBM) + max(2 * vit * patches / PEAK, 2 * vit / HBM)
     decode = (row["new_tokens"] - 1) * (2 * llm + kv_bytes_per_token * row["cache_tokens"]) / HBM
@@ -142,18 +130,18 @@ def latency(model, processor, n_windows: int, size, device) -> list[dict]:
     if on_gpu():  # the ViT on livecc's kernel from here on (on CPU that would be the torch oracle)
         use_livecc_attention(model)
     ours = livecc_loop(model, processor, frames, query)
-    cfg = model.config.text_config
-    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2
+    vit = sum(p.numel() for p in model.model.visual.parameters())
+    llm = sum(p.numel() for p in model.parameters()) - vit
     rows = []
     for name, runs in (("livecc", ours), ("reference", reference)):
         steady = runs[2:]  # the 3 s window and one warm-up window excluded
-        row = {"provider": name, "windows": len(steady), "p50_ms": pct([r["ms"] for r in steady], 0.5),
-               "p99_ms": pct([r["ms"] for r in steady], 0.99),
+        row = {"provider": name, "windows": len(steady), "p50_ms": percentile([r["ms"] for r in steady], 0.5),
+               "p99_ms": percentile([r["ms"] for r in steady], 0.99),
                "new_tokens": statistics.fmean(r["new_tokens"] for r in steady),
                "prefill_tokens": statistics.fmean(r["prefill_tokens"] for r in steady),
                "final_cache_tokens": runs[-1]["cache_tokens"]}
         if on_gpu():
-            row["floor_ms"] = statistics.median(floor_ms(model, r, kv) for r in steady)
+            row["floor_ms"] = statistics.median(floor_ms(r, llm, vit, kv_bytes_per_token(model)) for r in steady)
             row["p50_over_floor"] = row["p50_ms"] / row["floor_ms"]
         rows.append(row)
     rows[0]["speedup_vs_reference"] = rows[1]["p50_ms"] / rows[0]["p50_ms"]
@@ -178,8 +166,9 @@ def streams(model, processor, counts: list[int], n_windows: int, size, device) -
             _sync()
             rounds.append((time.perf_counter() - t0) * 1e3)
         steady = rounds[2:]
-        rows.append({"streams": n, "round_p50_ms": pct(steady, 0.5), "round_p99_ms": pct(steady, 0.99),
-                     "real_time": pct(steady, 0.99) < 1000.0, "pool_mb": pool.nbytes() / 2**20})
+        p99 = percentile(steady, 0.99)
+        rows.append({"streams": n, "round_p50_ms": percentile(steady, 0.5), "round_p99_ms": p99,
+                     "real_time": p99 < 1000.0, "pool_mb": pool.nbytes() / 2**20})
         for s in sessions:
             s.close()
     one = rows[0]["round_p50_ms"]
@@ -208,14 +197,7 @@ def main(argv=None) -> dict:
     device = "cuda" if gpu else "cpu"
     size = (360, 640) if gpu else (90, 120)
     processor = offline_processor()
-    attn = "sdpa"
-    if gpu:
-        try:
-            import flash_attn  # noqa: F401
-
-            attn = "flash_attention_2"
-        except ImportError:
-            pass
+    attn = reference_attention() if gpu else "sdpa"
     model = build(gpu, attn)
     env = environment()
     lat = latency(model, processor, args.windows, size, device)
@@ -225,13 +207,12 @@ def main(argv=None) -> dict:
                    device)
     horizon, text_tokens = (60.0, 4096) if gpu else (10.0, 512)
     mem = memory(model, processor, args.memory_windows, horizon, text_tokens, size, device)
-    ref_growth = (lat[1]["final_cache_tokens"] / (args.windows + 2))  # tokens per stream second
-    cfg = model.config.text_config
-    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2
+    ref_growth = lat[1]["final_cache_tokens"] / (args.windows + 2)  # tokens per stream second
+    ref_gib_per_hour = ref_growth * kv_bytes_per_token(model) * 3600 / 2**30
     notes = (f"{'7B Qwen2-VL shape, random bf16 weights' if gpu else 'tiny random Qwen2-VL on CPU (ratios only)'}; "
              f"frames {size[0]}x{size[1]}, max_pixels 384*28*28, {args.windows} windows (first two excluded from "
              f"p50/p99). The reference's cache grows {ref_growth:.0f} tokens per stream second = "
-             f"{ref_growth * kv * 3600 / 2**30:.1f} GiB per hour (bf16), never evicted. livecc's memory run: "
+             f"{ref_gib_per_hour:.1f} GiB per hour (bf16), never evicted. livecc's memory run: "
              f"visual horizon {horizon:.0f} s, old text capped at {text_tokens} tokens (64 sink), over "
              f"{args.memory_windows} windows.")
     path = write_results("stream", env, lat + many + mem,

@@ -18,29 +18,14 @@ import time
 
 import torch
 
-from bench.common import environment, on_gpu, write_results
+from bench.common import PEAK, environment, on_gpu, random_qwen2vl, reference_attention, write_results
 from livecc.data.rope import mrope_position_ids
 
-SHAPES = {  # hidden, layers, q heads, kv heads, MLP, vocab (PERF.md)
-    "qwen2vl-2b": (1536, 28, 12, 2, 8960, 151936),
-    "qwen2vl-7b": (3584, 28, 28, 4, 18944, 152064),
-}
 VIDEO_PAD = 151656
-PEAK = 989e12  # H100/H200 dense bf16
 
 
 def build(shape: str, attn: str):
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-    h, n, hq, hkv, mlp, vocab = SHAPES[shape]
-    cfg = Qwen2VLConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=h, intermediate_size=mlp, num_hidden_layers=n,
-                         num_attention_heads=hq, num_key_value_heads=hkv,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
-        vision_config=dict(depth=32, embed_dim=1280, num_heads=16, hidden_size=h))
-    cfg._attn_implementation = attn
-    with torch.device("cuda"):
-        model = Qwen2VLForConditionalGeneration(cfg).to(torch.bfloat16)
+    model = random_qwen2vl(shape, attn)
     model.model.visual.requires_grad_(False)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.train()
@@ -122,12 +107,7 @@ def measure(provider: str, shape: str, clips: list, full_finetune: bool, steps: 
 def run(shape: str, n_clips: int, seconds: int, full_finetune: bool, steps: int) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     clips = [clip(seconds, 0.06, g) for _ in range(n_clips)]
-    try:
-        import flash_attn  # noqa: F401
-
-        ref_attn = "flash_attention_2"
-    except ImportError:
-        ref_attn = "sdpa"
+    ref_attn = reference_attention()
     rows = []
     for provider in ("livecc", "reference"):
         rows.append(measure(provider, shape, clips, full_finetune, steps, ref_attn))

@@ -21,7 +21,7 @@ import torch
 from ..data.video import FPS, StrictFpsSampler, VideoError
 from .session import StreamingSession, WindowResult
 
-__all__ = ["StreamReport", "iter_windows", "run_stream"]
+__all__ = ["StreamReport", "iter_windows", "percentile", "run_stream"]
 
 
 def iter_windows(source, *, fps: float = FPS, initial_frames: int = 6, streaming_frames: int = 2,
@@ -65,6 +65,12 @@ def iter_windows(source, *, fps: float = FPS, initial_frames: int = 6, streaming
             raise VideoError(f"{source}: stream broke ({e})") from e
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile by rank (nan when empty)."""
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
 @dataclass
 class StreamReport:
     windows: int = 0
@@ -75,12 +81,12 @@ class StreamReport:
     words: int = 0
 
     def summary(self) -> dict:
-        lat = sorted(self.latencies_ms)
-        pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+        lat = self.latencies_ms
         busy = sum(lat) / 1e3
         return {
             "windows": self.windows, "dropped": self.dropped, "stream_s": round(self.stream_seconds, 2),
-            "wall_s": round(self.wall_seconds, 2), "p50_ms": round(pick(0.5), 1), "p99_ms": round(pick(0.99), 1),
+            "wall_s": round(self.wall_seconds, 2), "p50_ms": round(percentile(lat, 0.5), 1),
+            "p99_ms": round(percentile(lat, 0.99), 1),
             "mean_ms": round(statistics.fmean(lat), 1) if lat else float("nan"),
             "real_time_factor": round(busy / self.stream_seconds, 3) if self.stream_seconds else float("nan"),
             "words": self.words,

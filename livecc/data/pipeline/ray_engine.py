@@ -27,8 +27,7 @@ class _Worker:
         self.stage = factory()
 
     def __call__(self, rows):
-        out = [pickle.dumps(run_batch(self.stage, items) if (items := pickle.loads(b)) else []) for b in rows["items"]]
-        return {"outcomes": out}
+        return {"outcomes": [pickle.dumps(run_batch(self.stage, pickle.loads(b))) for b in rows["items"]]}
 
 
 class RayStage:

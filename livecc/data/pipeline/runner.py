@@ -120,10 +120,14 @@ def _outcomes(stage: Stage, batches: Iterator[list]) -> Iterator[list[Outcome]]:
     the whole stream of batches and keeps several in flight."""
     if hasattr(stage, "process_batches"):
         return stage.process_batches(batches)
-    return (run_batch(stage, items) if items else [] for items in batches)
+    return (run_batch(stage, items) for items in batches)
 
 
 def run_batch(stage: Stage, items: list) -> list[Outcome]:
+    """The stage's outcomes for ``items``; when a batch of several raises, each item is retried
+    alone and a failing one gets its error."""
+    if not items:  # a batch of lines that were all broken or seek lines
+        return []
     try:
         outcomes = stage.process(items)
         if len(outcomes) != len(items):
