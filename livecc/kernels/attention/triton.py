@@ -76,6 +76,26 @@ def _key_end(k_len, q_len, i_m, BM: tl.constexpr, CAUSAL: tl.constexpr):
 
 
 @triton.jit
+def _softmax_step(b_s, b_v, b_m, b_l, b_acc, DOT_FP32: tl.constexpr):
+    """One key block of the online softmax: scores ``b_s [M, N]`` (log2 units, -inf where hidden)
+    and values ``b_v [N, D]`` update the running row max, sum and output accumulator."""
+    m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+    alpha = tl.exp2(b_m - m_safe)
+    b_p = tl.exp2(b_s - m_safe[:, None])
+    b_acc = _dot(b_p.to(b_v.dtype), b_v, b_acc * alpha[:, None], DOT_FP32)
+    return m_new, b_l * alpha + tl.sum(b_p, axis=1), b_acc
+
+
+@triton.jit
+def _softmax_result(b_m, b_l, b_acc):
+    """Normalised output and log2-sum-exp (output 0 and -inf for a row that saw no key)."""
+    empty = b_l == 0.0
+    b_l = tl.where(empty, 1.0, b_l)
+    return b_acc / b_l[:, None], tl.where(empty, float("-inf"), b_m + tl.log2(b_l))
+
+
+@triton.jit
 def _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m):
     """A query block's log-sum-exp (in log2 units, for exp2) and ``delta = rowsum(dO * O)``."""
     b_lse = tl.load(LSE + i_h * total_q + q_start + o_m, mask=m_m, other=0.0) * 1.4426950408889634
@@ -111,18 +131,11 @@ def _fwd_kernel(
         b_kt = _cols(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
         b_s = _dot(b_q, b_kt, tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32) * scale_log2
         b_s = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), b_s, float("-inf"))
-        m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-        alpha = tl.exp2(b_m - m_safe)
-        b_p = tl.exp2(b_s - m_safe[:, None])
-        b_l = b_l * alpha + tl.sum(b_p, axis=1)
         b_v = _rows(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
-        b_acc = _dot(b_p.to(b_v.dtype), b_v, b_acc * alpha[:, None], DOT_FP32)
-        b_m = m_new
-    b_o = b_acc / tl.where(b_l == 0.0, 1.0, b_l)[:, None]
+        b_m, b_l, b_acc = _softmax_step(b_s, b_v, b_m, b_l, b_acc, DOT_FP32)
+    b_o, b_lse2 = _softmax_result(b_m, b_l, b_acc)
     _store_rows(O, b_o, q_start, o_m, stride_ot, i_h, stride_oh, o_d, m_m, m_d)
-    b_lse = tl.where(b_l == 0.0, float("-inf"), (b_m + tl.log2(tl.where(b_l == 0.0, 1.0, b_l))) * 0.6931471805599453)
-    tl.store(LSE + i_h * total_q + q_start + o_m, b_lse, mask=m_m)
+    tl.store(LSE + i_h * total_q + q_start + o_m, b_lse2 * 0.6931471805599453, mask=m_m)
 
 
 @triton.jit

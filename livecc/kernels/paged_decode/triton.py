@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention.triton import LN2, LOG2E, _dot
+from ..attention.triton import LOG2E, _dot, _softmax_result, _softmax_step
 from ..dispatch import interpreting
 
 __all__ = ["paged_decode_forward"]
@@ -44,19 +44,13 @@ def _split_kernel(
                        mask=m_n[None, :] & m_d[:, None], other=0.0)
         b_s = _dot(b_q, b_kt, tl.zeros([BG, PAGE], dtype=tl.float32), DOT_FP32) * scale_log2
         b_s = tl.where(m_n[None, :], b_s, float("-inf"))
-        m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
-        alpha = tl.exp2(b_m - m_new)
-        b_p = tl.exp2(b_s - m_new[:, None])
-        b_l = b_l * alpha + tl.sum(b_p, axis=1)
         b_v = tl.load(V + page * stride_vp + o_s[:, None] * stride_vs + i_kh * stride_vh + o_d[None, :],
                       mask=m_n[:, None] & m_d[None, :], other=0.0)
-        b_acc = _dot(b_p.to(b_v.dtype), b_v, b_acc * alpha[:, None], DOT_FP32)
-        b_m = m_new
-    empty = b_l == 0.0  # this split holds none of the stream's tokens
-    b_o = b_acc / tl.where(empty, 1.0, b_l)[:, None]
+        b_m, b_l, b_acc = _softmax_step(b_s, b_v, b_m, b_l, b_acc, DOT_FP32)
+    b_o, b_lse2 = _softmax_result(b_m, b_l, b_acc)  # a split with none of the stream's tokens: 0, -inf
     rows = (i_b * HQ + heads) * n_splits + i_s
     tl.store(O_PART + rows[:, None] * D + o_d[None, :], b_o, mask=m_g[:, None] & m_d[None, :])
-    tl.store(LSE_PART + rows, tl.where(empty, float("-inf"), b_m + tl.log2(tl.where(empty, 1.0, b_l))), mask=m_g)
+    tl.store(LSE_PART + rows, b_lse2, mask=m_g)
 
 
 @triton.jit
@@ -76,7 +70,7 @@ def _combine_kernel(O_PART, LSE_PART, O, LSE, n_splits, stride_ob, stride_oh,
     parts = tl.load(O_PART + rows[:, None] * D + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0.0)
     b_o = tl.sum(parts * b_w[:, None], axis=0) / total
     tl.store(O + i_b * stride_ob + i_h * stride_oh + o_d, b_o.to(O.dtype.element_ty), mask=m_d)
-    tl.store(LSE + i_b * HQ + i_h, tl.where(empty, float("-inf"), (m_safe + tl.log2(total)) * LN2))
+    tl.store(LSE + i_b * HQ + i_h, tl.where(empty, float("-inf"), (m_safe + tl.log2(total)) * 0.6931471805599453))
 
 
 def _splits(n_pages: int, programs: int, device: torch.device) -> int:
