@@ -79,7 +79,8 @@ def cmd_stream(args) -> int:
 
     model, processor = load_model(args.model, args.device)
     session = StreamingSession(model, processor, query=args.query, max_new_tokens=args.max_new_tokens,
-                               repetition_penalty=args.repetition_penalty, horizon=args.horizon)
+                               repetition_penalty=args.repetition_penalty, horizon=args.horizon,
+                               cuda_graphs=not args.no_cuda_graphs)
     out = open(args.jsonl, "w") if args.jsonl else None
 
     def show(result) -> None:
@@ -253,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--horizon", type=float, default=240.0, help="seconds of video kept in the KV cache")
     stream.add_argument("--max-lag", type=float, default=1.0, help="seconds behind real time before dropping")
     stream.add_argument("--device", default=None)
+    stream.add_argument("--no-cuda-graphs", action="store_true", help="launch decode steps eagerly on GPU")
     stream.set_defaults(func=cmd_stream)
 
     bench = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)

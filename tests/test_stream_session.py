@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from livecc.infer import KVPool, StreamingSession, step_streams
+from livecc.infer.graphs import DecodeGraphs
 from livecc.testing import tiny_qwen2vl
 
 pytestmark = pytest.mark.usefixtures("torch_attention")
@@ -59,12 +60,16 @@ def test_after_eviction_logits_equal_a_masked_full_forward(processor, gen):
     check_logits(model, session)
 
 
-def test_the_kernel_path_equals_one_full_forward(processor, gen, monkeypatch):
-    """Prefill on the varlen kernel and decode on the paged kernel (interpreted), inside the model."""
+@pytest.mark.parametrize("static", [False, True], ids=["plain", "static-decode"])
+def test_the_kernel_path_equals_one_full_forward(processor, gen, monkeypatch, static):
+    """Prefill on the varlen kernel and decode on the paged kernel (interpreted), inside the model;
+    also with the static decode step, whose kernel reads a padded page-table width."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     model = tiny_qwen2vl(seed=0, attn_implementation="eager")
     session = StreamingSession(model, processor, max_new_tokens=3, trace=True, page_size=16,
                                min_pixels=56 * 56, max_pixels=56 * 56)
+    if static:
+        session.decode_graphs = DecodeGraphs.of(model, session.cache.pool)
     for _ in range(2):
         session.step(torch.randint(0, 256, (session.frames_needed, 56, 56, 3), dtype=torch.uint8, generator=gen))
     assert sum(1 for fed, _ in session.trace.logits) >= 4  # two prefills and decode steps
@@ -131,3 +136,34 @@ def test_bad_frames_are_rejected(processor):
         session.step(torch.zeros(0, 56, 56, 3, dtype=torch.uint8))
     with pytest.raises(ValueError, match="stepped once per call"):
         step_streams([session, session], [torch.zeros(6, 56, 56, 3, dtype=torch.uint8)] * 2)
+
+
+def test_static_decode_steps_say_what_the_plain_path_says(processor, gen):
+    """Decode steps from static buffers (what CUDA graphs capture and replay; run eagerly here),
+    across batch sizes, page-table growth and pool reallocation: same tokens, logits equal to one
+    full forward."""
+    model = tiny_qwen2vl(seed=0, attn_implementation="eager")
+    options = [dict(query="Who scores?"), dict(query="", temperature=0.8, seed=3), dict(query="Describe it.")]
+    frames = [[torch.randint(0, 256, (6 if w == 0 else 2, 56, 56, 3), dtype=torch.uint8, generator=gen)
+               for w in range(4)] for _ in options]
+    forced = lambda i, w: "the ball is in the net and the crowd" if (i, w) == (2, 1) else None
+
+    def run(static: bool):
+        pool = KVPool.for_model(model, page_size=16, pages=2)
+        sessions = [StreamingSession(model, processor, max_new_tokens=12, trace=True, pool=pool, **kw)
+                    for kw in options]
+        if static:
+            for s in sessions:
+                s.decode_graphs = DecodeGraphs.of(model, pool)
+        results = [step_streams(sessions, [f[w] for f in frames], [forced(i, w) for i in range(3)])
+                   for w in range(4)]
+        return sessions, results, pool
+
+    plain, plain_results, _ = run(static=False)
+    static, static_results, pool = run(static=True)
+    assert [[r.token_ids for r in w] for w in static_results] == [[r.token_ids for r in w] for w in plain_results]
+    graphs = pool.decode_graphs
+    assert pool.growths > 0 and graphs.width > 4 and graphs.builds > 3
+    assert len({len(r.token_ids) for r in static_results[1]}) > 1  # the decode batch shrank within a window
+    for s in static:
+        check_logits(model, s)

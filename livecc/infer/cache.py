@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["KVPool", "StreamKVCache", "TEXT", "VISION"]
+__all__ = ["KVPool", "StreamKVCache", "TEXT", "VISION", "padded_page_tables"]
 
 TEXT, VISION = 0, 1
 
@@ -28,6 +28,8 @@ class KVPool:
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.free = list(range(pages - 1, -1, -1))  # a stack: the lowest page is lent first
+        self.growths = 0  # bumped whenever the buffers are reallocated (captured graphs hold their addresses)
+        self.decode_graphs = None  # the CUDA-graph decode steps over this pool, shared by its streams
 
     @classmethod
     def for_model(cls, model, **kwargs) -> KVPool:
@@ -59,6 +61,7 @@ class KVPool:
             for i, buf in enumerate(buffers):
                 buffers[i] = torch.cat([buf, torch.empty_like(buf)])
         self.free = list(range(2 * old - 1, old - 1, -1)) + self.free
+        self.growths += 1
 
     def slot_view(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of ``layer`` as ``[pages * page_size, Hkv, D]``, indexed by slot."""
@@ -138,3 +141,10 @@ class StreamKVCache:
     def nbytes(self) -> int:
         """Pool memory this stream holds."""
         return self.pool.nbytes() * len(self.page_table) // self.pool.pages
+
+
+def padded_page_tables(caches: list[StreamKVCache], width: int | None = None) -> list[list[int]]:
+    """The streams' page tables as rows of ``width`` (default: the longest), padded with page 0,
+    which the decode kernel never reads past a stream's length."""
+    width = max(len(c.page_table) for c in caches) if width is None else width
+    return [c.page_table + [0] * (width - len(c.page_table)) for c in caches]

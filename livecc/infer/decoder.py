@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from ..kernels.attention import varlen_attention
 from ..kernels.dispatch import use_triton
 from ..kernels.paged_decode import paged_decode_attention
-from .cache import StreamKVCache
+from .cache import KVPool, StreamKVCache, padded_page_tables
 
-__all__ = ["forward_tokens"]
+__all__ = ["forward_tokens", "run_layers"]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -59,17 +59,33 @@ def forward_tokens(model, embeds: torch.Tensor, positions: torch.Tensor, caches:
         cache.reserve(n)
     lengths = [c.length + n for c, n in zip(caches, counts)]
     write = torch.cat([c.slots(c.length, c.length + n) for c, n in zip(caches, counts)])
-    kernels = use_triton(embeds)
-    decode = kernels and all(n == 1 for n in counts)
-    if decode:
-        width = max(len(c.page_table) for c in caches)
-        table = torch.tensor([c.page_table + [0] * (width - len(c.page_table)) for c in caches],
-                             dtype=torch.int32, device=device)
+    scale = lm.layers[0].self_attn.scaling
+    if use_triton(embeds) and all(n == 1 for n in counts):  # decode: read the pages in place
+        table = torch.tensor(padded_page_tables(caches), dtype=torch.int32, device=device)
         lens = torch.tensor(lengths, dtype=torch.int32, device=device)
+
+        def attend(i, q):
+            return paged_decode_attention(q, pool.keys[i], pool.values[i], table, lens, max(lengths), scale)[0]
     else:
         read = torch.cat([c.slots(0, end) for c, end in zip(caches, lengths)])
         cu_q, cu_k = _cumulative(counts, device), _cumulative(lengths, device)
-    cos, sin = lm.rotary_emb(embeds[None], positions[:, None].to(device))  # [1, n, D]
+
+        def attend(i, q):
+            keys, values = (t[read] for t in pool.slot_view(i))
+            if use_triton(q):
+                return varlen_attention(q, keys, values, cu_q, cu_k, max(counts), max(lengths), causal=True,
+                                        softmax_scale=scale)[0]
+            return _sdpa(q, keys, values, cu_q.tolist(), cu_k.tolist(), scale)
+
+    return run_layers(lm, embeds, positions.to(device), pool, write, attend)
+
+
+def run_layers(lm, embeds: torch.Tensor, positions: torch.Tensor, pool: KVPool, write: torch.Tensor,
+               attend) -> torch.Tensor:
+    """Every decoder layer over ``embeds [n, H]`` at ``positions [3, n]``: the new keys/values go to
+    pool ``write`` slots ``[n]``, then ``attend(layer, rotated q [n, Hq, D]) -> [n, Hq, D]``.
+    Allocates nothing from the host and never syncs, so a CUDA graph can capture it."""
+    cos, sin = lm.rotary_emb(embeds[None], positions[:, None])  # [1, n, D]
     cos, sin = cos[0, :, None], sin[0, :, None]  # [n, 1, D] broadcast over heads
     n = embeds.shape[0]
     h = embeds
@@ -82,14 +98,6 @@ def forward_tokens(model, embeds: torch.Tensor, positions: torch.Tensor, caches:
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         keys, values = pool.slot_view(i)
         keys[write], values[write] = k, v
-        if decode:
-            out, _ = paged_decode_attention(q, pool.keys[i], pool.values[i], table, lens, max(lengths),
-                                            softmax_scale=attn.scaling)
-        elif kernels:
-            out, _ = varlen_attention(q, keys[read], values[read], cu_q, cu_k, max(counts), max(lengths),
-                                      causal=True, softmax_scale=attn.scaling)
-        else:
-            out = _sdpa(q, keys[read], values[read], cu_q.tolist(), cu_k.tolist(), attn.scaling)
-        h = h + attn.o_proj(out.reshape(n, -1))
+        h = h + attn.o_proj(attend(i, q).reshape(n, -1))
         h = h + layer.mlp(layer.post_attention_layernorm(h))
     return lm.norm(h)

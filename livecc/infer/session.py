@@ -26,6 +26,7 @@ from ..data.sequence import SYSTEM_TURN, Window, expand_video_pads, patch_rows, 
 from ..data.video import FPS, smart_resize
 from .cache import TEXT, VISION, KVPool, StreamKVCache
 from .decoder import forward_tokens
+from .graphs import DecodeGraphs
 
 __all__ = ["StreamingSession", "WindowResult", "step_streams"]
 
@@ -77,6 +78,7 @@ class StreamingSession:
         trace: bool = False,
         pool: KVPool | None = None,
         page_size: int = 64,
+        cuda_graphs: bool = True,
     ):
         self.model = model.eval()
         param = next(model.parameters())
@@ -96,6 +98,9 @@ class StreamingSession:
         self.initial_frames, self.streaming_frames, self.fps = initial_frames, streaming_frames, fps
         self.stops = (self.stream_eos, self.ids.im_end)
         self.cache = StreamKVCache(pool if pool is not None else KVPool.for_model(model, page_size=page_size))
+        # Decode steps replay CUDA graphs on GPU; elsewhere they run eagerly through forward_tokens.
+        self.decode_graphs = DecodeGraphs.of(model, self.cache.pool) if cuda_graphs and self.device.type == "cuda" \
+            else None
         self.seen_ids = torch.empty(0, dtype=torch.long, device=self.device)  # for the repetition penalty
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.next_pos = 0
@@ -198,6 +203,11 @@ def _feed(sessions: list[StreamingSession], ids: list[torch.Tensor], positions: 
     hidden = forward_tokens(lead.model, embeds, torch.cat(positions, dim=1), [s.cache for s in sessions], counts)
     last = torch.tensor(counts).cumsum(0) - 1
     logits = lead.model.lm_head(hidden[last.to(hidden.device)]).float()
+    return _record(sessions, ids, positions, times, kinds, logits)
+
+
+def _record(sessions, ids, positions, times, kinds, logits: torch.Tensor) -> list[torch.Tensor]:
+    """Commit the tokens just written to each session's cache (and its trace); return its logits."""
     for s, t, pos, when, kind, row in zip(sessions, ids, positions, times, kinds, logits):
         s.cache.commit(t.numel(), kind, when)
         if s.trace is not None:
@@ -237,13 +247,18 @@ def _decode(sessions: list[StreamingSession], logits: list[torch.Tensor], times:
         if not still:
             return generated
         group = [sessions[i] for i in still]
-        ids = [torch.tensor(generated[i][-1:]) for i in still]
-        positions = []
+        tokens, starts = [generated[i][-1] for i in still], [s.next_pos for s in group]
         for s in group:
-            positions.append(torch.full((3, 1), s.next_pos, dtype=torch.long))
             s.next_pos += 1
-        embeds = group[0].model.get_input_embeddings()(torch.cat(ids).to(group[0].device))
-        rows = _feed(group, ids, positions, embeds, [times[i] for i in still], [TEXT] * len(still))
+        ids = [torch.tensor([t]) for t in tokens]
+        positions = [torch.full((3, 1), p, dtype=torch.long) for p in starts]
+        when, kinds = [times[i] for i in still], [TEXT] * len(still)
+        if group[0].decode_graphs is not None:
+            logits_now = group[0].decode_graphs.step([s.cache for s in group], tokens, starts)
+            rows = _record(group, ids, positions, when, kinds, logits_now)
+        else:
+            embeds = group[0].model.get_input_embeddings()(torch.tensor(tokens, device=group[0].device))
+            rows = _feed(group, ids, positions, embeds, when, kinds)
         for i, token, row in zip(still, ids, rows):
             logits[i] = row
             sessions[i]._mark_seen(token)
