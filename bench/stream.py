@@ -186,7 +186,8 @@ def memory(model, processor, n_windows: int, horizon: float, text_tokens: int, s
     frames = windows(n_windows, size, device, seed=7)
     rows = livecc_loop(model, processor, frames, "Describe.", horizon=horizon, max_text_tokens=text_tokens,
                        text_sink=64)
-    return [{"window": i, "cache_tokens": r["cache_tokens"], "held_mb": r["held_mb"], "pool_mb": r["pool_mb"]}
+    return [{"window": i, "cache_tokens": r["cache_tokens"], "held_mb": r["held_mb"], "pool_mb": r["pool_mb"],
+             "evict_ms": r["evict_ms"]}
             for i, r in enumerate(rows) if i % max(1, n_windows // 12) == 0 or i == n_windows - 1]
 
 
@@ -223,7 +224,8 @@ def main(argv=None) -> dict:
     path = write_results("stream", env, lat + many + mem,
                          ["provider", "windows", "p50_ms", "p99_ms", "floor_ms", "p50_over_floor", "new_tokens",
                           "prefill_tokens", "speedup_vs_reference", "streams", "round_p50_ms", "round_p99_ms",
-                          "real_time", "vs_one_at_a_time", "window", "cache_tokens", "held_mb", "pool_mb"], notes)
+                          "real_time", "vs_one_at_a_time", "window", "cache_tokens", "held_mb", "pool_mb",
+                          "evict_ms"], notes)
     print(path.with_suffix(".md").read_text())
     return {"rows": lat + many + mem, "file": str(path)}
 

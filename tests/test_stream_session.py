@@ -58,6 +58,11 @@ def test_after_eviction_logits_equal_a_masked_full_forward(processor, gen):
                                           max_text_tokens=40, text_sink=10, page_size=16)
     assert sum(r.evicted_tokens for r in results) > 0 and session.trace.evictions
     check_logits(model, session)
+    # Text kept: the 10 sink tokens and the 40 most recent, in the order they were fed.
+    fed_text = (torch.cat(session.trace.ids) != session.ids.video_pad).nonzero().flatten()
+    cache = session.cache
+    kept = cache.origin[: cache.length][cache.kind[: cache.length] == 0]
+    assert sorted(kept.tolist()) == fed_text[:10].tolist() + fed_text[-40:].tolist()
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["plain", "static-decode"])

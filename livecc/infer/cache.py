@@ -2,7 +2,7 @@
 
 Keys are stored after RoPE, so evicting tokens never re-rotates the survivors: each keeps the
 position it was computed with. A stream holds ``ceil(live tokens / page size)`` pages; eviction
-compacts its survivors forward and hands the emptied pages back to the pool, so a stream whose
+fills the holes with the last survivors and hands the emptied pages back to the pool, so a stream whose
 visual tokens expire past a horizon holds a bounded number of pages, and the pool, shared by every
 stream of a process, stops growing once its streams do.
 """
@@ -114,19 +114,24 @@ class StreamKVCache:
         self.fed += n
 
     def evict(self, drop: torch.Tensor) -> int:
-        """Remove live tokens where ``drop [length]`` is True; survivors keep order and rotation."""
+        """Remove live tokens where ``drop [length]`` is True. Attention does not depend on the order
+        of cached keys (each keeps the rotation of its position), so the last survivors move into
+        the holes: a window's eviction copies at most as many tokens as it drops, not every
+        survivor behind them. ``origin`` keeps the order in which tokens were fed."""
         n_drop = int(drop.sum())
         if n_drop == 0:
             return 0
-        first = int(drop.nonzero()[0])  # tokens before the first dropped one stay where they are
-        keep = (~drop[first:]).nonzero().flatten() + first
-        src, dst = self.slots(0, self.length)[keep.to(self.pool.device)], self.slots(first, first + keep.numel())
-        for layer in range(len(self.pool.keys)):
-            for buf in self.pool.slot_view(layer):
-                buf[dst] = buf[src]  # gathers before it scatters, so overlapping ranges are safe
-        for meta in (self.kind, self.time, self.origin):
-            meta[first : first + keep.numel()] = meta[keep]
-        self.length = first + keep.numel()
+        live = self.length - n_drop
+        holes = drop[:live].nonzero().flatten()
+        movers = (~drop[live : self.length]).nonzero().flatten() + live
+        if holes.numel():
+            src, dst = (self.slots(0, self.length)[i.to(self.pool.device)] for i in (movers, holes))
+            for layer in range(len(self.pool.keys)):
+                for buf in self.pool.slot_view(layer):
+                    buf[dst] = buf[src]  # holes lie before `live`, movers after: no overlap
+            for meta in (self.kind, self.time, self.origin):
+                meta[holes] = meta[movers]
+        self.length = live
         self.evicted += n_drop
         held = -(-self.length // self.pool.page_size)
         self.pool.release(self.page_table[held:])

@@ -1,7 +1,7 @@
 """Decode steps from static buffers, replayed as CUDA graphs.
 
 A decode step of a 7B model is a few hundred small kernels over one token per stream; launched one
-by one from Python they cost more than they compute. ``DecodeGraphs`` runs the step (embedding,
+by one from Python, their launch overhead is a large share of the step. ``DecodeGraphs`` runs the step (embedding,
 every layer with the paged decode kernel, final norm, LM head) on static input buffers, captures it
 once per number of streams stepped together, and afterwards only copies the step's inputs (one
 host-to-device copy) and replays. The attention reads a fixed page-table width, so one graph serves

@@ -38,7 +38,7 @@ class WindowResult:
     end: float
     text: str  # the commentary of this window, without the streaming EOS
     token_ids: list[int]
-    timings: dict[str, float]  # milliseconds: vision, prefill, decode, total
+    timings: dict[str, float]  # milliseconds: vision, prefill, decode, evict, total
     prefill_tokens: int
     cache_tokens: int
     evicted_tokens: int = 0
@@ -175,14 +175,15 @@ class StreamingSession:
         drop = (kind == VISION) & (when <= now - self.horizon)
         if self.max_text_tokens is not None:
             text_slots = (kind == TEXT).nonzero().flatten()
+            text_slots = text_slots[self.cache.origin[text_slots].argsort()]  # slots are not in fed order
             old = text_slots[self.text_sink : max(self.text_sink, text_slots.numel() - self.max_text_tokens)]
             drop[old] = True
         if self.trace is not None and drop.any():
             self.trace.evictions.append((self.cache.fed, self.cache.origin[:n][drop].clone()))
         return self.cache.evict(drop)
 
-    def _finish(self, window: Window, generated: list[int], timings: dict[str, float], prefill_tokens: int):
-        evicted = self._evict(window.end)
+    def _finish(self, window: Window, generated: list[int], timings: dict[str, float], prefill_tokens: int,
+                evicted: int):
         self.pending = self._closing(generated)
         self.clock = window.end
         self.window_index += 1
@@ -301,8 +302,11 @@ def step_streams(sessions: list[StreamingSession], frames: list[torch.Tensor],
               for s, t in zip(sessions, force_texts)]
     generated = _decode(sessions, logits, [w.end for w in windows], forced)
     t_decode = time.perf_counter()
+    evicted = [s._evict(w.end) for s, w in zip(sessions, windows)]
+    t_evict = time.perf_counter()
 
     ms = lambda a, b: (b - a) * 1e3
-    timings = {"vision": ms(t0, t_vision), "prefill": ms(t_vision, t_prefill), "decode": ms(t_prefill, t_decode)}
-    timings["total"] = ms(t0, time.perf_counter())
-    return [s._finish(w, g, dict(timings), int(t.numel())) for s, w, g, t in zip(sessions, windows, generated, ids)]
+    timings = {"vision": ms(t0, t_vision), "prefill": ms(t_vision, t_prefill), "decode": ms(t_prefill, t_decode),
+               "evict": ms(t_decode, t_evict), "total": ms(t0, t_evict)}
+    return [s._finish(w, g, dict(timings), int(t.numel()), e)
+            for s, w, g, t, e in zip(sessions, windows, generated, ids, evicted)]
