@@ -87,7 +87,7 @@ def cmd_stream(args) -> int:
         print(f"[{result.start:7.1f}-{result.end:7.1f}s] {result.text}", flush=True)
         if out:
             out.write(json.dumps({"start": result.start, "end": result.end, "text": result.text,
-                                  "timings_ms": result.timings}) + "\n")
+                                  "timings_ms": result.timings, "tokens_per_s": result.tokens_per_s}) + "\n")
 
     source = "pipe:0" if args.source == "-" else args.source
     try:

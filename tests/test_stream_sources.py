@@ -1,3 +1,4 @@
+import json
 import shutil
 import subprocess
 import time
@@ -66,7 +67,10 @@ def test_cli_stream_writes_commentary_and_summary(clip, tmp_path, capsys):
                  "--jsonl", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "[    0.0-    3.0s]" in printed and "summary: windows=4 dropped=0" in printed
-    assert len(out.read_text().splitlines()) == 4
+    summary = dict(kv.split("=") for kv in printed.split("summary: ")[1].split())
+    assert float(summary["tokens_per_s"]) > 0 and float(summary["p99_ms"]) >= float(summary["p50_ms"]) > 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and all(r["tokens_per_s"] > 0 and r["timings_ms"]["total"] > 0 for r in rows)
 
 
 def test_missing_stream_is_a_clear_error(tmp_path, capsys):

@@ -43,6 +43,12 @@ class WindowResult:
     cache_tokens: int
     evicted_tokens: int = 0
 
+    @property
+    def tokens_per_s(self) -> float:
+        """Tokens generated per second of decoding (the first comes from the prefill's logits)."""
+        ms = self.timings["decode"]
+        return len(self.token_ids) * 1e3 / ms if ms > 0 else float("nan")
+
 
 @dataclass
 class Trace:

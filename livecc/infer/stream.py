@@ -79,6 +79,8 @@ class StreamReport:
     wall_seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     words: int = 0
+    tokens: int = 0
+    decode_ms: float = 0.0
 
     def summary(self) -> dict:
         lat = self.latencies_ms
@@ -90,6 +92,7 @@ class StreamReport:
             "mean_ms": round(statistics.fmean(lat), 1) if lat else float("nan"),
             "real_time_factor": round(busy / self.stream_seconds, 3) if self.stream_seconds else float("nan"),
             "words": self.words,
+            "tokens_per_s": round(self.tokens * 1e3 / self.decode_ms, 1) if self.decode_ms else float("nan"),
         }
 
 
@@ -116,6 +119,8 @@ def run_stream(session: StreamingSession, windows: Iterator[tuple[torch.Tensor, 
         report.windows += 1
         report.latencies_ms.append(result.timings["total"])
         report.words += len(result.text.split())
+        report.tokens += len(result.token_ids)
+        report.decode_ms += result.timings["decode"]
         report.stream_seconds = t_end
         if on_result is not None:
             on_result(result)
