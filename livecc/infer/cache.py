@@ -2,9 +2,9 @@
 
 Keys are stored after RoPE, so evicting tokens never re-rotates the survivors: each keeps the
 position it was computed with. A stream holds ``ceil(live tokens / page size)`` pages; eviction
-fills the holes with the last survivors and hands the emptied pages back to the pool, so a stream whose
-visual tokens expire past a horizon holds a bounded number of pages, and the pool, shared by every
-stream of a process, stops growing once its streams do.
+fills the holes with the last survivors and hands the emptied pages back to the pool, so a stream
+whose visual tokens expire past a horizon holds a bounded number of pages, and the pool, shared by
+every stream of a process, stops growing once its streams do.
 """
 
 from __future__ import annotations

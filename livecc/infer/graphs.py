@@ -1,13 +1,13 @@
 """Decode steps from static buffers, replayed as CUDA graphs.
 
-A decode step of a 7B model is a few hundred small kernels over one token per stream; launched one
-by one from Python, their launch overhead is a large share of the step. ``DecodeGraphs`` runs the step (embedding,
-every layer with the paged decode kernel, final norm, LM head) on static input buffers, captures it
-once per number of streams stepped together, and afterwards only copies the step's inputs (one
-host-to-device copy) and replays. The attention reads a fixed page-table width, so one graph serves
-every cache length up to it; a stream outgrowing the width, or the pool reallocating its buffers,
-rebuilds the graphs. Without CUDA (``capture=False``) the same static step runs eagerly, which is
-how its bookkeeping is checked against the plain path.
+A decode step of a 7B model is a few hundred small kernels over one token per stream; launched
+one by one from Python, their launch overhead is a large share of the step. ``DecodeGraphs`` runs
+the step (embedding, every layer with the paged decode kernel, final norm, LM head) on static input
+buffers, captures it once per number of streams stepped together, and afterwards only copies the
+step's inputs (one host-to-device copy) and replays. The attention reads a fixed page-table width,
+so one graph serves every cache length up to it; a stream outgrowing the width, or the pool
+reallocating its buffers, rebuilds the graphs. Without CUDA (``capture=False``) the same static
+step runs eagerly, which is how its bookkeeping is checked against the plain path.
 """
 
 from __future__ import annotations
@@ -67,11 +67,12 @@ class DecodeGraphs:
         for c in caches:
             c.reserve(1)
         need = max(len(c.page_table) for c in caches)
-        if need > self.width or self.pool.growths != self.growths:
-            self.steps.clear()  # the captured addresses or the table width no longer hold
-            self.mempool = None
-            self.width = max(need, 2 * self.width, 4) if need > self.width else self.width
+        if need > self.width or self.pool.growths != self.growths:  # the width or captured addresses are stale
+            if need > self.width:
+                self.width = max(need, 2 * self.width, 4)
             self.growths = self.pool.growths
+            self.steps.clear()
+            self.mempool = None
         step = self.steps.get(len(caches))
         fresh = step is None
         if fresh:

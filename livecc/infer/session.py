@@ -105,8 +105,8 @@ class StreamingSession:
         self.stops = (self.stream_eos, self.ids.im_end)
         self.cache = StreamKVCache(pool if pool is not None else KVPool.for_model(model, page_size=page_size))
         # Decode steps replay CUDA graphs on GPU; elsewhere they run eagerly through forward_tokens.
-        self.decode_graphs = DecodeGraphs.of(model, self.cache.pool) if cuda_graphs and self.device.type == "cuda" \
-            else None
+        graphs = cuda_graphs and self.device.type == "cuda"
+        self.decode_graphs = DecodeGraphs.of(model, self.cache.pool) if graphs else None
         self.seen_ids = torch.empty(0, dtype=torch.long, device=self.device)  # for the repetition penalty
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.next_pos = 0
