@@ -34,7 +34,7 @@ def _sdpa(q, keys, values, cu_q: list[int], cu_k: list[int], scale: float) -> to
     """Per stream, bottom-right causal attention with torch's SDPA (the CPU serving path)."""
     outs = []
     for b in range(len(cu_q) - 1):
-        # [1, H, L, D]: batched 4D inputs take torch's fused CPU kernel (3D ones its math path, ~5x slower)
+        # [1, H, L, D]: batched 4D inputs take torch's fused CPU kernel (3D ones its math path, ~3x slower)
         qb, kb, vb = (t[c[b] : c[b + 1]].transpose(0, 1)[None] for t, c in ((q, cu_q), (keys, cu_k), (values, cu_k)))
         lq, lk = qb.shape[2], kb.shape[2]
         mask = None if lq == 1 else torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
