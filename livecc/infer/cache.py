@@ -99,11 +99,15 @@ class StreamKVCache:
                 grown[: self.length] = old[: self.length]
                 setattr(self, name, grown)
 
-    def slots(self, start: int, end: int) -> torch.Tensor:
-        """Pool slots of tokens ``start:end`` (int64, on the pool's device)."""
-        j = torch.arange(start, end)
+    def slot(self, j: int) -> int:
+        """Pool slot of token ``j``."""
         page = self.pool.page_size
-        return (torch.tensor(self.page_table, dtype=torch.long)[j // page] * page + j % page).to(self.pool.device)
+        return self.page_table[j // page] * page + j % page
+
+    def slots(self, j: torch.Tensor) -> torch.Tensor:
+        """Pool slots of tokens ``j`` (int64, on the CPU): :meth:`slot` over a tensor."""
+        page = self.pool.page_size
+        return torch.tensor(self.page_table, dtype=torch.long)[j // page] * page + j % page
 
     def commit(self, n: int, kind: torch.Tensor | int, time: float) -> None:
         """Account for the ``n`` tokens every layer has just written after the live ones."""
@@ -125,7 +129,7 @@ class StreamKVCache:
         holes = drop[:live].nonzero().flatten()
         movers = (~drop[live : self.length]).nonzero().flatten() + live
         if holes.numel():
-            src, dst = (self.slots(0, self.length)[i.to(self.pool.device)] for i in (movers, holes))
+            src, dst = (self.slots(i).to(self.pool.device) for i in (movers, holes))
             for layer in range(len(self.pool.keys)):
                 for buf in self.pool.slot_view(layer):
                     buf[dst] = buf[src]  # holes lie before `live`, movers after: no overlap

@@ -18,7 +18,7 @@ from ..kernels.dispatch import use_triton
 from ..kernels.paged_decode import paged_decode_attention
 from .cache import KVPool, StreamKVCache, padded_page_tables
 
-__all__ = ["forward_tokens", "run_layers"]
+__all__ = ["forward_tokens", "paged_attention", "run_layers"]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -59,16 +59,14 @@ def forward_tokens(model, embeds: torch.Tensor, positions: torch.Tensor, caches:
     for cache, n in zip(caches, counts):
         cache.reserve(n)
     lengths = [c.length + n for c, n in zip(caches, counts)]
-    write = torch.cat([c.slots(c.length, c.length + n) for c, n in zip(caches, counts)])
+    write = torch.cat([c.slots(torch.arange(c.length, c.length + n)) for c, n in zip(caches, counts)]).to(device)
     scale = lm.layers[0].self_attn.scaling
     if use_triton(embeds) and all(n == 1 for n in counts):  # decode: read the pages in place
         table = torch.tensor(padded_page_tables(caches), dtype=torch.int32, device=device)
         lens = torch.tensor(lengths, dtype=torch.int32, device=device)
-
-        def attend(i, q):
-            return paged_decode_attention(q, pool.keys[i], pool.values[i], table, lens, max(lengths), scale)[0]
+        attend = paged_attention(pool, table, lens, max(lengths), scale)
     else:
-        read = torch.cat([c.slots(0, end) for c, end in zip(caches, lengths)])
+        read = torch.cat([c.slots(torch.arange(end)) for c, end in zip(caches, lengths)]).to(device)
         cu_q, cu_k = _cumulative(counts, device), _cumulative(lengths, device)
 
         def attend(i, q):
@@ -79,6 +77,15 @@ def forward_tokens(model, embeds: torch.Tensor, positions: torch.Tensor, caches:
             return _sdpa(q, keys, values, cu_q.tolist(), cu_k.tolist(), scale)
 
     return run_layers(lm, embeds, positions.to(device), pool, write, attend)
+
+
+def paged_attention(pool: KVPool, table: torch.Tensor, lengths: torch.Tensor, max_length: int, scale: float):
+    """``attend(layer, q)`` for one new token per stream, reading the streams' pages in place."""
+
+    def attend(i: int, q: torch.Tensor) -> torch.Tensor:
+        return paged_decode_attention(q, pool.keys[i], pool.values[i], table, lengths, max_length, scale)[0]
+
+    return attend
 
 
 def run_layers(lm, embeds: torch.Tensor, positions: torch.Tensor, pool: KVPool, write: torch.Tensor,

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.paged_decode import paged_decode_attention
 from .cache import KVPool, StreamKVCache, padded_page_tables
-from .decoder import run_layers
+from .decoder import paged_attention, run_layers
 
 __all__ = ["DecodeGraphs"]
 
@@ -77,11 +76,10 @@ class DecodeGraphs:
         fresh = step is None
         if fresh:
             step = self.steps[len(caches)] = _Step(len(caches), self.width, self.pool.device)
-        page = self.pool.page_size
         tok, pos, slot, length, table = step.fields(step.staging)
         tok.copy_(torch.tensor(tokens))
         pos.copy_(torch.tensor(positions).expand(3, -1))
-        slot.copy_(torch.tensor([c.page_table[c.length // page] * page + c.length % page for c in caches]))
+        slot.copy_(torch.tensor([c.slot(c.length) for c in caches]))
         length.copy_(torch.tensor([c.length + 1 for c in caches]))
         table.copy_(torch.tensor(padded_page_tables(caches, self.width)))
         step.inputs.copy_(step.staging)
@@ -96,14 +94,8 @@ class DecodeGraphs:
     def _run(self, step: _Step) -> torch.Tensor:
         lm = self.model.model.language_model
         tokens, positions, slots, lengths, table = step.fields(step.inputs)
-        table, lengths = table.to(torch.int32), lengths.to(torch.int32)
-        max_length = self.width * self.pool.page_size
-        scale = lm.layers[0].self_attn.scaling
-
-        def attend(i, q):
-            return paged_decode_attention(q, self.pool.keys[i], self.pool.values[i], table, lengths, max_length,
-                                          scale)[0]
-
+        attend = paged_attention(self.pool, table.to(torch.int32), lengths.to(torch.int32),
+                                 self.width * self.pool.page_size, lm.layers[0].self_attn.scaling)
         hidden = run_layers(lm, self.model.get_input_embeddings()(tokens), positions, self.pool, slots, attend)
         return self.model.lm_head(hidden).float()
 

@@ -107,7 +107,7 @@ class StreamingSession:
         # Decode steps replay CUDA graphs on GPU; elsewhere they run eagerly through forward_tokens.
         graphs = cuda_graphs and self.device.type == "cuda"
         self.decode_graphs = DecodeGraphs.of(model, self.cache.pool) if graphs else None
-        self.seen_ids = torch.empty(0, dtype=torch.long, device=self.device)  # for the repetition penalty
+        self.seen: set[int] = set()  # token ids fed so far, for the repetition penalty
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.next_pos = 0
         self.clock = 0.0  # stream seconds covered so far
@@ -151,19 +151,15 @@ class StreamingSession:
         return ids, positions
 
     def _choose(self, logits: torch.Tensor) -> int:
-        if self.repetition_penalty != 1.0:
-            seen = logits[self.seen_ids]
+        if self.repetition_penalty != 1.0 and self.seen:
+            index = torch.tensor(list(self.seen), device=logits.device)
+            seen = logits[index]
             logits = logits.clone()
-            logits[self.seen_ids] = torch.where(seen > 0, seen / self.repetition_penalty,
-                                                seen * self.repetition_penalty)
+            logits[index] = torch.where(seen > 0, seen / self.repetition_penalty, seen * self.repetition_penalty)
         if self.temperature <= 0:
             return int(logits.argmax())
         probs = torch.softmax(logits / self.temperature, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
-
-    def _mark_seen(self, ids: torch.Tensor) -> None:
-        """Remember token ids for the repetition penalty: a short sorted list, not a vocabulary mask."""
-        self.seen_ids = torch.cat([self.seen_ids, ids.to(self.device)]).unique()
 
     def _closing(self, generated: list[int]) -> list[int]:
         """Tokens that end this answer in the training format: ``... ...<|im_end|>\\n``."""
@@ -266,9 +262,9 @@ def _decode(sessions: list[StreamingSession], logits: list[torch.Tensor], times:
         else:
             embeds = group[0].model.get_input_embeddings()(torch.tensor(tokens, device=group[0].device))
             rows = _feed(group, ids, positions, embeds, when, kinds)
-        for i, token, row in zip(still, ids, rows):
+        for i, token, row in zip(still, tokens, rows):
             logits[i] = row
-            sessions[i]._mark_seen(token)
+            sessions[i].seen.add(token)
         talking = still
 
 
@@ -301,7 +297,7 @@ def step_streams(sessions: list[StreamingSession], frames: list[torch.Tensor],
             s.trace.grids.append(grid)
     logits = _feed(sessions, ids, positions, torch.cat(embeds), [w.end for w in windows], kinds)
     for s, turn in zip(sessions, ids):
-        s._mark_seen(turn)
+        s.seen.update(turn.tolist())
     t_prefill = time.perf_counter()
 
     forced = [None if t is None else s.tokenizer(t, add_special_tokens=False).input_ids

@@ -85,7 +85,7 @@ def paged_decode_forward(q, k_pages, v_pages, page_table, lengths, max_length: i
                          num_splits: int | None = None):
     """``(out [B, Hq, D], lse [B, Hq] fp32, natural log)``; see the reference for the layout."""
     b, hq, d = q.shape
-    n_pages_total, page, hkv, _ = k_pages.shape
+    _, page, hkv, _ = k_pages.shape
     out = torch.empty_like(q)
     lse = torch.empty((b, hq), device=q.device, dtype=torch.float32)
     n_pages = triton.cdiv(max_length, page)
