@@ -317,9 +317,12 @@ def test_a_stage_error_on_one_item_fails_only_that_item(tmp_path):
 def test_cli_clips_and_rank(manifest, tmp_path, capsys):
     from livecc.cli import main
 
-    assert main(["data", "clips", str(manifest), "--out", str(tmp_path / "c"), "--transcript-root",
-                 str(tmp_path), "--quiet"]) == 0
+    args = ["data", "clips", str(manifest), "--out", str(tmp_path / "c"), "--transcript-root", str(tmp_path),
+            "--quiet"]
+    assert main(args) == 3  # three inputs failed: the exit status says so
     assert "9 in = 4 kept" in capsys.readouterr().out
+    assert main([*args, "--allow-failures"]) == 0  # a rerun retries the three once; they fail again
+    assert "9 in = 4 kept + 2 dropped (too_short 2) + 3 failed" in capsys.readouterr().out
     clips = shard_paths(tmp_path / "c", "clips", 0, 1)["out"]
     assert main(["data", "rank", str(clips), "--top", "2", "--out", str(tmp_path / "r"), "--quiet"]) == 0
     assert "4 in = 2 kept + 2 dropped (rank 2)" in capsys.readouterr().out

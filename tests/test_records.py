@@ -59,7 +59,7 @@ def test_empty_dataset_with_seek_line(tmp_path):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda m: m[1]["content"][0].pop("text_stream"), "not a Live-CC streaming record"),
+    (lambda m: m[1]["content"][0].pop("text_stream"), "text_stream must be a list"),
     (lambda m: m[1]["content"][0]["text_stream"].append([17.0, float("nan"), "x"]), "not finite"),
     (lambda m: m[0]["content"][0].update(video_end=10.0), "empty clip"),
     (lambda m: m[0]["content"][0].update(video_start=float("nan")), "video_start is not a finite"),

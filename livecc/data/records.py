@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .words import Word, validate_words
 
-__all__ = ["ClipRecord", "RecordError", "RecordWriter", "SeekableRecords", "append_seek_line", "is_seek_line",
+__all__ = ["ClipRecord", "RecordError", "RecordWriter", "SeekableRecords", "append_seek_line", "iter_lines",
            "read_records"]
 
 
@@ -32,40 +32,46 @@ class ClipRecord:
     video_end: float | None
     words: list[Word]
     query: str = ""  # the user text: empty for pre-training, the generated prompt for SFT
-    title: str = ""
-    previous: str = ""  # ASR just before the clip
+    title: str | None = None  # None: the record has no such key (the context rule tells the two apart)
+    previous: str | None = None  # ASR just before the clip
     meta: dict = field(default_factory=dict)  # other keys of the user text element (category, loss, ...)
 
     @classmethod
-    def from_messages(cls, messages: list, source: str = "<record>") -> ClipRecord:
-        try:
-            user, assistant = messages
-            video_el = next(c for c in user["content"] if c.get("type") == "video")
-            text_el = next((c for c in user["content"] if c.get("type") == "text"), {})
-            stream_el = next(c for c in assistant["content"] if c.get("type") == "text_stream")
-            raw_words = stream_el["text_stream"]
-            words = [Word(float(s), float(e), str(w)) for s, e, w in raw_words]
-        except (ValueError, TypeError, KeyError, StopIteration) as e:
-            raise RecordError(f"{source}: not a Live-CC streaming record ({type(e).__name__}: {e})") from e
+    def from_messages(cls, messages, source: str = "<record>") -> ClipRecord:
+        """Parse a record strictly: one user message with one video element and at most one text
+        element, one assistant message with one ``text_stream``. Any other element is an error."""
+        if not isinstance(messages, list) or len(messages) != 2:
+            raise RecordError(f"{source}: not a Live-CC streaming record (expected [user, assistant] messages)")
+        user = _elements(messages[0], "user", ("video", "text"), source)
+        stream = _elements(messages[1], "assistant", ("text_stream",), source)
+        if len(user["video"]) != 1 or len(user["text"]) > 1 or len(stream["text_stream"]) != 1:
+            raise RecordError(f"{source}: a streaming record has one video, at most one text and one text_stream")
+        video_el, text_el = user["video"][0], (user["text"] or [{}])[0]
+        video = video_el.get("video")
+        if not isinstance(video, str) or not video:
+            raise RecordError(f"{source}: 'video' must be a non-empty path string, got {video!r}")
         start, end = video_el.get("video_start"), video_el.get("video_end")
         for name, value in (("video_start", start), ("video_end", end)):
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            if value is not None and not (_is_number(value) and math.isfinite(value)):
                 raise RecordError(f"{source}: {name} is not a finite number ({value!r})")
         if start is not None and end is not None and end <= start:
             raise RecordError(f"{source}: empty clip (video_start={start}, video_end={end})")
+        for key in ("text", "title", "previous"):
+            if key in text_el and not isinstance(text_el[key], str):
+                raise RecordError(f"{source}: {key!r} must be a string, got {text_el[key]!r}")
         try:
-            validate_words(words, source)
+            words = validate_words(_words(stream["text_stream"][0].get("text_stream"), source), source)
         except ValueError as e:
             raise RecordError(str(e)) from e
         meta = {k: v for k, v in text_el.items() if k not in ("type", "text", "title", "previous")}
         return cls(
-            video=str(video_el["video"]),
+            video=video,
             video_start=None if start is None else float(start),
             video_end=None if end is None else float(end),
             words=words,
             query=text_el.get("text", ""),
-            title=text_el.get("title", ""),
-            previous=text_el.get("previous", ""),
+            title=text_el.get("title"),
+            previous=text_el.get("previous"),
             meta=meta,
         )
 
@@ -75,12 +81,45 @@ class ClipRecord:
             video["video_start"] = self.video_start
         if self.video_end is not None:
             video["video_end"] = self.video_end
-        text = {"type": "text", "text": self.query, "previous": self.previous, "title": self.title, **self.meta}
+        context = {k: v for k, v in (("previous", self.previous), ("title", self.title)) if v is not None}
+        text = {"type": "text", "text": self.query, **context, **self.meta}
         stream = [[w.start, w.end, w.text] for w in self.words]
         return [
             {"role": "user", "content": [video, text]},
             {"role": "assistant", "content": [{"type": "text_stream", "text_stream": stream}]},
         ]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _elements(message, role: str, kinds: tuple[str, ...], source: str) -> dict[str, list[dict]]:
+    """A message's content elements by type; a type outside ``kinds`` is an error naming it."""
+    if not isinstance(message, dict) or message.get("role") != role:
+        raise RecordError(f"{source}: expected a {role} message")
+    content = message.get("content")
+    if not isinstance(content, list) or not all(isinstance(c, dict) for c in content):
+        raise RecordError(f"{source}: the {role} message's content must be a list of elements")
+    found: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for element in content:
+        kind = element.get("type")
+        if kind not in found:
+            raise RecordError(f"{source}: unsupported {kind!r} element in the {role} message of a streaming record")
+        found[kind].append(element)
+    return found
+
+
+def _words(raw, source: str) -> list[Word]:
+    if not isinstance(raw, list):
+        raise RecordError(f"{source}: text_stream must be a list of [start, end, word]")
+    words = []
+    for i, item in enumerate(raw):
+        if not (isinstance(item, list) and len(item) == 3 and _is_number(item[0]) and _is_number(item[1])
+                and isinstance(item[2], str)):
+            raise RecordError(f"{source}: text_stream entry {i} is not [start, end, word] ({item!r})"[:300])
+        words.append(Word(float(item[0]), float(item[1]), item[2]))
+    return words
 
 
 class RecordWriter:
@@ -141,11 +180,7 @@ class SeekableRecords:
                 pos -= 1
             f.seek(pos)
             last = f.readline()
-        try:
-            offsets = json.loads(last)
-        except json.JSONDecodeError:
-            return None
-        return offsets if is_seek_line(offsets) else None
+        return _seek_offsets(last, pos)
 
     def _scan(self) -> list[int]:
         return _line_offsets(self.path)
@@ -161,7 +196,7 @@ class SeekableRecords:
             line = f.readline()
         try:
             return json.loads(line)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise RecordError(f"{self.path}: record {i} is broken JSON ({e})") from e
 
     def record(self, i: int) -> ClipRecord:
@@ -169,33 +204,67 @@ class SeekableRecords:
 
 
 def read_records(path: str | Path) -> Iterator[list]:
-    """Stream the raw messages of every record, skipping the seek line; constant memory."""
+    """Stream the raw messages of every record, leaving out the seek line; constant memory."""
+    for n, _, line in iter_lines(path):
+        try:
+            yield json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise RecordError(f"{path}: line {n} is broken JSON ({type(e).__name__}: {e})") from e
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
+    """``(line number, byte offset, line)`` of every non-empty line but the seek line.
+
+    A seek line is recognised by its place and form, never by its type alone: the file's last
+    non-empty line, a JSON list of exactly as many increasing integers as lines before it, the
+    first 0 and the last the previous line's offset. Any other line, ``[]`` or ``[1, 2]`` among
+    records included, is a line of the file. Constant memory: one line is held back."""
+    held, count, first, last, pos = None, 0, None, None, 0
     with open(path, "rb") as f:
-        for n, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}: line {n + 1} is broken JSON ({e})") from e
-            if is_seek_line(value):
-                continue
-            yield value
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                if held is not None:
+                    yield held
+                    count, first, last = count + 1, held[1] if first is None else first, held[1]
+                held = (n, pos, line)
+            pos += len(line)
+    if held is not None and not _is_seek_line(held[2], count, first, last):
+        yield held
 
 
-def is_seek_line(value) -> bool:
-    """The trailing line of byte offsets (a record is a list of message objects)."""
-    return isinstance(value, list) and all(isinstance(o, int) for o in value)
+def _is_seek_line(line: bytes, count: int, first: int | None, last: int | None) -> bool:
+    if not line.lstrip().startswith(b"["):
+        return False
+    try:
+        values = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    if not _increasing_ints(values) or len(values) != count:
+        return False
+    return count == 0 or (values[0] == first and values[-1] == last)
+
+
+def _increasing_ints(values) -> bool:
+    return (isinstance(values, list) and all(type(v) is int for v in values)
+            and all(a < b for a, b in zip(values, values[1:])))
+
+
+def _seek_offsets(line: bytes, line_start: int) -> list[int] | None:
+    """The offsets of a file's last line when it has the seek line's form (checked without a scan:
+    increasing integers from 0, all before the line itself), else None."""
+    try:
+        values = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not _increasing_ints(values):
+        return None
+    if not values:  # the seek line of an empty file is its only line
+        return values if line_start == 0 else None
+    return values if values[0] == 0 and values[-1] < line_start else None
 
 
 def _line_offsets(path: str | Path) -> list[int]:
-    offsets, pos = [], 0
-    with open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                offsets.append(pos)
-            pos += len(line)
-    return offsets
+    return [offset for _, offset, _ in iter_lines(path)]
 
 
 def append_seek_line(path: str | Path) -> None:

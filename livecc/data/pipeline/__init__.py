@@ -4,11 +4,11 @@ talking-head filters and SFT prompt generation, each a stage run by :func:`run_s
 from .clips import ClipRules, ClipStage, RankStage, cut_clips, rank_threshold, split_at_gaps, vocabulary_size
 from .lm_filter import LMFilterStage, clip_text_losses
 from .prompts import PromptStage
-from .runner import Outcome, Stage, StageReport, run_stage, shard_paths
+from .runner import Outcome, Stage, StageMismatchError, StageReport, run_stage, shard_paths
 from .talking_head import QwenVLTalkingHead, TalkingHeadStage, load_scorer
 
 __all__ = [
     "ClipRules", "ClipStage", "LMFilterStage", "Outcome", "PromptStage", "QwenVLTalkingHead", "RankStage", "Stage",
-    "StageReport", "TalkingHeadStage", "clip_text_losses", "cut_clips", "load_scorer", "rank_threshold",
-    "run_stage", "shard_paths", "split_at_gaps", "vocabulary_size",
+    "StageMismatchError", "StageReport", "TalkingHeadStage", "clip_text_losses", "cut_clips", "load_scorer",
+    "rank_threshold", "run_stage", "shard_paths", "split_at_gaps", "vocabulary_size",
 ]

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..paths import resolve_under
 from ..records import ClipRecord
 from ..words import Word, load_words, validate_words
 from .runner import Outcome, _lines
@@ -111,18 +112,28 @@ class ClipStage:
 
     def __init__(self, rules: ClipRules = ClipRules(), transcript_root: str | Path | None = None,
                  categories: set[str] | None = None, language: str | None = None,
-                 min_language_score: float = 0.9):
-        self.rules, self.transcript_root = rules, transcript_root
+                 min_language_score: float = 0.9, video_root: str | Path | None = None,
+                 allow_absolute_paths: bool = False):
+        self.rules, self.transcript_root, self.video_root = rules, transcript_root, video_root
         self.categories, self.language, self.min_language_score = categories, language, min_language_score
+        self.allow_absolute_paths = allow_absolute_paths
 
-    def _words(self, item: dict) -> list[Word]:
+    def _words(self, item: dict, source: str) -> list[Word]:
         if "words" in item:
-            words = [Word(float(s), float(e), str(w)) for s, e, w in item["words"]]
-            return validate_words(words, f"{item['video']}: words")
-        path = Path(item["transcript"])
-        if self.transcript_root is not None and not path.is_absolute():
-            path = Path(self.transcript_root) / path
+            raw = item["words"]
+            if not isinstance(raw, list) or not all(isinstance(w, list) and len(w) == 3 for w in raw):
+                raise ValueError(f"{source}: 'words' must be a list of [start, end, word]")
+            return validate_words([Word(float(s), float(e), str(w)) for s, e, w in raw], f"{source}: words")
+        path = resolve_under(self.transcript_root, item["transcript"], source=f"{source}: transcript",
+                             allow_absolute=self.allow_absolute_paths)
         return load_words(path)
+
+    def _check_video(self, video, source: str) -> None:
+        """The record's video must be a path under the video root (and exist there, when the root is given)."""
+        path = resolve_under(self.video_root, video, source=f"{source}: video",
+                             allow_absolute=self.allow_absolute_paths)
+        if self.video_root is not None and not path.is_file():
+            raise FileNotFoundError(f"{source}: video {video!r} not found under {self.video_root}")
 
     def _metadata_reason(self, item: dict) -> str | None:
         if self.categories is not None and item.get("category") not in self.categories:
@@ -135,22 +146,24 @@ class ClipStage:
         return None
 
     def process(self, items: list[tuple[int, object]]) -> list[Outcome]:
-        return [self._one(item) for _, item in items]
+        return [self._one(index, item) for index, item in items]
 
-    def _one(self, item) -> Outcome:
+    def _one(self, index: int, item) -> Outcome:
+        source = f"input {index}"
         try:
             if not isinstance(item, dict) or "video" not in item or not ({"words", "transcript"} & item.keys()):
                 raise ValueError("expected an object with 'video' and 'transcript' or 'words'")
+            self._check_video(item["video"], source)
             if (reason := self._metadata_reason(item)) is not None:
                 return Outcome(dropped=[(reason, {k: v for k, v in item.items() if k != "words"})])
-            words = self._words(item)
+            words = self._words(item, source)
         except (ValueError, TypeError, KeyError, OSError) as e:
             return Outcome.failed(e)
         outcome = Outcome()
         meta = {k: item[k] for k in ("category", "language") if k in item}
         for clip, reason, previous in cut_clips([w for w in words if w.text.strip()], self.rules):
             record = ClipRecord(video=item["video"], video_start=clip[0].start, video_end=clip[-1].end, words=clip,
-                                title=item.get("title", ""), previous=previous,
+                                title=str(item.get("title", "")), previous=previous,
                                 meta={**meta, "vocab": vocabulary_size(clip)}).to_messages()
             if reason is None:
                 outcome.kept.append(record)

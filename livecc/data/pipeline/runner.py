@@ -8,10 +8,15 @@ the progress file is replaced atomically with the number of lines consumed and t
 a rerun truncates the outputs to those sizes and continues after those lines, so a killed run
 neither repeats nor loses work. Accounting: every input line is kept, dropped (by reason) or
 failed (by error) — exactly one of them.
+
+The progress file holds a fingerprint of the inputs (path, size, modification time) and options:
+a rerun over other inputs or options is refused rather than mixed with the stored outputs. A rerun
+of a complete shard retries its failed items once, replacing their rejects.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,9 +28,9 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from ..records import append_seek_line, is_seek_line
+from ..records import append_seek_line, iter_lines
 
-__all__ = ["Outcome", "Stage", "StageReport", "run_batch", "run_stage", "shard_paths"]
+__all__ = ["Outcome", "Stage", "StageMismatchError", "StageReport", "run_batch", "run_stage", "shard_paths"]
 
 log = logging.getLogger("livecc.data")
 
@@ -64,6 +69,13 @@ class StageReport:
     outputs: int = 0  # lines written (a transcript can give many clips)
     dropped_items: Counter = field(default_factory=Counter)  # every dropped item, by reason
 
+    def remove_failure(self, error: str) -> None:
+        """Take back one failed input (before it is retried)."""
+        kind = error.split(":", 1)[0]
+        self.inputs -= 1
+        self.failed[kind] -= 1
+        self.failed += Counter()  # drops zero counts
+
     def add(self, outcome: Outcome) -> None:
         self.inputs += 1
         if outcome.error is not None:
@@ -98,21 +110,34 @@ class StageReport:
                 f"failed ({counts(self.failed)}); {self.outputs} lines written")
 
 
+class StageMismatchError(ValueError):
+    """Stored outputs of a shard written from other inputs or options than this run's."""
+
+
 def shard_paths(out_dir: str | Path, stage: str, shard: int, num_shards: int) -> dict[str, Path]:
-    stem = Path(out_dir) / f"{stage}.{shard:05d}-of-{num_shards:05d}"
-    return {"out": stem.with_suffix(".jsonl"), "side": Path(f"{stem}.rejects.jsonl"),
-            "progress": Path(f"{stem}.progress.json"), "report": Path(f"{stem}.report.json")}
+    """A shard's files. Only the outputs match ``STAGE.*.jsonl``, so a glob over one stage's
+    outputs feeds the next stage and never picks up a side file."""
+    out, tag = Path(out_dir), f"{shard:05d}-of-{num_shards:05d}"
+    return {"out": out / f"{stage}.{tag}.jsonl", "side": out / f"{stage}-rejects.{tag}.jsonl",
+            "progress": out / f"{stage}.{tag}.progress.json", "report": out / f"{stage}.{tag}.report.json"}
 
 
 def _lines(paths: Iterable[str | Path]) -> Iterator[tuple[int, str, bytes]]:
-    """``(index, where, line)`` over the non-empty lines of every input, in order."""
+    """``(index, where, line)`` over the non-empty lines of every input but their seek lines, in order."""
     index = 0
     for path in paths:
-        with open(path, "rb") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    yield index, f"{path}:{n}", line
-                    index += 1
+        for n, _, line in iter_lines(path):
+            yield index, f"{path}:{n}", line
+            index += 1
+
+
+def _parse(line: bytes) -> tuple[object, Outcome | None]:
+    """A line's JSON value, or the failure that says why it has none (a line nested too deep for
+    the parser is one such failure, not the end of the job)."""
+    try:
+        return json.loads(line), None
+    except (ValueError, RecursionError) as e:
+        return None, Outcome.failed(e)
 
 
 def _outcomes(stage: Stage, batches: Iterator[list]) -> Iterator[list[Outcome]]:
@@ -124,18 +149,18 @@ def _outcomes(stage: Stage, batches: Iterator[list]) -> Iterator[list[Outcome]]:
 
 
 def run_batch(stage: Stage, items: list) -> list[Outcome]:
-    """The stage's outcomes for ``items``; when a batch of several raises, each item is retried
-    alone and a failing one gets its error."""
-    if not items:  # a batch of lines that were all broken or seek lines
+    """The stage's outcomes for ``items``; when a batch raises, each item is run alone and a
+    failing one gets its error: one bad item never stops the job."""
+    if not items:  # a batch of lines that were all broken
         return []
     try:
         outcomes = stage.process(items)
         if len(outcomes) != len(items):
             raise RuntimeError(f"stage {stage.name} returned {len(outcomes)} outcomes for {len(items)} items")
         return outcomes
-    except Exception:  # isolate the bad item: one at a time
+    except Exception as e:  # isolate the bad item: one at a time
         if len(items) == 1:
-            raise
+            return [Outcome.failed(e)]
     outcomes = []
     for item in items:
         try:
@@ -145,9 +170,22 @@ def run_batch(stage: Stage, items: list) -> list[Outcome]:
     return outcomes
 
 
+def fingerprint(stage: str, inputs: list[str | Path], shard: int, num_shards: int, options: dict) -> str:
+    """A digest of what a shard's outputs are made from: the inputs (resolved path, size,
+    modification time), the shard and the stage's options."""
+    files = [[str(Path(p).resolve()), (st := os.stat(p)).st_size, st.st_mtime_ns] for p in inputs]
+    text = json.dumps({"stage": stage, "inputs": files, "shard": [shard, num_shards], "options": options},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def run_stage(stage: Stage, inputs: list[str | Path], out_dir: str | Path, *, shard: int = 0, num_shards: int = 1,
-              batch_size: int = 1, seek_index: bool = True, progress: bool = True) -> StageReport:
-    """Run ``stage`` over this shard of ``inputs`` (resuming a previous run); return its report."""
+              batch_size: int = 1, seek_index: bool = True, progress: bool = True, options: dict | None = None,
+              overwrite: bool = False) -> StageReport:
+    """Run ``stage`` over this shard of ``inputs`` (resuming a previous run); return its report.
+
+    ``options`` (the stage's settings) enter the fingerprint with the inputs; a stored shard with
+    another fingerprint raises :class:`StageMismatchError` unless ``overwrite`` starts it afresh."""
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard {shard} is not in [0, {num_shards})")
     for path in inputs:
@@ -155,13 +193,23 @@ def run_stage(stage: Stage, inputs: list[str | Path], out_dir: str | Path, *, sh
             raise FileNotFoundError(f"{path}: input file not found")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     paths = shard_paths(out_dir, stage.name, shard, num_shards)
-    state = {"consumed": 0, "out_bytes": 0, "side_bytes": 0, "done": False,
+    digest = fingerprint(stage.name, inputs, shard, num_shards, options or {})
+    if overwrite:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+    state = {"consumed": 0, "out_bytes": 0, "side_bytes": 0, "done": False, "fingerprint": digest,
              "report": StageReport(stage.name, shard, num_shards).to_dict()}
     if paths["progress"].is_file():
         state = json.loads(paths["progress"].read_text())
+        if state.get("fingerprint") != digest:
+            raise StageMismatchError(f"{paths['out']}: written from other inputs or options than this run's; "
+                                     "rerun with --overwrite to start the shard afresh")
     report = StageReport.from_dict(state["report"])
     if state["done"]:
-        log.info("%s: already complete", paths["out"])
+        if sum(report.failed.values()):
+            _retry_failures(stage, paths, state, report, seek_index)
+        else:
+            log.info("%s: already complete", paths["out"])
         return report
     if state["consumed"]:
         log.info("%s: resuming after %d input lines", paths["out"], state["consumed"])
@@ -181,13 +229,8 @@ def run_stage(stage: Stage, inputs: list[str | Path], out_dir: str | Path, *, sh
                 continue
             consumed = index + 1
             if index % num_shards == shard:
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as e:
-                    batch.append((index, where, None, Outcome.failed(e)))
-                else:
-                    if not is_seek_line(value):
-                        batch.append((index, where, value, None))
+                value, outcome = _parse(line)
+                batch.append((index, where, line if outcome else value, outcome))
             if len(batch) >= batch_size:
                 pending.append((consumed, batch))
                 yield [(i, value) for i, _, value, outcome in batch if outcome is None]
@@ -199,8 +242,8 @@ def run_stage(stage: Stage, inputs: list[str | Path], out_dir: str | Path, *, sh
         for outcomes in _outcomes(stage, batches()):
             consumed, batch = pending.popleft()
             outcomes = iter(outcomes)
-            for _, where, value, outcome in batch:
-                _record(out, side, report, where, value, outcome or next(outcomes))
+            for index, where, value, outcome in batch:
+                _record(out, side, report, index, where, value, outcome or next(outcomes))
             out.flush()
             side.flush()
             os.fsync(out.fileno())
@@ -212,24 +255,63 @@ def run_stage(stage: Stage, inputs: list[str | Path], out_dir: str | Path, *, sh
         out.close()
         side.close()
         bar.close()
+    if state["consumed"] == 0:
+        raise ValueError(f"no input lines in {', '.join(map(str, inputs))}")
+    _finish(paths, state, report, seek_index)
+    return report
+
+
+def _finish(paths: dict[str, Path], state: dict, report: StageReport, seek_index: bool) -> None:
     if seek_index:
         append_seek_line(paths["out"])
     state.update(done=True, report=report.to_dict())
     _replace(paths["progress"], state)
     _replace(paths["report"], report.to_dict())
     log.info("%s", report.summary())
-    return report
 
 
-def _record(out, side, report: StageReport, where: str, value, outcome: Outcome) -> None:
+def _retry_failures(stage: Stage, paths: dict[str, Path], state: dict, report: StageReport, seek_index: bool) -> None:
+    """Run a complete shard's failed items once more: their new outcomes replace the failures
+    (kept lines go after the stored ones), so a transient error does not need a whole rerun."""
+    rows = [json.loads(line) for line in paths["side"].read_bytes().splitlines() if line.strip()]
+    failed = [r for r in rows if "error" in r]
+    log.info("%s: retrying %d failed items", paths["out"], len(failed))
+    retried = []
+    for row in failed:
+        report.remove_failure(row["error"])
+        value, outcome = _parse(row["line"].encode()) if "line" in row else (row["item"], None)
+        retried.append((row["index"], row["input"], row.get("line", value), outcome))
+    items = [(index, value) for index, _, value, outcome in retried if outcome is None]
+    outcomes = iter([o for batch in _outcomes(stage, iter([items])) for o in batch] if items else [])
+    with open(paths["out"], "r+b") as out:
+        out.truncate(state["out_bytes"])  # the stored kept lines, without their seek line
+        out.seek(0, os.SEEK_END)
+        side = paths["side"].with_suffix(".tmp")
+        with open(side, "wb") as side_file:
+            for row in rows:
+                if "error" not in row:
+                    side_file.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+            for index, where, value, outcome in retried:
+                _record(out, side_file, report, index, where, value, outcome or next(outcomes))
+        state.update(out_bytes=out.tell())
+    os.replace(side, paths["side"])
+    state.update(side_bytes=paths["side"].stat().st_size)
+    _finish(paths, state, report, seek_index)
+
+
+def _record(out, side, report: StageReport, index: int, where: str, value, outcome: Outcome) -> None:
+    """Write one input's outcome. A line that is not JSON is kept as text in its reject, so that a
+    retry parses the same bytes again."""
     report.add(outcome)
     for item in outcome.kept:
         out.write(json.dumps(item, ensure_ascii=False).encode() + b"\n")
     for reason, item in outcome.dropped:
-        side.write(json.dumps({"input": where, "reason": reason, "item": item}, ensure_ascii=False).encode() + b"\n")
+        row = {"input": where, "index": index, "reason": reason, "item": item}
+        side.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
     if outcome.error is not None:
-        side.write(json.dumps({"input": where, "error": outcome.error, "item": value}, ensure_ascii=False).encode()
-                   + b"\n")
+        row = {"input": where, "index": index, "error": outcome.error}
+        row.update({"line": value.decode(errors="replace")} if isinstance(value, bytes) else {"item": value})
+        side.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
 
 
 def _replace(path: Path, value: dict) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..paths import resolve_under
 from ..processor import VisionSpec
 from ..records import ClipRecord
 from ..video import VideoError, decode_clip, smart_resize
@@ -71,16 +72,19 @@ class TalkingHeadStage:
     name = "talking-head"
 
     def __init__(self, scorer: Callable[[torch.Tensor], float] | None, video_root: str | Path | None = None,
-                 threshold: float = 0.3, speaker_ratio: tuple[float, float] = (0.0, 0.05)):
+                 threshold: float = 0.3, speaker_ratio: tuple[float, float] = (0.0, 0.05),
+                 allow_absolute_paths: bool = False):
         self.scorer, self.video_root = scorer, video_root
         self.threshold, self.speaker_ratio = threshold, speaker_ratio
+        self.allow_absolute_paths = allow_absolute_paths
 
     def process(self, items: list[tuple[int, object]]) -> list[Outcome]:
-        return [self._one(raw) for _, raw in items]
+        return [self._one(index, raw) for index, raw in items]
 
-    def _one(self, raw) -> Outcome:
+    def _one(self, index: int, raw) -> Outcome:
+        source = f"input {index}"
         try:
-            record = ClipRecord.from_messages(raw)
+            record = ClipRecord.from_messages(raw, source)
             ratio = record.meta.get("active_speaker_ratio")
             if ratio is not None:
                 low, high = self.speaker_ratio
@@ -88,7 +92,8 @@ class TalkingHeadStage:
                 return Outcome(kept=[raw]) if keep else Outcome(dropped=[("active_speaker", raw)])
             if self.scorer is None:
                 raise ValueError("no active_speaker_ratio and no talking-head scorer")
-            path = Path(self.video_root) / record.video if self.video_root is not None else Path(record.video)
+            path = resolve_under(self.video_root, record.video, source=source,
+                                 allow_absolute=self.allow_absolute_paths)
             score = self.scorer(sample_frames(path, record.video_start, record.video_end))
         except (ValueError, VideoError) as e:
             return Outcome.failed(e)
