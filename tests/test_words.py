@@ -92,8 +92,9 @@ def test_vtt_malformed():
 def test_srt_cues_and_errors():
     text = "1\n00:00:01,000 --> 00:00:02,000\nHello world\n\n2\n00:00:02,500 --> 00:00:03,000\n<b>again</b>\n"
     approx_words(parse_srt(text), [(1.0, 1.5, "Hello"), (1.5, 2.0, "world"), (2.5, 3.0, "again")])
-    with pytest.raises(TranscriptError, match="no SRT cue"):
+    with pytest.raises(TranscriptError, match="b.srt: line 1: not an SRT cue"):
         parse_srt("just text\n", "b.srt")
+    assert parse_srt("\n\n", "b.srt") == []
     with pytest.raises(TranscriptError, match="starts before the previous"):
         parse_srt("1\n00:00:05,000 --> 00:00:06,000\nlate\n\n2\n00:00:01,000 --> 00:00:02,000\nearly\n", "b.srt")
 

@@ -9,14 +9,17 @@ start. Anything else raises :class:`TranscriptError` naming the file and the ent
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 __all__ = [
+    "MAX_TRANSCRIPT_BYTES",
     "TranscriptError",
     "Word",
     "load_words",
@@ -83,74 +86,109 @@ def parse_json3(data: dict, source: str = "<json3>") -> list[Word]:
         segs = event.get("segs")
         if not segs:
             continue
-        start = _number(event, "tStartMs", where) / 1000
-        end = start + _number(event, "dDurationMs", where, default=0.0) / 1000
-        offsets = [start + _number(s, "tOffsetMs", where, default=0.0) / 1000 for s in segs]
+        if not isinstance(segs, list) or not all(isinstance(seg, dict) for seg in segs):
+            raise TranscriptError(f"{where}: 'segs' must be a list of objects")
+        start = _number(event, "tStartMs", where, minimum=0.0) / 1000
+        end = start + _number(event, "dDurationMs", where, default=0.0, minimum=0.0) / 1000
+        offsets = [start + _number(s, "tOffsetMs", where, default=0.0, minimum=0.0) / 1000 for s in segs]
         for j, seg in enumerate(segs):
             seg_end = offsets[j + 1] if j + 1 < len(segs) else max(end, offsets[j])
-            words.extend(split_evenly(offsets[j], seg_end, str(seg.get("utf8", ""))))
+            text = seg.get("utf8", "")
+            if not isinstance(text, str):
+                raise TranscriptError(f"{where}: seg {j} 'utf8' is not text ({text!r})")
+            words.extend(split_evenly(offsets[j], seg_end, text))
     return validate_words(words, source)
 
 
 # ---------------------------------------------------------------- WebVTT and SRT
+# Line by line, strictly: every block is a cue (optional identifier, timing line, text) or, in
+# WebVTT, a NOTE / STYLE / REGION block; anything else, and any timing line that does not parse
+# exactly (a sign, minutes or seconds >= 60, a missing arrow), is an error naming file and line.
 
-_CUE_TIME = re.compile(
-    r"(?P<start>(?:\d+:)?\d{1,2}:\d{2}[.,]\d{1,3})\s*-->\s*(?P<end>(?:\d+:)?\d{1,2}:\d{2}[.,]\d{1,3})"
-)
-_INLINE_TIME = re.compile(r"<((?:\d+:)?\d{1,2}:\d{2}\.\d{3})>")
+_VTT_TIME = r"(?:(\d+):)?(\d{2}):(\d{2})\.(\d{3})"
+_SRT_TIME = r"(\d{1,3}):(\d{2}):(\d{2})[,.](\d{3})"
+_VTT_TIMING = re.compile(rf"^\s*{_VTT_TIME}\s+-->\s+{_VTT_TIME}(?:\s+.*)?$")
+_SRT_TIMING = re.compile(rf"^\s*{_SRT_TIME}\s*-->\s*{_SRT_TIME}(?:\s+.*)?$")
+_INLINE_TIME = re.compile(r"<((?:\d+:)?\d{2}:\d{2}\.\d{3})>")
 _TAG = re.compile(r"<[^>]*>")
 
 
-def _clock(text: str, where: str) -> float:
-    """``[hh:]mm:ss.mmm`` (or ``,mmm``) to seconds."""
-    try:
-        parts = text.replace(",", ".").split(":")
-        seconds = float(parts[-1])
-        for k, p in enumerate(reversed(parts[:-1])):
-            seconds += int(p) * 60 ** (k + 1)
-    except ValueError as e:
-        raise TranscriptError(f"{where}: bad timestamp {text!r}") from e
-    return seconds
+def _seconds(hours, minutes, seconds, millis, where: str) -> float:
+    if int(minutes) >= 60 or int(seconds) >= 60:
+        raise TranscriptError(f"{where}: minutes and seconds must be below 60")
+    return int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds) + int(millis) / 1000
 
 
-def _cues(text: str, source: str) -> Iterable[tuple[float, float, list[str], str]]:
-    """Yield ``(start, end, text lines, where)`` for every timed cue of a VTT/SRT body."""
-    # Cues end at an empty line; YouTube puts lines holding one space inside cues.
-    for block_index, block in enumerate(re.split(r"\n{2,}", text.replace("\r\n", "\n"))):
-        lines = block.strip("\n").split("\n")
-        for k, line in enumerate(lines):
-            m = _CUE_TIME.search(line)
-            if m:
-                where = f"{source}: cue {block_index} ({line.strip()})"
-                start, end = _clock(m["start"], where), _clock(m["end"], where)
-                yield start, end, lines[k + 1 :], where
-                break
+def _inline_clock(text: str, where: str) -> float:
+    m = re.fullmatch(_VTT_TIME, text)
+    if m is None:
+        raise TranscriptError(f"{where}: bad timestamp {text!r}")
+    return _seconds(*m.groups(), where)
+
+
+def _blocks(text: str) -> Iterator[tuple[int, list[str]]]:
+    """``(first line number, lines)`` of each block; blocks end at an empty line (YouTube puts
+    lines holding one space inside cues)."""
+    block, first = [], 0
+    for n, line in enumerate(io.StringIO(text), 1):
+        line = line.rstrip("\r\n")
+        if line == "":
+            if block:
+                yield first, block
+            block = []
+        else:
+            first = first if block else n
+            block.append(line)
+    if block:
+        yield first, block
+
+
+def _cues(text: str, source: str, timing: re.Pattern, kind: str,
+          skip: tuple[str, ...] = ()) -> Iterator[tuple[float, float, list[str], str]]:
+    """``(start, end, text lines, where)`` of every cue; a block that is not one is an error."""
+    for first, lines in _blocks(text):
+        if lines[0].startswith(skip):
+            continue
+        k = 1 if "-->" not in lines[0] and len(lines) > 1 and "-->" in lines[1] else 0  # an identifier may come first
+        where = f"{source}: line {first + k}"
+        m = timing.match(lines[k])
+        if m is None:
+            raise TranscriptError(f"{where}: not {kind} cue timing line ({lines[k][:80]!r})")
+        start, end = _seconds(*m.groups()[:4], where), _seconds(*m.groups()[4:], where)
+        yield start, end, lines[k + 1 :], where
 
 
 def parse_vtt(text: str, source: str = "<vtt>") -> list[Word]:
     """WebVTT, plain cues or YouTube auto-captions with inline ``<00:00:01.234><c> word</c>`` times.
 
-    YouTube's rolling captions repeat the previous line as plain text in every cue; when a file
-    has inline times, only lines carrying them hold new words.
-    """
-    if not text.lstrip("\ufeff").startswith("WEBVTT"):
+    YouTube's rolling captions repeat the last timed line as plain text in the next cues: a plain
+    line equal to one of the two latest timed lines is such a repeat. Every other plain line holds
+    new words, split evenly over its cue, whether or not the file has inline times elsewhere."""
+    body = text.lstrip("\ufeff")
+    if not body.startswith("WEBVTT"):
         raise TranscriptError(f"{source}: not a WebVTT file (no WEBVTT header)")
-    inline = _INLINE_TIME.search(text) is not None
     words: list[Word] = []
-    for start, end, lines, where in _cues(text, source):
+    recent: deque[str] = deque(maxlen=2)  # texts of the latest lines with inline times
+    blocks = ("WEBVTT", "NOTE", "STYLE", "REGION")  # the header block, comments and settings
+    for start, end, lines, where in _cues(body, source, _VTT_TIMING, "a WebVTT", skip=blocks):
         for line in lines:
-            if inline:
-                if _INLINE_TIME.search(line):
-                    words.extend(_inline_words(line, start, end, where))
-            else:
-                words.extend(split_evenly(start, end, html.unescape(_TAG.sub("", line))))
+            if _INLINE_TIME.search(line):
+                words.extend(_inline_words(line, start, end, where))
+                recent.append(_plain(line))
+            elif (plain := _plain(line)) and plain not in recent:
+                words.extend(split_evenly(start, end, plain))
     return validate_words(words, source)
+
+
+def _plain(line: str) -> str:
+    """A caption line's text: tags and inline times removed, entities decoded, spaces normalised."""
+    return " ".join(html.unescape(_TAG.sub("", line)).split())
 
 
 def _inline_words(line: str, cue_start: float, cue_end: float, where: str) -> list[Word]:
     """One line of inline-timed text: each piece runs from its timestamp to the next one."""
     pieces = _INLINE_TIME.split(line)  # text, time, text, time, text ...
-    times = [cue_start] + [_clock(t, where) for t in pieces[1::2]]
+    times = [cue_start] + [_inline_clock(t, where) for t in pieces[1::2]]
     texts = [html.unescape(_TAG.sub("", p)) for p in pieces[0::2]]
     words = []
     for k, piece in enumerate(texts):
@@ -163,10 +201,10 @@ def parse_srt(text: str, source: str = "<srt>") -> list[Word]:
     """SubRip: numbered cues ``00:00:01,000 --> 00:00:04,000``, each split evenly."""
     words: list[Word] = []
     found = False
-    for start, end, lines, _ in _cues(text, source):
+    for start, end, lines, _ in _cues(text.lstrip("\ufeff"), source, _SRT_TIMING, "an SRT"):
         found = True
         words.extend(split_evenly(start, end, html.unescape(_TAG.sub("", " ".join(lines)))))
-    if not found and text.strip():
+    if not found and text.strip("\ufeff \r\n\t"):
         raise TranscriptError(f"{source}: no SRT cue found")
     return validate_words(words, source)
 
@@ -218,17 +256,28 @@ def _fill_untimed(entries: list, seg_start: float, seg_end: float, where: str) -
 # ---------------------------------------------------------------- dispatch
 
 
-def load_words(path: str | Path) -> list[Word]:
+MAX_TRANSCRIPT_BYTES = 64 * 2**20  # a day of dense YouTube auto-captions is ~15 MB
+
+
+def load_words(path: str | Path, max_bytes: int = MAX_TRANSCRIPT_BYTES) -> list[Word]:
     """Read a transcript file, choosing the parser from its suffix (``.json3``, ``.vtt``, ``.srt``,
-    ``.json``); a ``.json`` holding ``events`` is read as json3."""
+    ``.json``); a ``.json`` holding ``events`` is read as json3. A file over ``max_bytes`` (or a
+    device that never ends) is an error: parsing holds the text and its words in memory."""
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
     except FileNotFoundError as e:
         raise TranscriptError(f"{source}: file not found") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise TranscriptError(f"{source}: cannot read ({e})") from e
+    except OSError as e:
+        raise TranscriptError(f"{source}: cannot read ({e.strerror or e})") from e
+    if len(data) > max_bytes:
+        raise TranscriptError(f"{source}: larger than the {max_bytes >> 20} MiB transcript limit")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise TranscriptError(f"{source}: not UTF-8 text ({e})") from e
     suffix = path.suffix.lower()
     if suffix == ".vtt":
         return parse_vtt(text, source)
@@ -237,7 +286,7 @@ def load_words(path: str | Path) -> list[Word]:
     if suffix in (".json", ".json3"):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise TranscriptError(f"{source}: broken JSON ({e})") from e
         if isinstance(data, dict) and "events" in data:
             return parse_json3(data, source)
@@ -251,8 +300,10 @@ def _require(data, key: str, kind: type, source: str):
     return data[key]
 
 
-def _number(obj, key: str, where: str, default: float | None = None) -> float:
+def _number(obj, key: str, where: str, default: float | None = None, minimum: float | None = None) -> float:
     value = obj.get(key, default) if isinstance(obj, dict) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TranscriptError(f"{where}: {key!r} is not a number ({value!r})")
+    if minimum is not None and not value >= minimum:  # also refuses NaN
+        raise TranscriptError(f"{where}: {key!r} is below {minimum:g} ({value!r})")
     return float(value)
