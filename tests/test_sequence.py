@@ -117,7 +117,7 @@ def test_clip_shorter_than_the_first_window(processor):
 
 
 def test_clip_without_words_in_its_frames_is_an_error(processor):
-    with pytest.raises(EmptySampleError, match="clip.mp4: no words"):
+    with pytest.raises(EmptySampleError, match="no words within the frames of clip.mp4"):
         build_streaming_sample(record([(30.0, 30.5, "later")]), processor, clip=make_clip(6))
 
 

@@ -1,14 +1,16 @@
 import json
 import math
 import subprocess
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 
+from livecc.data.synth import write_video
 from livecc.data.video import (
+    FpsSampler,
     PixelBudget,
-    StrictFpsSampler,
     VideoError,
     available_backends,
     clip_frame_size,
@@ -41,10 +43,10 @@ def expected_strict_pts(all_pts, start, end, fps=2.0, max_frames=480):
 @pytest.mark.parametrize("name", ["bikes.mp4", "bigbuckbunny.mp4"])
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("span", [(None, None), (1.3, 4.1), (0.0, 2.98)])
-def test_strict_fps_pts_match_ffprobe(ffprobe, name, backend, span, real_clip):
+def test_clip_start_rule_pts_match_ffprobe(ffprobe, name, backend, span, real_clip):
     path = real_clip(name)
     all_pts = ffprobe_pts(ffprobe, path)
-    clip = decode_clip(path, *span, backend=backend, resize=False)
+    clip = decode_clip(path, *span, backend=backend, resize=False, rule="clip-start")
     start = 0.0 if span[0] is None else span[0]
     end = all_pts[-1] if span[1] is None else span[1]
     expected = expected_strict_pts(all_pts, start, end + (1e-3 if span[1] is None else 0))
@@ -88,11 +90,78 @@ def test_smart_resize_edges():
 
 
 def test_sampler_duplicates_frames_of_a_slow_video():
-    sampler = StrictFpsSampler(0.0, 3.0)
-    assert [sampler.take(p) for p in (0.0, 1.0, 2.0, 3.0)] == [1, 2, 2, 1]  # 1 fps source, 2 fps targets
+    sampler = FpsSampler(0.0, 3.0, rule="clip-start")
+    assert [sampler.take(p, p + 1) for p in (0.0, 1.0, 2.0, 3.0)] == [1, 2, 2, 1]  # 1 fps source, 2 fps targets
     assert sampler.done
-    capped = StrictFpsSampler(0.0, math.inf, max_frames=3)
-    assert [capped.take(p) for p in np.arange(0, 3, 0.25)][:7] == [1, 0, 1, 0, 1, 0, 0]
+    capped = FpsSampler(0.0, math.inf, max_frames=3, rule="clip-start")
+    assert [capped.take(p, p) for p in np.arange(0, 3, 0.25)][:7] == [1, 0, 1, 0, 1, 0, 0]
+    reference = FpsSampler(None, 3.0)  # end timestamps; targets from the first frame's (1.0)
+    assert [reference.take(p, p + 1) for p in (0.0, 1.0, 2.0, 3.0)] == [1, 2, 2, 0]
+    assert reference.done
+
+
+def reference_selection(times, start, end, fps=2.0, max_frames=480):
+    """The reference implementation's strict-fps selection, step by step, over decord's end
+    timestamps (float32). One defect fixed: a target that no kept frame reaches (float rounding puts
+    the last frame a hair before ``last + k / fps``) is dropped, where the reference's ``argmax``
+    over an all-False row gave it the clip's first frame."""
+    video_start = start or times[0]  # `if not video_start`: None and 0 alike
+    video_end = end or times[-1]
+    clip_pts = times[(video_start <= times) & (times <= video_end)].astype(np.float64)
+    expected = np.arange(clip_pts[0], clip_pts[-1] + 1e-6, 1 / fps)[:max_frames]
+    reached = expected[:, None] <= clip_pts
+    chosen = clip_pts[reached.argmax(axis=1)[reached.any(axis=1)]].tolist()
+    while len(chosen) % 2:
+        chosen.append(chosen[-1])
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def rate_videos(tmp_path_factory):
+    """12 s H.264 clips at the frame rates where the two rules part: 24, 25 and 29.97 fps."""
+    root = tmp_path_factory.mktemp("rates")
+    paths = {}
+    for rate in (24, 25, Fraction(30000, 1001)):
+        paths[rate] = root / f"{float(rate):.2f}.mp4"
+        write_video(paths[rate], [], 12.0, fps=rate, size=(48, 64))
+    return paths
+
+
+@pytest.mark.parametrize("rate", [24, 25, Fraction(30000, 1001)])
+def test_reference_rule_selects_the_reference_frames(rate, rate_videos):
+    decord = pytest.importorskip("decord")
+    path = rate_videos[rate]
+    reader = decord.VideoReader(str(path))
+    ends = reader.get_frame_timestamp(np.arange(len(reader)))[:, 1]
+    rng = np.random.default_rng()
+    spans = [(None, None), (0.0, None), (None, 5.0)] + [
+        (round(float(a), 3), round(float(a + b), 3)) for a, b in zip(rng.uniform(0, 6, 20), rng.uniform(1, 5.5, 20))]
+    for span in spans:
+        expected = reference_selection(ends, *span)
+        for backend in CPU_BACKENDS:
+            clip = decode_clip(path, *span, backend=backend, resize=False)
+            assert clip.pts == expected, (span, backend)
+            assert len(clip.frames) == len(expected)
+
+
+def test_the_two_rules_part_by_a_frame(tmp_path):
+    """At 29.97 fps from 1.2 s: the reference takes, per target, the first frame *ending* at or
+    after it, from the first kept frame's end (frames 35, 50); the clip-start rule the first frame
+    *starting* at or after ``1.2 + k / 2`` (frames 36, 51)."""
+    av = pytest.importorskip("av")
+    path = tmp_path / "numbered.mp4"
+    with av.open(str(path), "w") as container:  # frame i is a flat grey of level 4 * i
+        stream = container.add_stream("libx264", rate=Fraction(30000, 1001))
+        stream.height, stream.width, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "0"}
+        for i in range(64):
+            image = np.full((32, 32, 3), 4 * i, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    index = lambda clip: [round(float(f.float().mean()) / 4) for f in clip.frames]
+    reference = index(decode_clip(path, 1.2, 2.05, resize=False))
+    clip_start = index(decode_clip(path, 1.2, 2.05, resize=False, rule="clip-start"))
+    assert reference == [35, 50] and clip_start == [36, 51]
 
 
 def test_missing_corrupt_and_streamless_files_name_the_path(tmp_path, real_clip):

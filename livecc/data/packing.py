@@ -8,6 +8,7 @@ deterministically by rank, builds samples in worker processes, and resumes at a 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -16,18 +17,10 @@ from pathlib import Path
 
 import torch
 
-from .records import ClipRecord, RecordError, SeekableRecords
-from .sequence import (
-    EmptySampleError,
-    StreamingSample,
-    build_conversation_sample,
-    build_streaming_sample,
-    is_streaming_record,
-)
-from .video import VideoError
-from .words import TranscriptError
+from .records import ClipRecord, SeekableRecords
+from .sequence import StreamingSample, build_conversation_sample, build_streaming_sample, is_streaming_record
 
-__all__ = ["Pack", "PackedLoader", "StreamingDataset", "pack_samples"]
+__all__ = ["Pack", "PackedLoader", "SampleFailure", "StreamingDataset", "pack_samples"]
 
 log = logging.getLogger("livecc.packing")
 
@@ -86,14 +79,27 @@ def pack_samples(samples: list[StreamingSample]) -> Pack:
     )
 
 
-# Bad inputs a long run counts and skips instead of dying on.
-SAMPLE_ERRORS = (RecordError, VideoError, TranscriptError, EmptySampleError, FileNotFoundError)
-CONVERSATION_KWARGS = ("budget", "backend", "dtype", "device", "time_interval")  # the rest is streaming-only
+# Options the conversation builder shares with the streaming one; the rest are streaming-only.
+CONVERSATION_KWARGS = ("budget", "backend", "dtype", "device", "time_interval", "frame_rule", "allow_absolute_paths")
+
+
+@dataclass
+class SampleFailure:
+    """A record that could not become a sample: where it is and why. Any exception building one
+    sample is caught at this boundary, so one bad record never ends a run."""
+
+    source: str  # "FILE: record i"
+    error: str  # "ErrorType: message"
+
+    @property
+    def kind(self) -> str:
+        return self.error.split(":", 1)[0]
 
 
 class StreamingDataset(torch.utils.data.Dataset):
-    """Record ``i`` of one or more JSONL files as a training sample, or the error it raised: a Live-CC
-    record becomes a streaming sample, an ordinary chat (SFT mixes them in) a conversation sample."""
+    """Record ``i`` of one or more JSONL files as a training sample, or the :class:`SampleFailure` it
+    gave: a Live-CC record becomes a streaming sample, an ordinary chat (SFT mixes them in) a
+    conversation sample."""
 
     def __init__(self, paths: list[str | Path], processor, video_root: str | Path | None = None, **sample_kwargs):
         self.files = [SeekableRecords(p) for p in paths]
@@ -103,17 +109,18 @@ class StreamingDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> StreamingSample | str:
+    def __getitem__(self, i: int) -> StreamingSample | SampleFailure:
         f, j = self.index[i]
+        source = f"{self.files[f].path}: record {j}"
         try:
-            raw, source = self.files[f][j], f"{self.files[f].path}: record {j}"
+            raw = self.files[f][j]
             if is_streaming_record(raw):
                 return build_streaming_sample(ClipRecord.from_messages(raw, source), self.processor,
-                                              video_root=self.video_root, **self.sample_kwargs)
+                                              video_root=self.video_root, source=source, **self.sample_kwargs)
             shared = {k: v for k, v in self.sample_kwargs.items() if k in CONVERSATION_KWARGS}
             return build_conversation_sample(raw, self.processor, video_root=self.video_root, source=source, **shared)
-        except SAMPLE_ERRORS as e:
-            return f"{type(e).__name__}: {e}"
+        except Exception as e:  # the item's boundary: count it, never end the run
+            return SampleFailure(source, f"{type(e).__name__}: {e}")
 
 
 class PackedLoader:
@@ -121,16 +128,20 @@ class PackedLoader:
 
     Order is a function of ``(seed, epoch)`` only; rank ``r`` of ``world`` takes every ``world``-th
     clip. ``state_dict()`` records how many of its clips a rank consumed; loading it skips them
-    without building them. A clip longer than the budget forms a pack of its own.
+    without building them. A clip longer than the budget forms a pack of its own. A record that
+    fails is counted by error type and, with ``rejects``, written there with its place
+    (``epoch``, ``position`` in this rank's order) and error.
     """
 
     def __init__(self, dataset: StreamingDataset, token_budget: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True, num_workers: int = 0, epoch: int = 0):
+                 seed: int = 0, shuffle: bool = True, num_workers: int = 0, epoch: int = 0,
+                 rejects: str | Path | None = None):
         self.dataset, self.token_budget = dataset, token_budget
         self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
         self.num_workers = num_workers
         self.epoch, self.consumed = epoch, 0
         self.errors: Counter = Counter()
+        self.rejects = None if rejects is None else Path(rejects)
 
     def _order(self) -> list[int]:
         if self.shuffle:
@@ -144,8 +155,14 @@ class PackedLoader:
         return {"epoch": self.epoch, "consumed": self.consumed, "errors": dict(self.errors)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume at ``state``; rejects written past it (by a run that went on after the checkpoint)
+        are cut, since those records come again."""
         self.epoch, self.consumed = state["epoch"], state["consumed"]
         self.errors = Counter(state.get("errors", {}))
+        if self.rejects is not None and self.rejects.is_file():
+            rows = [json.loads(line) for line in self.rejects.read_text().splitlines() if line.strip()]
+            kept = [r for r in rows if (r["epoch"], r["position"]) < (self.epoch, self.consumed)]
+            self.rejects.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def __iter__(self) -> Iterator[Pack]:
         """Packs until this epoch's clips run out; then the next epoch begins on the next call.
@@ -161,9 +178,9 @@ class PackedLoader:
         unsaved_errors: Counter = Counter()
         for sample in loader:
             position += 1
-            if isinstance(sample, str):
-                unsaved_errors[sample.split(":")[0]] += 1
-                log.warning("skipped a clip: %s", sample)
+            if isinstance(sample, SampleFailure):
+                unsaved_errors[sample.kind] += 1
+                self._reject(sample, position - 1)
                 continue
             n = sample.input_ids.numel()
             if pending and size + n > self.token_budget:
@@ -177,6 +194,13 @@ class PackedLoader:
             yield self._commit(pending, unsaved_errors)
         self.errors.update(unsaved_errors)
         self.epoch, self.consumed = self.epoch + 1, 0
+
+    def _reject(self, failure: SampleFailure, position: int) -> None:
+        log.warning("skipped %s: %s", failure.source, failure.error)
+        if self.rejects is not None:
+            with open(self.rejects, "a") as f:
+                f.write(json.dumps({"epoch": self.epoch, "position": position, "record": failure.source,
+                                    "error": failure.error}) + "\n")
 
     def _commit(self, samples: list[StreamingSample], unsaved_errors: Counter) -> Pack:
         self.errors.update(unsaved_errors)

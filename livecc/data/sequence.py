@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from ..kernels.preprocess import preprocess_frames, preprocess_frames_reference
+from .paths import resolve_under
 from .processor import TokenIds, VisionSpec
 from .records import ClipRecord, RecordError
 from .rope import mrope_position_ids
-from .video import FPS, PixelBudget, VideoClip, clip_frame_size, decode_clip
+from .video import FPS, PixelBudget, VideoClip, VideoError, clip_frame_size, decode_clip
 from .words import Word
 
 __all__ = [
@@ -104,12 +104,13 @@ def assign_words(windows: list[Window], pts: list[float], words: list[Word]) -> 
 
 
 def context_text(record: ClipRecord, with_context: bool) -> str:
-    """The first user turn's text: the query, plus ``title`` / ``previous`` ASR when ``with_context``
-    (title left out when previous ASR exists)."""
-    if not with_context or not (record.title or record.previous):
+    """The first user turn's text, by the reference's rule: with context, when the record has a
+    ``title`` or ``previous`` key, ``"{query}\n{title}\n{previous}"`` stripped (title blank when
+    previous ASR exists), so an empty context strips the query too; otherwise the query as is."""
+    if not with_context or (record.title is None and record.previous is None):
         return record.query
-    title = "" if record.previous else record.title
-    return f"{record.query}\n{title}\n{record.previous}".strip()
+    title = "" if record.previous else record.title or ""
+    return f"{record.query}\n{title}\n{record.previous or ''}".strip()
 
 
 def user_turn(window: Window, query: str = "") -> str:
@@ -147,10 +148,19 @@ def tokenize_with_video(tokenizer, text: str, video_pad: int, grids: torch.Tenso
     return expand_video_pads(ids, video_pad, (grids.prod(-1) // merge_size**2).tolist())
 
 
-def _open_clip(video: str, start: float | None, end: float | None, video_root, budget: PixelBudget, backend: str,
-               device: str) -> VideoClip:
-    path = Path(video_root) / video if video_root is not None else Path(video)
-    return decode_clip(path, start, end, resize=False, budget=budget, backend=backend, device=device)
+def _open_clip(video, start: float | None, end: float | None, *, source: str, video_root, allow_absolute_paths: bool,
+               **decode) -> VideoClip:
+    """Decode a record's clip: its path resolved under ``video_root``, ``decode`` options for
+    :func:`~livecc.data.video.decode_clip` (budget, backend, device, rule)."""
+    path = resolve_under(video_root, video, source=source, allow_absolute=allow_absolute_paths)
+    return decode_clip(path, start, end, resize=False, **decode)
+
+
+def _frame_size(clip: VideoClip, budget: PixelBudget) -> tuple[int, int]:
+    try:
+        return clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts), budget)
+    except ValueError as e:  # a 1-pixel or 10000x10 video
+        raise VideoError(f"{clip.source}: {e}") from e
 
 
 def expand_video_pads(ids: torch.Tensor, video_pad: int, counts: list[int]) -> torch.Tensor:
@@ -178,30 +188,39 @@ def build_streaming_sample(
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     time_interval: float = 1.0,
+    frame_rule: str = "reference",
+    allow_absolute_paths: bool = False,
+    source: str = "<record>",
 ) -> StreamingSample:
     """Decode the record's clip and build its streaming sample (``clip`` skips the decode).
-    ``time_interval`` is the model's :func:`~livecc.data.rope.rope_time_interval` (Qwen2.5-VL: 2).
+    ``time_interval`` is the model's :func:`~livecc.data.rope.rope_time_interval` (Qwen2.5-VL: 2);
+    ``frame_rule`` the sampling rule of :mod:`livecc.data.video`; the video path resolves under
+    ``video_root`` (absolute paths only with ``allow_absolute_paths``).
 
     With ``device="cuda"`` the clip is decoded there when torchcodec can, and resized and
     patchified by the Triton kernel, so CPU data workers only read records.
     """
     if not isinstance(record, ClipRecord):
-        record = ClipRecord.from_messages(record)
+        record = ClipRecord.from_messages(record, source)
     tokenizer = getattr(processor, "tokenizer", processor)
     ids, spec = TokenIds.from_tokenizer(tokenizer), VisionSpec.from_processor(processor)
     if clip is None:
-        clip = _open_clip(record.video, record.video_start, record.video_end, video_root, budget, backend, device)
+        clip = _open_clip(record.video, record.video_start, record.video_end, source=source, video_root=video_root,
+                          allow_absolute_paths=allow_absolute_paths, budget=budget, backend=backend, device=device,
+                          rule=frame_rule)
+    if clip.cut_short and (late := sum(w.end > clip.pts[-1] for w in record.words)):
+        raise VideoError(f"{source}: {clip.source} ends at {clip.pts[-1]:.2f} s, before the clip's end "
+                         f"({record.video_end} s); {late} of its words lie past the video")
 
     windows = plan_windows(len(clip.pts), initial_frames, streaming_frames)
     assign_words(windows, clip.pts, record.words)
     while windows and not windows[-1].words:  # trailing silent windows teach nothing
         windows.pop()
     if not windows:
-        raise EmptySampleError(f"{clip.source}: no words within the clip's frames")
+        raise EmptySampleError(f"{source}: no words within the frames of {clip.source}")
 
     n_frames = windows[-1].frames.stop
-    size = clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts), budget)
-    pixel_values, grid = patch_rows(clip.frames[:n_frames].to(device), size, spec, dtype)
+    pixel_values, grid = patch_rows(clip.frames[:n_frames].to(device), _frame_size(clip, budget), spec, dtype)
     _, gh, gw = grid[0].tolist()
     tp = spec.temporal_patch_size
     grids = torch.tensor([[(w.frames.stop - w.frames.start) // tp, gh, gw] for w in windows])
@@ -251,11 +270,14 @@ def build_conversation_sample(
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     time_interval: float = 1.0,
+    frame_rule: str = "reference",
+    allow_absolute_paths: bool = False,
     source: str = "<conversation>",
 ) -> StreamingSample:
     """An ordinary (non-streaming) chat for SFT: ``[{"role", "content"}]`` turns whose content is a
     string or ``{"type": "text" | "video"}`` elements (at most one video, decoded at 2 FPS as one
-    block). Labels cover the assistant turns; ``windows`` is empty."""
+    block). Labels cover the assistant turns; ``windows`` is empty. Any other element (images
+    included) is an error naming the record: nothing of a conversation is left out silently."""
     tokenizer = getattr(processor, "tokenizer", processor)
     ids, spec = TokenIds.from_tokenizer(tokenizer), VisionSpec.from_processor(processor)
     text, video = "", None
@@ -269,13 +291,17 @@ def build_conversation_sample(
             raise RecordError(f"{source}: unknown role {role!r}")
         parts = []
         for element in _content(message, source):
-            if element.get("type") == "video":
+            kind = element.get("type")
+            if kind == "video":
                 if video is not None:
                     raise RecordError(f"{source}: more than one video")
                 video = element
                 parts.append(VIDEO_BLOCK)
-            elif element.get("type") == "text":
-                parts.append(str(element.get("text", "")))
+            elif kind == "text" and isinstance(element.get("text"), str):
+                parts.append(element["text"])
+            else:
+                raise RecordError(f"{source}: unsupported {kind!r} element in a conversation "
+                                  "(supported: text with a string, one video)")
         text += f"<|im_start|>{role}\n{''.join(parts)}<|im_end|>\n"
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         raise EmptySampleError(f"{source}: no assistant turn to learn from")
@@ -283,10 +309,14 @@ def build_conversation_sample(
         pixel_values, grids = torch.zeros(0, spec.row_size, dtype=dtype), torch.zeros(0, 3, dtype=torch.long)
     else:
         if clip is None:
-            clip = _open_clip(video["video"], video.get("video_start"), video.get("video_end"), video_root, budget,
-                              backend, device)
-        size = clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts), budget)
-        pixel_values, grids = patch_rows(clip.frames.to(device), size, spec, dtype)
+            start, end = video.get("video_start"), video.get("video_end")
+            for name, value in (("video_start", start), ("video_end", end)):
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise RecordError(f"{source}: {name} is not a number ({value!r})")
+            clip = _open_clip(video.get("video"), start, end, source=source, video_root=video_root,
+                              allow_absolute_paths=allow_absolute_paths, budget=budget, backend=backend,
+                              device=device, rule=frame_rule)
+        pixel_values, grids = patch_rows(clip.frames.to(device), _frame_size(clip, budget), spec, dtype)
     input_ids = tokenize_with_video(tokenizer, text, ids.video_pad, grids, spec.merge_size)
     position_ids, _ = mrope_position_ids(input_ids, grids, (ids.video_pad,), spec.merge_size,
                                          time_interval=time_interval)

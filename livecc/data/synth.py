@@ -10,6 +10,7 @@ minutes on a CPU, reliably tells colours apart long before it tells outlines apa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -105,9 +106,9 @@ def render_frame(events: list[ShapeEvent], t: float, size: tuple[int, int] = (22
     return frame
 
 
-def write_video(path: str | Path, events: list[ShapeEvent], duration: float, fps: int = 10,
+def write_video(path: str | Path, events: list[ShapeEvent], duration: float, fps: int | Fraction = 10,
                 size: tuple[int, int] = (224, 224)) -> None:
-    """Encode the scene as H.264 (yuv420p) with PyAV."""
+    """Encode the scene as H.264 (yuv420p) with PyAV (``fps`` may be a fraction, e.g. 30000/1001)."""
     import av
 
     with av.open(str(path), "w") as container:

@@ -1,9 +1,19 @@
-"""Decode a clip at strict 2 FPS and size its frames to the Qwen2-VL pixel budget.
+"""Decode a clip at 2 FPS and size its frames to the Qwen2-VL pixel budget.
 
-Strict sampling (SPEC section 4): for every target time ``t`` in ``arange(start, end, 1/fps)`` take
-the first frame whose presentation time is ``>= t`` (and ``<= end``), then pad to an even count
-by repeating the last frame. Every backend streams its frames through one :class:`StrictFpsSampler`,
-so decord, PyAV and torchcodec select the same frames.
+Two sampling rules, both "strict" (a fixed frame rate, not a fixed frame count):
+
+- ``"reference"`` (the default): the rule of the reference implementation, which the released
+  Live-CC data and LiveCC checkpoints were made with. A frame's time is its *end* timestamp
+  (pts + duration, decord's ``_frame_pts[:, 1]``); the clip keeps the frames timed within
+  ``[start, end]`` (no or a zero start: from the first frame); targets ``t0 + k / fps`` run from the
+  first kept frame's time ``t0``; each target takes the first kept frame timed at or after it.
+- ``"clip-start"``: a frame's time is its presentation timestamp; targets ``start + k / fps``
+  (below ``end``) run from the clip start; each takes the first frame at or after it.
+
+Either way at most ``max_frames`` targets are kept and the count is padded to an even number by
+repeating the last frame; the returned times are the frames' times under the rule, which word
+assignment compares with word end times. Every backend streams its frames through one
+:class:`FpsSampler`, so decord, PyAV and torchcodec select the same frames.
 """
 
 from __future__ import annotations
@@ -22,13 +32,15 @@ from ..kernels.preprocess.reference import resize_frames
 
 __all__ = [
     "BACKENDS",
+    "FRAME_RULES",
+    "FpsSampler",
     "PixelBudget",
-    "StrictFpsSampler",
     "VideoClip",
     "VideoError",
     "available_backends",
     "clip_frame_size",
     "decode_clip",
+    "pyav_frame_times",
     "resize_frames",
     "smart_resize",
 ]
@@ -39,6 +51,7 @@ FPS = 2.0
 FRAME_FACTOR = 2  # Qwen2-VL's temporal patch: frames come in pairs
 IMAGE_FACTOR = 28  # 14-pixel patches merged 2x2
 _EPS = 1e-6  # seconds; absorbs float error in pts = pts_ticks * time_base
+FRAME_RULES = ("reference", "clip-start")
 
 
 class VideoError(RuntimeError):
@@ -62,9 +75,10 @@ class PixelBudget:
 @dataclass
 class VideoClip:
     frames: torch.Tensor  # uint8 [T, H, W, 3], T even
-    pts: list[float]  # presentation time of each frame, seconds in the source video
+    pts: list[float]  # each frame's time under the sampling rule, seconds in the source video
     source: str
     backend: str
+    cut_short: bool = False  # the video ended before the clip's end (by more than one sampling step)
 
 
 def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels: float = 100 * 28 * 28,
@@ -92,36 +106,71 @@ def clip_frame_size(height: int, width: int, nframes: int, budget: PixelBudget =
     return smart_resize(height, width, IMAGE_FACTOR, budget.min_pixels, budget.frame_max_pixels(nframes))
 
 
-class StrictFpsSampler:
-    """Feed frames in presentation order; ``take(pts)`` says how many targets this frame fills.
+class FpsSampler:
+    """Feed frames in presentation order; ``take(pts, end_ts)`` says how many targets the frame
+    fills (0: not kept) and ``time(pts, end_ts)`` is the time the clip records for it. See the
+    module docstring for the two rules."""
 
-    A frame fills every target ``t_k = start + k / fps`` (``t_k < end``) with ``prev_pts < t_k <= pts``,
-    i.e. it is the first frame at or after ``t_k``. Frames after ``end`` fill none.
-    """
-
-    def __init__(self, start: float, end: float, fps: float = FPS, max_frames: int = 480):
-        self.start, self.end, self.fps, self.max_frames = start, end, fps, max_frames
-        self.n_targets = math.ceil((end - start) * fps - _EPS) if math.isfinite(end) else math.inf
+    def __init__(self, start: float | None, end: float | None, fps: float = FPS, max_frames: int = 480,
+                 rule: str = "reference"):
+        if rule not in FRAME_RULES:
+            raise ValueError(f"frame rule must be one of {FRAME_RULES}, got {rule!r}")
+        self.rule, self.fps, self.max_frames = rule, fps, max_frames
+        self.end = math.inf if end is None else end
+        self.start = start or 0.0
+        if rule == "reference":  # numpy 1.x compared the record's bounds with float32 times in float32
+            self.start, self.end = (float(np.float32(t)) for t in (self.start, self.end))
         self.filled = 0
+        self.passed_end = False  # a frame timed after the clip's end was seen
+        if rule == "clip-start":
+            n = (self.end - self.start) * fps - _EPS
+            self.n_targets = math.ceil(n) if math.isfinite(n) else math.inf
+        else:
+            self.first: float | None = None  # the first kept frame's time, where the targets start
+            self.n_targets = math.inf  # bounded by the kept frames themselves
 
-    def take(self, pts: float) -> int:
-        if pts > self.end + _EPS:
+    def time(self, pts: float, end_ts: float) -> float:
+        # The reference reads decord's float32 timestamps; its targets and comparisons are exact
+        # float64 arithmetic on those values (numpy 1.x promotion), as here.
+        return float(np.float32(end_ts)) if self.rule == "reference" else pts
+
+    def take(self, pts: float, end_ts: float) -> int:
+        t = self.time(pts, end_ts)
+        if t > self.end + (_EPS if self.rule == "clip-start" else 0.0):
+            self.passed_end = True
             return 0
-        reached = min(math.floor((pts + _EPS - self.start) * self.fps) + 1, self.n_targets, self.max_frames)
+        if self.rule == "clip-start":
+            reached = math.floor((t + _EPS - self.start) * self.fps) + 1
+        else:
+            if t < self.start:  # the reference compares times exactly (video_start <= time)
+                return 0
+            self.first = t if self.first is None else self.first
+            reached = self._targets_reached(t)
+        reached = min(reached, self.n_targets, self.max_frames)
         count = max(0, reached - self.filled)
         self.filled += count
         return count
 
+    def _targets_reached(self, t: float) -> int:
+        """How many targets ``first + k * step`` (the reference's ``numpy.arange``) are ``<= t``."""
+        step = 1 / self.fps
+        k = math.floor((t - self.first) / step)
+        while self.first + (k + 1) * step <= t:
+            k += 1
+        while k >= 0 and self.first + k * step > t:
+            k -= 1
+        return k + 1
+
     @property
     def done(self) -> bool:
-        return self.filled >= min(self.n_targets, self.max_frames)
+        return self.passed_end or self.filled >= min(self.n_targets, self.max_frames)
 
 
 # ---------------------------------------------------------------- backends
-# Each yields (pts, get_frame) in presentation order; get_frame() -> uint8 [H, W, 3] tensor (on the
-# decoder's device), called only for frames the sampler keeps.
+# Each yields (pts, end timestamp, get_frame) in presentation order; get_frame() -> uint8 [H, W, 3]
+# tensor (on the decoder's device), called only for frames the sampler keeps.
 
-FrameStream = Iterator[tuple[float, Callable[[], torch.Tensor]]]
+FrameStream = Iterator[tuple[float, float, Callable[[], torch.Tensor]]]
 
 
 def _pyav_frames(path: str, start: float, device: str) -> FrameStream:
@@ -138,14 +187,29 @@ def _pyav_frames(path: str, start: float, device: str) -> FrameStream:
         stream.thread_type = "AUTO"
         if start > 0 and stream.time_base is not None:
             container.seek(int(start / stream.time_base), stream=stream, backward=True)
+        times = pyav_frame_times(stream)
         try:
             for frame in container.decode(stream):
                 if frame.pts is None:
                     raise VideoError(f"{path}: frame without a presentation timestamp")
-                pts = float(frame.pts * stream.time_base)
-                yield pts, lambda f=frame: torch.from_numpy(f.to_ndarray(format="rgb24"))
+                yield *times(frame), lambda f=frame: torch.from_numpy(f.to_ndarray(format="rgb24"))
         except av.error.FFmpegError as e:
             raise VideoError(f"{path}: corrupt video ({e})") from e
+
+
+def pyav_frame_times(stream) -> Callable[[object], tuple[float, float]]:
+    """``frame -> (pts, end timestamp)`` in seconds for a PyAV video stream, from exact rationals
+    (decord's end timestamps are these, rounded to float32); a frame without a duration lasts one
+    frame period of the stream's average rate."""
+    rate = stream.average_rate or stream.guessed_rate
+    period = 1 / rate if rate else 0
+
+    def times(frame) -> tuple[float, float]:
+        pts = frame.pts * stream.time_base
+        end = (frame.pts + frame.duration) * stream.time_base if frame.duration else pts + period
+        return float(pts), float(end)
+
+    return times
 
 
 def _decord_frames(path: str, start: float, device: str) -> FrameStream:
@@ -153,14 +217,23 @@ def _decord_frames(path: str, start: float, device: str) -> FrameStream:
 
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=2)
-        pts = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
-    except (decord.DECORDError, RuntimeError) as e:
+        times = reader.get_frame_timestamp(np.arange(len(reader)))
+    except (decord.DECORDError, RuntimeError, ValueError) as e:
         raise VideoError(f"{path}: cannot decode video ({e})") from e
-    if len(pts) == 0:
+    if len(times) == 0:
         raise VideoError(f"{path}: no video frames")
-    first = max(0, int(np.searchsorted(pts, start - _EPS)) - 1)
-    for i in range(first, len(pts)):
-        yield float(pts[i]), lambda i=i: torch.from_numpy(reader[i].asnumpy())
+    first = max(0, int(np.searchsorted(times[:, 0], start - _EPS)) - 1)
+    for i in range(first, len(times)):
+        yield float(times[i, 0]), float(times[i, 1]), lambda i=i: _decord_frame(reader, i, path)
+
+
+def _decord_frame(reader, i: int, path: str) -> torch.Tensor:
+    import decord
+
+    try:
+        return torch.from_numpy(reader[i].asnumpy())
+    except (decord.DECORDError, RuntimeError, ValueError) as e:
+        raise VideoError(f"{path}: cannot decode frame {i} ({e})") from e
 
 
 def _torchcodec_frames(path: str, start: float, device: str) -> FrameStream:
@@ -175,8 +248,8 @@ def _torchcodec_frames(path: str, start: float, device: str) -> FrameStream:
     t = max(0.0, start - 1.0 / FPS)
     while t < stop:
         batch = decoder.get_frames_played_in_range(t, min(t + chunk, stop))
-        for k, p in enumerate(batch.pts_seconds.tolist()):
-            yield p, lambda k=k, b=batch: b.data[k]
+        for k, (p, d) in enumerate(zip(batch.pts_seconds.tolist(), batch.duration_seconds.tolist())):
+            yield p, p + d, lambda k=k, b=batch: b.data[k]
         t += chunk
 
 
@@ -235,8 +308,10 @@ def decode_clip(
     resize: bool = True,
     budget: PixelBudget = PixelBudget(),
     device: str = "cpu",
+    rule: str = "reference",
 ) -> VideoClip:
-    """Frames of ``[start, end]`` at strict ``fps``, resized to the clip's budget when ``resize``.
+    """Frames of ``[start, end]`` at ``fps`` under the sampling ``rule``, resized to the clip's
+    budget when ``resize``.
 
     ``device="cuda"`` decodes with torchcodec on NVDEC when it is installed (else on CPU, with a
     logged reason) and returns the frames on that device.
@@ -247,28 +322,35 @@ def decode_clip(
     for name, value in (("start", start), ("end", end)):
         if value is not None and not math.isfinite(value):
             raise VideoError(f"{source}: clip {name} is not finite ({value})")
-    start = 0.0 if start is None else float(start)
-    end = math.inf if end is None else float(end)
-    if end <= start:
+    if start is not None and end is not None and end <= start:
         raise VideoError(f"{source}: empty clip [{start}, {end}]")
     name = _choose_backend(backend, device)
     log.info("decoding %s with %s", source, name)
-    sampler = StrictFpsSampler(start, end, fps, budget.max_frames)
-    frames, pts = [], []
-    for p, get_frame in BACKENDS[name](source, start, device):
-        count = sampler.take(p)
+    sampler = FpsSampler(start, end, fps, budget.max_frames, rule)
+    frames, times, exhausted = [], [], True
+    for pts, end_ts, get_frame in BACKENDS[name](source, start or 0.0, device):
+        count = sampler.take(pts, end_ts)
         if count:
             frame = get_frame()
+            if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != torch.uint8:
+                raise VideoError(f"{source}: {name} returned a frame of shape {tuple(frame.shape)} "
+                                 f"({frame.dtype}), not uint8 [H, W, 3]")
             frames.extend([frame] * count)
-            pts.extend([p] * count)
-        if sampler.done or p > end + _EPS:
+            times.extend([sampler.time(pts, end_ts)] * count)
+        if sampler.done:
+            exhausted = False
             break
     if not frames:
         raise VideoError(f"{source}: no frames in [{start}, {end}]")
     while len(frames) % FRAME_FACTOR:
         frames.append(frames[-1])
-        pts.append(pts[-1])
+        times.append(times[-1])
     video = torch.stack(frames).to(device)
     if resize:
-        video = resize_frames(video, clip_frame_size(video.shape[1], video.shape[2], len(frames), budget))
-    return VideoClip(frames=video, pts=pts, source=source, backend=name)
+        try:
+            size = clip_frame_size(video.shape[1], video.shape[2], len(frames), budget)
+        except ValueError as e:
+            raise VideoError(f"{source}: {e}") from e
+        video = resize_frames(video, size)
+    cut_short = exhausted and end is not None and times[-1] < end - 1 / fps
+    return VideoClip(frames=video, pts=times, source=source, backend=name, cut_short=cut_short)
