@@ -16,6 +16,8 @@ def load_model(path: str, device: str | None = None, dtype: torch.dtype | None =
     from ..testing import offline_processor, tiny_qwen2vl
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this PyTorch ({torch.__version__}) has no CUDA device to use")
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     if path == "tiny":
         return tiny_qwen2vl().to(device=device, dtype=dtype), offline_processor()

@@ -1,13 +1,25 @@
-"""Training configuration: one dataclass, read from JSON or YAML, overridden by ``key=value``."""
+"""Training configuration: one typed dataclass, read from JSON or YAML, overridden by ``key=value``.
+
+Every value is checked against its field's type and range when the config is built: a string
+where a number belongs (``lr: "abc"``), ``bf16: yes``, a non-positive count or an unknown key is
+an error naming the key and what it expects, before any model is loaded.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TrainConfig", "load_config"]
+__all__ = ["ConfigError", "TrainConfig", "describe_config", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A config value of the wrong type or range, an unknown key, or an unreadable file."""
 
 
 @dataclass
@@ -17,6 +29,8 @@ class TrainConfig:
     tiny: dict = field(default_factory=dict)  # tiny_qwen2vl() arguments when model == "tiny"
     data: list[str] = field(default_factory=list)  # Live-CC JSONL files (with seek lines or not)
     video_root: str | None = None
+    allow_absolute_paths: bool = False  # records may name videos by absolute path
+    frame_rule: str = "reference"  # 2 FPS sampling rule (livecc.data.video): "reference" or "clip-start"
     output_dir: str = "runs/livecc"
     # "livecc": packed varlen attention + text-only cross-entropy. "hf": Hugging Face forward and
     # loss with SDPA, one clip per micro-batch (the reference stack, for comparisons).
@@ -35,18 +49,93 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     liger: bool = True  # Liger's RMSNorm / SwiGLU / M-RoPE kernels (GPU)
     with_context: bool = False
-    min_pixels: int = 100 * 28 * 28  # per frame (SPEC section 4)
+    min_pixels: int = 100 * 28 * 28  # per frame
     max_pixels: int = 768 * 28 * 28
     seed: int = 0
     num_workers: int = 0
     log_every: int = 1
     save_every: int = 0  # steps; 0 saves only at the end
     stop_after: int | None = None  # end the run after this many steps (the schedule still spans max_steps)
+    allow_failures: bool = False  # records that fail to build are skipped either way; this keeps the exit code 0
 
     def __post_init__(self):
-        if self.engine not in ("livecc", "hf"):
-            raise ValueError(f"engine must be 'livecc' or 'hf', got {self.engine!r}")
-        self.betas = tuple(self.betas)
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _checked(f.name, getattr(self, f.name), hints[f.name]))
+        _check_ranges(self)
+
+
+_POSITIVE = ("epochs", "global_batch_clips", "token_budget", "log_every", "min_pixels", "max_pixels")
+_POSITIVE_OR_NONE = ("max_steps", "stop_after")
+_NON_NEGATIVE = ("weight_decay", "num_workers", "save_every")
+_CHOICES = {"engine": ("livecc", "hf"), "frame_rule": ("reference", "clip-start")}
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    def fail(key: str, expected: str) -> None:
+        raise ConfigError(f"config key {key!r}: expected {expected}, got {getattr(cfg, key)!r}")
+
+    for key in _POSITIVE:
+        if getattr(cfg, key) <= 0:
+            fail(key, "a positive number")
+    for key in _POSITIVE_OR_NONE:
+        if getattr(cfg, key) is not None and getattr(cfg, key) <= 0:
+            fail(key, "a positive integer or null")
+    for key in _NON_NEGATIVE:
+        if getattr(cfg, key) < 0:
+            fail(key, "a number >= 0")
+    for key, choices in _CHOICES.items():
+        if getattr(cfg, key) not in choices:
+            fail(key, " or ".join(map(repr, choices)))
+    if not cfg.lr > 0:
+        fail("lr", "a positive learning rate")
+    if not cfg.grad_clip > 0:
+        fail("grad_clip", "a positive gradient-norm limit")
+    if not 0 <= cfg.warmup_ratio <= 1:
+        fail("warmup_ratio", "a fraction in [0, 1]")
+    if not all(0 <= b < 1 for b in cfg.betas):
+        fail("betas", "two numbers in [0, 1)")
+    if cfg.max_pixels < cfg.min_pixels:
+        fail("max_pixels", f"at least min_pixels ({cfg.min_pixels})")
+
+
+def _type_name(hint) -> str:
+    plain = typing.get_origin(hint) is None and isinstance(hint, type)
+    return hint.__name__ if plain else str(hint).replace("typing.", "")
+
+
+def _checked(key: str, value, hint):
+    """``value`` as ``hint`` requires (ints are accepted as floats, lists as tuples), else ConfigError."""
+    def fail():
+        raise ConfigError(f"config key {key!r}: expected {_type_name(hint)}, got {value!r}")
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _checked(key, value, inner)
+    if hint is bool:
+        return value if isinstance(value, bool) else fail()
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else fail()
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            fail()
+        return float(value)
+    if hint is str:
+        return value if isinstance(value, str) else fail()
+    if hint is dict:
+        return value if isinstance(value, dict) else fail()
+    if origin is list:
+        if not isinstance(value, list):
+            fail()
+        return [_checked(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            fail()
+        return tuple(_checked(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    raise TypeError(f"config key {key!r}: no check for type {hint}")
 
 
 def _parse_value(text: str):
@@ -56,24 +145,47 @@ def _parse_value(text: str):
         return text
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """A config from a JSON/YAML file (or defaults) with ``key=value`` overrides (values in JSON)."""
-    values: dict = {}
-    if path is not None:
+def _read(path: str | Path) -> dict:
+    try:
         text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from e
+    try:
         if str(path).endswith((".yaml", ".yml")):
             import yaml
 
-            values = yaml.safe_load(text) or {}
+            values = yaml.safe_load(text)
         else:
             values = json.loads(text)
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    except Exception as e:  # yaml.YAMLError or json.JSONDecodeError: both name the line
+        raise ConfigError(f"{path}: broken config file ({e})") from e
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys to values, got {type(values).__name__}")
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """A config from a JSON/YAML file (or defaults) with ``key=value`` overrides (values in JSON)."""
+    values = _read(path) if path is not None else {}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
+            raise ConfigError(f"override {item!r} is not key=value")
         values[key.strip()] = _parse_value(value)
-    unknown = set(values) - names
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        raise ConfigError(f"unknown config keys: {unknown} (known: {', '.join(sorted(names))})")
     return TrainConfig(**values)
+
+
+def describe_config() -> str:
+    """Every key with its type and default, for ``livecc train --help``."""
+    hints = typing.get_type_hints(TrainConfig)
+    lines = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        lines.append(f"  {f.name} ({_type_name(hints[f.name])}) = {json.dumps(default)}")
+    return "\n".join(lines)

@@ -12,8 +12,11 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
+import shutil
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from ..data.video import PixelBudget
 from ..models import TextOnlyHead, load_model, text_only_causal_lm_loss, use_livecc_attention
 from .config import TrainConfig
 
-__all__ = ["Trainer", "train"]
+__all__ = ["Trainer", "clear_run", "latest_checkpoint", "train"]
 
 log = logging.getLogger("livecc.train")
 
@@ -68,10 +71,13 @@ class Trainer:
         budget = PixelBudget(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
         interval = rope_time_interval(model.config, VisionSpec.from_processor(self.processor).temporal_patch_size)
         dataset = StreamingDataset(cfg.data, self.processor, cfg.video_root, with_context=cfg.with_context,
-                                   budget=budget, time_interval=interval)
+                                   budget=budget, time_interval=interval, frame_rule=cfg.frame_rule,
+                                   allow_absolute_paths=cfg.allow_absolute_paths)
         budget = cfg.token_budget if cfg.engine == "livecc" else 1  # "hf": one clip per micro-batch
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
         self.loader = PackedLoader(dataset, budget, rank=self.rank, world_size=self.world, seed=cfg.seed,
-                                   num_workers=cfg.num_workers)
+                                   num_workers=cfg.num_workers, rejects=self.out / f"rejects.rank{self.rank}.jsonl")
         self.clips_per_rank = max(1, math.ceil(cfg.global_batch_clips / self.world))
         steps_per_epoch = max(1, math.ceil(len(dataset) / cfg.global_batch_clips))
         self.total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
@@ -79,8 +85,8 @@ class Trainer:
         schedule = lambda s: _cosine(s, warmup, self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.step, self.skipped_steps = 0, 0
+        self.saved_step = None  # the step of the last checkpoint written or resumed from
         self._packs = None
-        self.out = Path(cfg.output_dir)
         self.metrics_file = None
         self.tb = None
 
@@ -109,9 +115,8 @@ class Trainer:
                       layer_norm=False, model=model)
         if cfg.freeze_vision:
             model.model.visual.requires_grad_(False)
-        if cfg.gradient_checkpointing:  # renamed in recent transformers; the GPU image has the old name
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.gradient_checkpointing:
+            _enable_checkpointing(model)
         model.to(self.device).train()
         self.head = TextOnlyHead(model.lm_head)
         if self.distributed:
@@ -201,7 +206,6 @@ class Trainer:
         }
 
     def fit(self) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             self.metrics_file = open(self.out / "metrics.jsonl", "a")
             try:
@@ -222,14 +226,15 @@ class Trainer:
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
             self._log(metrics)
             if self.cfg.save_every and self.step % self.cfg.save_every == 0:
-                self.save(self.out / f"checkpoint-{self.step}")
+                self.save()
         bar.close()
-        self.save(self.out / f"checkpoint-{self.step}")
+        if self.saved_step != self.step:
+            self.save()
         elapsed = time.perf_counter() - started
         summary = {
             "steps": self.step, "skipped_steps": self.skipped_steps, "seconds": round(elapsed, 2),
             "clips": sum(m["clips"] for m in history), "tokens": sum(m["tokens"] for m in history),
-            "final_loss": history[-1]["loss"] if history else None, "data_errors": dict(self.loader.errors),
+            "final_loss": history[-1]["loss"] if history else None, "data_errors": self._data_errors(),
         }
         summary["tokens_per_s"] = summary["tokens"] / elapsed if elapsed else None
         if self.rank == 0:
@@ -268,33 +273,55 @@ class Trainer:
                 self.model, self.optimizer, options=opts)
         return self.model.state_dict(), self.optimizer.state_dict()
 
-    def save(self, path: Path) -> None:
-        """Model in Hugging Face layout (loadable by ``from_pretrained``) plus everything to resume."""
+    def _data_errors(self) -> dict:
+        """Records that failed to build, by error type, over all ranks."""
+        if not self.distributed:
+            return dict(self.loader.errors)
+        gathered = [None] * self.world
+        dist.all_gather_object(gathered, dict(self.loader.errors))
+        return dict(sum((Counter(g) for g in gathered), Counter()))
+
+    def save(self) -> Path:
+        """``output_dir/checkpoint-STEP``: the model in Hugging Face layout (safetensors, loadable by
+        ``from_pretrained``) plus everything to resume, as tensors and plain data only. Written into
+        a hidden directory and renamed when complete, so a checkpoint that exists is whole."""
+        path = self.out / f"checkpoint-{self.step}"
+        partial = self.out / f".checkpoint-{self.step}.partial"
         model_state, optim_state = self._state_dicts()
         if self.rank == 0:
-            path.mkdir(parents=True, exist_ok=True)
-            self.model.save_pretrained(path, state_dict=model_state)
-            self.processor.save_pretrained(path)
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            self.model.save_pretrained(partial, state_dict=model_state)
+            self.processor.save_pretrained(partial)
             torch.save({"optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "step": self.step,
-                        "skipped_steps": self.skipped_steps, "config": asdict(self.cfg)}, path / "trainer.pt")
+                        "skipped_steps": self.skipped_steps, "config": asdict(self.cfg)}, partial / "trainer.pt")
         if self.distributed:
             dist.barrier()  # the directory exists for every rank
         torch.save({"loader": self.loader.state_dict(), "rng_cpu": torch.get_rng_state(),
                     "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                    "rng_python": random.getstate()}, path / f"rank{self.rank}.pt")
+                    "rng_python": random.getstate()}, partial / f"rank{self.rank}.pt")
         if self.distributed:
             dist.barrier()
+        if self.rank == 0:
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(partial, path)
+        if self.distributed:
+            dist.barrier()
+        self.saved_step = self.step
+        return path
 
     def resume(self, path: str | Path) -> None:
-        """Continue exactly where ``save`` left off: weights, optimizer, schedule, data position, RNG."""
+        """Continue exactly where ``save`` left off: weights, optimizer, schedule, data position, RNG.
+        Nothing in a checkpoint runs: its files are read as tensors and plain data only."""
         path = Path(path)
+        if not (path / "trainer.pt").is_file() or not (path / f"rank{self.rank}.pt").is_file():
+            raise FileNotFoundError(f"{path}: not a livecc checkpoint directory (no trainer.pt / rank{self.rank}.pt)")
         from transformers import AutoModelForImageTextToText
 
-        # Through from_pretrained: it maps the checkpoint's key names back to the module's.
+        state, ranked = _load_plain(path / "trainer.pt"), _load_plain(path / f"rank{self.rank}.pt")
+        # Through from_pretrained (safetensors): it maps the checkpoint's key names back to the module's.
         dtype = next(self.model.parameters()).dtype
         weights = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True).state_dict()
-        state = torch.load(path / "trainer.pt", weights_only=False)
-        ranked = torch.load(path / f"rank{self.rank}.pt", weights_only=False)
         if self.distributed:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -313,12 +340,63 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+        self.saved_step = self.step
         self.loader.load_state_dict(ranked["loader"])
         self._packs = None
         torch.set_rng_state(ranked["rng_cpu"])
         if ranked["rng_cuda"] is not None:
             torch.cuda.set_rng_state_all(ranked["rng_cuda"])
         random.setstate(ranked["rng_python"])
+        if self.rank == 0:
+            _cut_metrics(self.out / "metrics.jsonl", self.step)
+        log.info("resumed from %s at step %d", path, self.step)
+
+
+def _load_plain(path: Path) -> dict:
+    """A ``torch.save`` file holding tensors and plain data only; anything that would run code on
+    loading (a pickled object) is refused."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refused: it holds objects other than tensors and plain data, and loading "
+                         f"them could run code ({str(e).splitlines()[0][:200]})") from e
+
+
+def _cut_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past ``step`` (written by a run that went on after the checkpoint)."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step in ``output_dir`` (partial ones are hidden)."""
+    found = [(int(p.name.split("-", 1)[1]), p) for p in Path(output_dir).glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return max(found)[1] if found else None
+
+
+def clear_run(output_dir: str | Path) -> list[Path]:
+    """Remove a run's checkpoints, metrics and rejects from ``output_dir`` (to start over); return them."""
+    out = Path(output_dir)
+    removed = [p for pattern in ("checkpoint-*", ".checkpoint-*.partial", "metrics.jsonl", "rejects.rank*.jsonl", "tb")
+               for p in out.glob(pattern)]
+    for p in removed:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return removed
+
+
+def _enable_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing on every transformers release livecc admits: 5.23
+    renamed ``gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)`` (the GPU image's
+    5.17 has only that) to ``activation_checkpointing_enable(activation_checkpointing_kwargs=...)``."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _cosine(step: int, warmup: int, total: int) -> float:
@@ -328,8 +406,22 @@ def _cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
+def train(cfg: TrainConfig, resume: str | Path | None = None, restart: bool = False) -> dict:
+    """Train; by default continue from the latest complete checkpoint in ``cfg.output_dir``.
+    ``resume`` names another checkpoint to continue from; ``restart`` removes the run's checkpoints,
+    metrics and rejects first and starts at step 0."""
+    if resume is not None and restart:
+        raise ValueError("--resume and --restart contradict each other")
     trainer = Trainer(cfg)
+    if restart and trainer.rank == 0:
+        for p in clear_run(cfg.output_dir):
+            print(f"removed {p}", flush=True)
+    if trainer.distributed:
+        dist.barrier()  # every rank sees the same checkpoints
+    if resume is None and not restart:
+        resume = latest_checkpoint(cfg.output_dir)
     if resume is not None:
+        if trainer.rank == 0:
+            print(f"resuming from {resume}", flush=True)
         trainer.resume(resume)
     return trainer.fit()
