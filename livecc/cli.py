@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
 __all__ = ["main"]
@@ -47,16 +48,23 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    """Build and print the streaming sample of record INDEX of a JSONL file."""
+    """Build and print the training sample of record INDEX of a JSONL file (a Live-CC record's
+    streaming sequence, or an ordinary chat's conversation sample)."""
     from .data.processor import load_processor
-    from .data.records import SeekableRecords
-    from .data.sequence import build_streaming_sample
+    from .data.records import ClipRecord, SeekableRecords
+    from .data.sequence import build_conversation_sample, build_streaming_sample, is_streaming_record
     from .testing import offline_processor
 
     processor = load_processor(args.processor) if args.processor else offline_processor()
-    record = SeekableRecords(args.records).record(args.index)
+    records = SeekableRecords(args.records)
+    raw, source = records[args.index], f"{args.records}: record {args.index}"
     t0 = time.perf_counter()
-    sample = build_streaming_sample(record, processor, video_root=args.video_root, with_context=args.with_context)
+    common = dict(video_root=args.video_root, allow_absolute_paths=args.allow_absolute_paths, source=source)
+    if is_streaming_record(raw):
+        sample = build_streaming_sample(ClipRecord.from_messages(raw, source), processor,
+                                        with_context=args.with_context, **common)
+    else:
+        sample = build_conversation_sample(raw, processor, **common)
     _print_sample(sample, processor.tokenizer, time.perf_counter() - t0)
     return 0
 
@@ -72,7 +80,7 @@ def cmd_words(args) -> int:
 
 
 def cmd_stream(args) -> int:
-    """Comment on a video file or live stream in real time; end with a latency summary."""
+    """Comment on a video file or live stream in real time; end with a latency summary (also on Ctrl-C)."""
     from .infer import StreamingSession
     from .infer.stream import iter_windows, run_stream
     from .models import load_model
@@ -90,26 +98,38 @@ def cmd_stream(args) -> int:
                                   "timings_ms": result.timings, "tokens_per_s": result.tokens_per_s}) + "\n")
 
     source = "pipe:0" if args.source == "-" else args.source
+    timeout = args.timeout if args.timeout > 0 else None
     try:
-        report = run_stream(session, iter_windows(source, format=args.format), realtime=not args.fast,
-                            max_lag=args.max_lag, on_result=show)
+        report = run_stream(session, iter_windows(source, format=args.format, timeout=timeout),
+                            realtime=not args.fast, max_lag=args.max_lag, on_result=show)
     finally:
         if out:
             out.close()
     print("summary: " + " ".join(f"{k}={v}" for k, v in report.summary().items()))
+    return 130 if report.interrupted else 0
+
+
+def _failures_exit(command: str, failed: int, allow: bool, where: str) -> int:
+    """The exit code of a batch job: 3 when items failed (they are listed in ``where``) unless allowed."""
+    if failed and not allow:
+        print(f"livecc {command}: {failed} items failed (see {where}); --allow-failures accepts that",
+              file=sys.stderr)
+        return 3
     return 0
 
 
 def cmd_cc_generate(args) -> int:
-    """Generate LiveSports-3K commentary for every event (resumable, shardable)."""
+    """Generate LiveSports-3K commentary for every event (resumable, shardable; a rerun retries failed events)."""
     from .eval import cc_generate, load_events
     from .models import load_model
 
     model, processor = load_model(args.model, args.device)
     counts = cc_generate(load_events(args.annotations), model, processor, args.video_root, args.out,
-                         style=args.style, shard=args.shard, num_shards=args.num_shards)
+                         style=args.style, shard=args.shard, num_shards=args.num_shards,
+                         allow_absolute_paths=args.allow_absolute_paths)
     print("summary: " + " ".join(f"{k}={v}" for k, v in counts.items()))
-    return 0 if not counts["failed"] else 3
+    return _failures_exit("eval cc-generate", counts["failed"], args.allow_failures,
+                          str(Path(args.out).with_suffix(".failed.jsonl")))
 
 
 def cmd_cc_judge(args) -> int:
@@ -118,7 +138,8 @@ def cmd_cc_judge(args) -> int:
     from .eval import load_events, read_predictions, run_judge
 
     client = ChatClient(args.base_url, args.judge_model, args.api_key, azure_api_version=args.azure_api_version,
-                        requests_per_second=args.rps)
+                        requests_per_second=args.rps, timeout=args.timeout, max_retries=args.max_retries,
+                        deadline=args.deadline)
     preds = {k: r["pred"] for k, r in read_predictions(args.predictions).items()}
     base = {k: r["pred"] for k, r in read_predictions(args.baseline).items()}
     result = run_judge(load_events(args.annotations), preds, base, args.model_id, args.baseline_id, client,
@@ -132,10 +153,14 @@ def cmd_cc_judge(args) -> int:
 
 def cmd_cc_score(args) -> int:
     """Print the win rate of a verdict file (wins / 2N; ties count as non-wins)."""
-    from .eval import win_rate
+    from .eval import read_verdicts, win_rate
 
-    with open(args.verdicts) as f:
-        rate, n = win_rate((json.loads(line) for line in f if line.strip()), args.model_id)
+    verdicts = read_verdicts(args.verdicts)
+    ids = sorted({v[k] for v in verdicts for k in ("ab_winner", "ba_winner")} - {"tie"})
+    if args.model_id not in ids and not args.allow_no_wins:
+        raise ValueError(f"{args.verdicts}: model id {args.model_id!r} wins no judgement there (ids that do: "
+                         f"{', '.join(ids) or 'none'}); --allow-no-wins scores it 0%")
+    rate, n = win_rate(verdicts, args.model_id)
     print(f"Winning Rate for {args.model_id}: {rate:.2f}% over {n} events")
     return 0
 
@@ -146,19 +171,30 @@ def cmd_mcq(args) -> int:
     from .models import load_model
 
     model, processor = load_model(args.model, args.device)
-    result = score_mcq(model, processor, load_questions(args.questions), args.video_root, args.out)
-    print(f"accuracy: {result['accuracy']:.2f}% over {result['answered']} questions ({result['failed']} failed)")
+    result = score_mcq(model, processor, load_questions(args.questions), args.video_root, args.out,
+                       allow_absolute_paths=args.allow_absolute_paths)
+    print(f"accuracy: {result['accuracy']:.2f}% over {result['answered']} questions ({result['failed']} failed"
+          + (f": {result['failed_by_type']}" if result["failed"] else "") + ")")
     for qtype, acc in result["per_type"].items():
         print(f"  {qtype}: {acc:.2f}%")
-    return 0
+    for failure in result["failures"]:
+        print(f"  failed: question {failure['index']}: {failure['error']}", file=sys.stderr)
+    return _failures_exit("eval mcq", result["failed"], args.allow_failures, "the failures above")
 
 
 def cmd_train(args) -> int:
-    """Train with the streaming objective (torchrun for several GPUs or machines)."""
+    """Train with the streaming objective (torchrun for several GPUs or machines). A rerun in the
+    same output_dir continues from its latest complete checkpoint."""
     from .train import load_config, train
 
     cfg = load_config(args.config, args.overrides)
-    train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, restart=args.restart)
+    failed = sum(result["summary"]["data_errors"].values())
+    if failed and not cfg.allow_failures:
+        print(f"livecc train: {failed} records failed to build, counted once per epoch "
+              f"(see {cfg.output_dir}/rejects.rank*.jsonl); "
+              "set allow_failures=true to accept that", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -185,7 +221,8 @@ def _data_stage(args):
         rules = p.ClipRules(sft=args.sft, max_gap=args.max_gap, max_duration=args.max_duration,
                             min_duration=args.min_duration, min_rate=args.min_rate, max_rate=args.max_rate)
         categories = set(args.categories.split(",")) if args.categories else None
-        return p.ClipStage(rules, args.transcript_root, categories, args.language, args.min_language_score)
+        return p.ClipStage(rules, args.transcript_root, categories, args.language, args.min_language_score,
+                           video_root=args.video_root, allow_absolute_paths=args.allow_absolute_paths)
     if args.data_command == "rank":
         return p.RankStage(p.rank_threshold(args.inputs, args.top))
     if args.data_command == "lm-filter":
@@ -193,17 +230,25 @@ def _data_stage(args):
         return p.LMFilterStage(args.model, keep, args.device)
     if args.data_command == "talking-head":
         scorer = p.load_scorer(args.scorer or "qwen-vl", args.model) if args.scorer or args.model else None
-        return p.TalkingHeadStage(scorer, args.video_root, args.threshold)
+        return p.TalkingHeadStage(scorer, args.video_root, args.threshold,
+                                  allow_absolute_paths=args.allow_absolute_paths)
     from .chat import ChatClient
 
     client = ChatClient(args.base_url, args.llm, args.api_key, azure_api_version=args.azure_api_version,
-                        requests_per_second=args.rps)
+                        requests_per_second=args.rps, timeout=args.timeout, max_retries=args.max_retries,
+                        deadline=args.deadline)
     return p.PromptStage(client, concurrency=args.concurrency)
+
+
+# Arguments that change how a stage runs or reports, not what it writes: outside the fingerprint.
+_RUN_ONLY = {"func", "command", "data_command", "inputs", "out", "shard", "num_shards", "batch_size", "quiet",
+             "verbose", "engine", "ray_workers", "ray_window", "ray_cpus", "ray_gpus", "overwrite", "allow_failures",
+             "api_key", "rps", "concurrency", "timeout", "max_retries", "deadline", "device"}
 
 
 def cmd_data(args) -> int:
     """Run a data pipeline stage over JSONL inputs (sharded, resumable, accounted)."""
-    from .data.pipeline import run_stage
+    from .data.pipeline import run_stage, shard_paths
 
     if args.engine == "ray":
         from .data.pipeline.ray_engine import RayStage
@@ -213,10 +258,20 @@ def cmd_data(args) -> int:
     else:
         stage = _data_stage(args)
     num_shards = 1 if args.data_command == "rank" else args.num_shards
-    report = run_stage(stage, args.inputs, args.out, shard=args.shard if num_shards > 1 else 0,
-                       num_shards=num_shards, batch_size=args.batch_size, progress=not args.quiet)
+    shard = args.shard if num_shards > 1 else 0
+    options = {k: v for k, v in vars(args).items() if k not in _RUN_ONLY}
+    report = run_stage(stage, args.inputs, args.out, shard=shard, num_shards=num_shards, batch_size=args.batch_size,
+                       progress=not args.quiet, options=options, overwrite=args.overwrite)
     print(report.summary())
-    return 0
+    side = shard_paths(args.out, args.data_command, shard, num_shards)["side"]
+    return _failures_exit(f"data {args.data_command}", sum(report.failed.values()), args.allow_failures, str(side))
+
+
+def _request_limits(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one answer")
+    parser.add_argument("--max-retries", type=int, default=4, help="retries of a failed request (said on stderr)")
+    parser.add_argument("--deadline", type=float, default=300.0,
+                        help="seconds one request may take over all its retries")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--video-root", default=None, help="directory the records' video paths are relative to")
     sample.add_argument("--processor", default=None, help="local Qwen2-VL processor directory (default: offline)")
     sample.add_argument("--with-context", action="store_true", help="put title / previous ASR in the first turn")
+    sample.add_argument("--allow-absolute-paths", action="store_true", help="admit absolute video paths in records")
     sample.set_defaults(func=cmd_sample)
 
     stream = sub.add_parser("stream", help=cmd_stream.__doc__, description=cmd_stream.__doc__)
@@ -253,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--repetition-penalty", type=float, default=1.05)
     stream.add_argument("--horizon", type=float, default=240.0, help="seconds of video kept in the KV cache")
     stream.add_argument("--max-lag", type=float, default=1.0, help="seconds behind real time before dropping")
+    stream.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the source to open and for each read (0: forever)")
     stream.add_argument("--device", default=None)
     stream.add_argument("--no-cuda-graphs", action="store_true", help="launch decode steps eagerly on GPU")
     stream.set_defaults(func=cmd_stream)
@@ -260,9 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
     bench.set_defaults(func=cmd_bench)
 
-    tr = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
+    from .train.config import describe_config
+
+    tr = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__,
+                        epilog="config keys (type = default):\n" + describe_config(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     tr.add_argument("--config", default=None, help="JSON or YAML config (see configs/)")
-    tr.add_argument("--resume", default=None, help="checkpoint directory to continue from")
+    tr.add_argument("--resume", default=None, help="continue from this checkpoint directory (default: the latest "
+                                                   "complete one in output_dir)")
+    tr.add_argument("--restart", action="store_true", help="remove output_dir's checkpoints, metrics and rejects "
+                                                          "and start at step 0")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, values in JSON (lr=1e-5 max_steps=10)")
     tr.set_defaults(func=cmd_train)
 
@@ -277,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--shard", type=int, default=0)
     gen.add_argument("--num-shards", type=int, default=1)
     gen.add_argument("--device", default=None)
+    gen.add_argument("--allow-absolute-paths", action="store_true", help="admit absolute video paths in events")
+    gen.add_argument("--allow-failures", action="store_true", help="exit 0 even when events failed")
     gen.set_defaults(func=cmd_cc_generate)
     judge = ev_sub.add_parser("cc-judge", help=cmd_cc_judge.__doc__, description=cmd_cc_judge.__doc__)
     judge.add_argument("--annotations", required=True, help="events with event_asr_text (and class)")
@@ -291,10 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--azure-api-version", default=None, help="set for Azure OpenAI endpoints")
     judge.add_argument("--workers", type=int, default=16)
     judge.add_argument("--rps", type=float, default=None, help="requests per second limit")
+    _request_limits(judge)
     judge.set_defaults(func=cmd_cc_judge)
     score = ev_sub.add_parser("cc-score", help=cmd_cc_score.__doc__, description=cmd_cc_score.__doc__)
     score.add_argument("verdicts")
     score.add_argument("--model-id", required=True)
+    score.add_argument("--allow-no-wins", action="store_true", help="score a model id that wins no judgement (0%%)")
     score.set_defaults(func=cmd_cc_score)
     mcq = ev_sub.add_parser("mcq", help=cmd_mcq.__doc__, description=cmd_mcq.__doc__)
     mcq.add_argument("questions", help="JSON/JSONL questions (LiveSports-3K QA, VideoMME, MVBench, OVOBench)")
@@ -302,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     mcq.add_argument("--model", required=True)
     mcq.add_argument("--out", default=None, help="per-question predictions JSONL")
     mcq.add_argument("--device", default=None)
+    mcq.add_argument("--allow-absolute-paths", action="store_true", help="admit absolute video paths in questions")
+    mcq.add_argument("--allow-failures", action="store_true", help="exit 0 even when questions failed")
     mcq.set_defaults(func=cmd_mcq)
 
     data = sub.add_parser("data", help=cmd_data.__doc__, description=cmd_data.__doc__)
@@ -321,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
         st.add_argument("--num-shards", type=int, default=1)
         st.add_argument("--batch-size", type=int, default=16 if name in ("lm-filter", "prompts") else 1)
         st.add_argument("--quiet", action="store_true", help="no progress bar")
+        st.add_argument("--overwrite", action="store_true",
+                        help="start the shard afresh when its stored outputs came from other inputs or options")
+        st.add_argument("--allow-failures", action="store_true", help="exit 0 even when items failed")
         st.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="ray: the stage runs on Ray Data actors (RAY_ADDRESS joins a cluster)")
         st.add_argument("--ray-workers", type=int, default=2, help="actors, each with its own stage")
@@ -339,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
             st.add_argument("--categories", default=None, help="B1: comma-separated categories to keep")
             st.add_argument("--language", default=None, help="B1: keep this language (e.g. en)")
             st.add_argument("--min-language-score", type=float, default=0.9)
+            st.add_argument("--video-root", default=None, help="check that every video exists under this directory")
+            st.add_argument("--allow-absolute-paths", action="store_true",
+                            help="admit absolute video and transcript paths")
         elif name == "rank":
             st.add_argument("--top", type=int, required=True)
         elif name == "lm-filter":
@@ -351,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
             st.add_argument("--scorer", default=None, help="'qwen-vl' (default with --model) or module:attribute")
             st.add_argument("--video-root", default=None)
             st.add_argument("--threshold", type=float, default=0.3)
+            st.add_argument("--allow-absolute-paths", action="store_true", help="admit absolute video paths")
         else:
             st.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (env OPENAI_BASE_URL)")
             st.add_argument("--llm", default="gpt-4o-2024-08-06", help="model name (env key OPENAI_API_KEY)")
@@ -358,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
             st.add_argument("--azure-api-version", default=None)
             st.add_argument("--concurrency", type=int, default=8)
             st.add_argument("--rps", type=float, default=None, help="requests per second limit")
+            _request_limits(st)
 
     words = sub.add_parser("words", help=cmd_words.__doc__, description=cmd_words.__doc__)
     words.add_argument("transcript")
@@ -370,7 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, OSError) as e:
+    except KeyboardInterrupt:
+        print(f"livecc {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError, LookupError) as e:  # bad input: a message, not a traceback
+        if args.verbose:
+            traceback.print_exc()
         print(f"livecc {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -79,6 +79,7 @@ def _stream(model, processor, root: Path, record: ClipRecord, blank: bool, realt
     """Comment on a held-out clip window by window. Each word is stamped with the time of its
     window's last frame: a window answers the words spoken up to that frame (SPEC section 4)."""
     from .infer import StreamingSession
+    from .infer.stream import step_through
 
     session = StreamingSession(model, processor, max_new_tokens=8, repetition_penalty=1.0,
                                min_pixels=FRAME * FRAME, max_pixels=FRAME * FRAME)
@@ -86,10 +87,7 @@ def _stream(model, processor, root: Path, record: ClipRecord, blank: bool, realt
     if blank:  # the empty field: no shapes at all
         frames = torch.from_numpy(background(tuple(frames.shape[1:3]))).expand_as(frames).clone()
     words, start = [], time.monotonic()
-    while len(frames) >= session.frames_needed:
-        n = session.frames_needed
-        result = session.step(frames[:n])
-        frames = frames[n:]
+    for result in step_through(session, frames):
         if realtime and (wait := start + result.end - time.monotonic()) > 0:
             time.sleep(wait)  # a live viewer sees each comment when its window has played
         said = result.end - 1 / session.fps

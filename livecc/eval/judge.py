@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..chat import ChatClient, ChatError
+from ..jsonl import append_row, read_rows
 from .livesports import Event, win_rate
 
 __all__ = ["judge_prompt", "parse_verdict", "run_judge"]
@@ -60,18 +61,14 @@ class _Cache:
 
     def __init__(self, path: Path):
         self.path, self.lock = path, threading.Lock()
-        self.entries: dict[str, str] = {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.entries[row["key"]] = row["verdict"]
+        # A judge killed mid-write leaves a torn last line: cut it (that verdict is asked again).
+        self.entries = {row["key"]: row["verdict"] for row in read_rows(path, required=("key", "verdict"), repair=True)}
 
     def put(self, key: str, verdict: str) -> None:
         with self.lock:
             self.entries[key] = verdict
             with open(self.path, "a") as f:
-                f.write(json.dumps({"key": key, "verdict": verdict}) + "\n")
+                append_row(f, {"key": key, "verdict": verdict})
 
 
 def _key(event: Event, order: str, a: str, b: str) -> str:

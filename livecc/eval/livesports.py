@@ -18,13 +18,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..data.paths import resolve_under
+from ..data.video import decode_clip
+from ..infer import StreamingSession
+from ..infer.stream import step_through
+from ..jsonl import append_row, read_rows, write_rows
+
 __all__ = [
     "CC_PROMPT",
     "Event",
     "cc_generate",
+    "comment_on_clip",
     "commentary_prompt",
     "load_events",
     "read_predictions",
+    "read_verdicts",
     "win_rate",
 ]
 
@@ -65,7 +73,7 @@ def load_events(path: str | Path) -> list[Event]:
                     begin=float(d["begin"]), end=float(d["end"]), title=d.get("event_title") or "",
                     previous=d.get("event_asr") or "", human=d.get("event_asr_text") or "", sport=d.get("class") or "",
                 ))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, RecursionError) as e:
                 raise ValueError(f"{path}: line {n} is not a LiveSports-3K CC event ({type(e).__name__}: {e})") from e
     return events
 
@@ -84,55 +92,65 @@ def commentary_prompt(event: Event, style: str = "instruct") -> str:
     return prompt
 
 
-def read_predictions(path: str | Path) -> dict[str, dict]:
-    """``{video_event_id: row}`` of a prediction JSONL (the reference's caption format)."""
-    rows = {}
-    path = Path(path)
-    if not path.is_file():
-        return rows
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows[f"{row['video_id']}_{row['event_id']}"] = row
-    return rows
+def read_predictions(path: str | Path, *, repair: bool = False) -> dict[str, dict]:
+    """``{video_event_id: row}`` of a prediction JSONL (the reference's caption format); a line
+    without ``video_id``, ``event_id`` and ``pred`` is an error naming file and line. ``repair``
+    cuts a torn last line (a generation killed mid-write)."""
+    return {_event_key(r): r for r in read_rows(path, required=("video_id", "event_id", "pred"), repair=repair)}
+
+
+def _event_key(row: dict) -> str:
+    return f"{row['video_id']}_{row['event_id']}"
+
+
+def comment_on_clip(session, frames) -> str:
+    """One event's commentary, the reference's way: every window's text, the streaming EOS
+    stripped, joined, with a closing ``...``."""
+    texts = [result.text for result in step_through(session, frames)]
+    return " ".join(t.replace(" ...", "") for t in texts if t).strip() + "..."
 
 
 def cc_generate(events: list[Event], model, processor, video_root: str | Path, out: str | Path, *,
                 style: str = "instruct", shard: int = 0, num_shards: int = 1, max_new_tokens: int = 32,
-                repetition_penalty: float = 1.15) -> Counter:
+                repetition_penalty: float = 1.15, allow_absolute_paths: bool = False) -> Counter:
     """Comment on this shard's events; append each to ``out`` as it finishes (a rerun resumes).
 
-    A missing or undecodable video is counted and written to ``out.failed.jsonl``, not fatal.
-    """
-    from ..data.video import VideoError, decode_clip
-    from ..infer import StreamingSession
-
+    An event that fails for any reason (missing or undecodable video, bad span, ...) is counted by
+    error type and kept in ``out.failed.jsonl`` (one row per event, replaced on every rerun, which
+    retries it once), never fatal."""
     out = Path(out)
-    done = set(read_predictions(out))
+    failed_path = out.with_suffix(".failed.jsonl")
+    done = set(read_predictions(out, repair=True))
     mine = [e for i, e in enumerate(events) if i % num_shards == shard]
-    counts = Counter(total=len(mine), skipped=sum(e.key in done for e in mine))
+    todo = [e for e in mine if e.key not in done]
+    failures = {r["video_event_id"]: r for r in read_rows(failed_path, required=("video_event_id", "error"))}
+    counts = Counter(total=len(mine), skipped=len(mine) - len(todo), retried=sum(e.key in failures for e in todo))
+    errors: Counter = Counter()
     started = time.perf_counter()
-    with open(out, "a") as sink, open(out.with_suffix(".failed.jsonl"), "a") as failed:
-        for event in tqdm([e for e in mine if e.key not in done], desc=f"cc-generate shard {shard}", unit="event"):
+    with open(out, "a") as sink:
+        for event in tqdm(todo, desc=f"cc-generate shard {shard}", unit="event"):
             try:
-                clip = decode_clip(Path(video_root) / event.video, event.begin, event.end, resize=False)
-            except VideoError as e:
-                counts["failed"] += 1
-                failed.write(json.dumps({"video_event_id": event.key, "error": str(e)}) + "\n")
+                path = resolve_under(video_root, event.video, source=event.key, allow_absolute=allow_absolute_paths)
+                clip = decode_clip(path, event.begin, event.end, resize=False)
+                session = StreamingSession(model, processor, query=commentary_prompt(event, style),
+                                           max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+                try:
+                    pred = comment_on_clip(session, clip.frames)
+                finally:
+                    session.close()
+            except Exception as e:  # the event's boundary: counted, never the end of the run
+                errors[type(e).__name__] += 1
+                failures[event.key] = {"video_event_id": event.key, "error": f"{type(e).__name__}: {e}"}
+                write_rows(failed_path, list(failures.values()))
                 log.warning("%s: %s", event.key, e)
                 continue
-            session = StreamingSession(model, processor, query=commentary_prompt(event, style),
-                                       max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
-            texts, frames = [], clip.frames
-            while len(frames) >= session.frames_needed:
-                n = session.frames_needed
-                texts.append(session.step(frames[:n]).text)
-                frames = frames[n:]
-            pred = " ".join(t.replace(" ...", "") for t in texts if t).strip() + "..."
-            sink.write(json.dumps({"video_id": event.video_id, "event_id": event.event_id, "begin": event.begin,
-                                   "end": event.end, "pred": pred}) + "\n")
-            sink.flush()
+            append_row(sink, {"video_id": event.video_id, "event_id": event.event_id, "begin": event.begin,
+                              "end": event.end, "pred": pred})
+            if failures.pop(event.key, None) is not None:
+                write_rows(failed_path, list(failures.values()))
             counts["generated"] += 1
+    counts["failed"] = sum(errors.values())
+    counts.update({f"failed_{k}": v for k, v in errors.items()})
     counts["seconds"] = round(time.perf_counter() - started, 1)
     return counts
 
@@ -144,3 +162,11 @@ def win_rate(verdicts: Iterator[dict] | list[dict], model_id: str) -> tuple[floa
         wins += (v["ab_winner"] == model_id) + (v["ba_winner"] == model_id)
         n += 1
     return (100.0 * wins / (2 * n) if n else float("nan")), n
+
+
+def read_verdicts(path: str | Path) -> list[dict]:
+    """A verdict JSONL (the reference's judge format); a line without ``ab_winner`` and
+    ``ba_winner`` is an error naming file and line."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: verdict file not found")
+    return read_rows(path, required=("ab_winner", "ba_winner"))

@@ -9,12 +9,17 @@ from __future__ import annotations
 import json
 import re
 import string
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+from ..data.paths import resolve_under
+from ..data.video import clip_frame_size, decode_clip
+from ..jsonl import write_rows
+from ..models.ask import video_prompt_logits
 
 __all__ = ["Question", "answer_logits", "load_questions", "normalize_question", "score_mcq"]
 
@@ -73,7 +78,17 @@ def load_questions(path: str | Path) -> list[Question]:
         rows = json.loads(text)
         rows = rows if isinstance(rows, list) else [rows]
     except json.JSONDecodeError:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except (ValueError, RecursionError) as e:
+                raise ValueError(f"{path}: line {n} is broken JSON ({e})") from e
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise ValueError(f"{path}: question {bad} is not a JSON object")
     return [normalize_question(r, f"{path}: question {i}", qtype=path.stem) for i, r in enumerate(rows)]
 
 
@@ -82,31 +97,31 @@ def _prompt(q: Question) -> str:
     return (f"{q.question}\n{options}\nAnswer with the option's letter from the given choices directly.")
 
 
-def answer_logits(model, processor, q: Question, video_root: str | Path) -> torch.Tensor:
+def answer_logits(model, processor, q: Question, video_root: str | Path, *, allow_absolute_paths: bool = False,
+                  source: str = "<question>") -> torch.Tensor:
     """Logits of ``" A"``, ``" B"``, ... after the assistant's ``Answer:`` for one question."""
-    from ..data.video import clip_frame_size, decode_clip
-    from ..models.ask import video_prompt_logits
-
     tokenizer = getattr(processor, "tokenizer", processor)
     device = next(model.parameters()).device
-    clip = decode_clip(Path(video_root) / q.video, q.start, q.end, resize=False, device=str(device))
+    path = resolve_under(video_root, q.video, source=source, allow_absolute=allow_absolute_paths)
+    clip = decode_clip(path, q.start, q.end, resize=False, device=str(device))
     size = clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts))
     logits = video_prompt_logits(model, processor, clip.frames, size, _prompt(q), "Answer:")
     letters = [tokenizer(f" {LETTERS[i]}", add_special_tokens=False).input_ids[-1] for i in range(len(q.options))]
     return logits[letters].float().cpu()
 
 
-def score_mcq(model, processor, questions: list[Question], video_root: str | Path, out: str | Path | None = None
-              ) -> dict:
-    """Accuracy overall and per question type; a question whose video fails is counted, not fatal."""
-    from ..data.video import VideoError
-
-    per_type, failed, rows = defaultdict(lambda: [0, 0]), [], []
+def score_mcq(model, processor, questions: list[Question], video_root: str | Path, out: str | Path | None = None,
+              *, allow_absolute_paths: bool = False) -> dict:
+    """Accuracy overall and per question type; a question that fails for any reason (its video
+    missing or undecodable, ...) is counted by error type, never fatal."""
+    per_type, failed, rows, errors = defaultdict(lambda: [0, 0]), [], [], Counter()
     for i, q in enumerate(tqdm(questions, desc="mcq", unit="question")):
         try:
-            scores = answer_logits(model, processor, q, video_root)
-        except VideoError as e:
-            failed.append({"index": i, "error": str(e)})
+            scores = answer_logits(model, processor, q, video_root, allow_absolute_paths=allow_absolute_paths,
+                                   source=f"question {i}")
+        except Exception as e:  # the question's boundary
+            errors[type(e).__name__] += 1
+            failed.append({"index": i, "error": f"{type(e).__name__}: {e}"})
             continue
         pick = LETTERS[int(scores.argmax())]
         per_type[q.qtype or "all"][0] += pick == q.answer
@@ -114,11 +129,9 @@ def score_mcq(model, processor, questions: list[Question], video_root: str | Pat
         rows.append({"index": i, "qid": q.qid, "type": q.qtype, "pred": pick, "answer": q.answer,
                      "logits": [round(float(s), 4) for s in scores]})
     if out is not None:
-        with open(out, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
+        write_rows(out, rows)
     correct = sum(c for c, _ in per_type.values())
     total = sum(n for _, n in per_type.values())
     return {"accuracy": 100.0 * correct / total if total else float("nan"), "answered": total,
-            "failed": len(failed), "failures": failed[:10],
+            "failed": len(failed), "failed_by_type": dict(errors), "failures": failed[:10],
             "per_type": {t: 100.0 * c / n for t, (c, n) in sorted(per_type.items())}}
