@@ -15,19 +15,22 @@ from livecc.data.words import Word, parse_vtt
 
 @pytest.fixture(scope="module")
 def processor():
-    from livecc.testing import offline_processor
+    from livecc.qwen2vl import offline_processor
 
     return offline_processor()
 
 
 def youtube_vtt(minutes: int) -> str:
-    """A YouTube auto-caption file: cues of inline-timed words plus rolling repeats."""
+    """A YouTube auto-caption file: cues of inline-timed words under the rolling repeat of the
+    previous cue's line."""
     cues = ["WEBVTT\n"]
+    previous = " "
     for i in range(minutes * 20):  # one 3 s cue of 8 words every 3 s
         t = i * 3.0
-        stamp = lambda s: f"{int(s // 3600):02d}:{int(s % 3600 // 60):02d}:{s % 60:06.3f}"
+        stamp = lambda s: f"{int(s // 3600):02d}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}.{round(s % 1 * 1000):03d}"
         words = "".join(f"<{stamp(t + 0.3 * k)}><c> word{k}</c>" for k in range(1, 8))
-        cues.append(f"{stamp(t)} --> {stamp(t + 3.0)} align:start position:0%\nprevious line\nword0{words}\n")
+        cues.append(f"{stamp(t)} --> {stamp(t + 3.0)} align:start position:0%\n{previous}\nword0{words}\n")
+        previous = " ".join(f"word{k}" for k in range(8))
     return "\n".join(cues)
 
 

@@ -16,7 +16,7 @@ __all__ = ["main"]
 
 def _render_compact(sample, tokenizer) -> str:
     """The sample's decoded text with each run of video pads shown as one ``<|video_pad|>xN``."""
-    from .data.rope import vision_runs
+    from .qwen2vl import vision_runs
 
     ids = sample.input_ids
     pieces, cursor = [], 0
@@ -50,10 +50,9 @@ def cmd_demo(args) -> int:
 def cmd_sample(args) -> int:
     """Build and print the training sample of record INDEX of a JSONL file (a Live-CC record's
     streaming sequence, or an ordinary chat's conversation sample)."""
-    from .data.processor import load_processor
     from .data.records import ClipRecord, SeekableRecords
     from .data.sequence import build_conversation_sample, build_streaming_sample, is_streaming_record
-    from .testing import offline_processor
+    from .qwen2vl import load_processor, offline_processor
 
     processor = load_processor(args.processor) if args.processor else offline_processor()
     records = SeekableRecords(args.records)
@@ -199,14 +198,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    """Run every benchmark in bench/ that fits this machine (from the repository root)."""
-    if (Path.cwd() / "bench" / "__main__.py").is_file():  # bench/ is part of the repository, not the package
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        from bench.__main__ import main as bench_main
-    except ImportError as e:
-        raise RuntimeError("run `livecc bench` from the livecc repository root (bench/ is not installed)") from e
-    return bench_main([])
+    """Run livecc's benchmarks that fit this machine and write their results (see `livecc bench -h`)."""
+    from .bench import main as bench_main
+
+    return bench_main(args.bench_args)
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -315,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--no-cuda-graphs", action="store_true", help="launch decode steps eagerly on GPU")
     stream.set_defaults(func=cmd_stream)
 
-    bench = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
+    bench = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__, add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="NAME ... --out DIR (livecc bench -h)")
     bench.set_defaults(func=cmd_bench)
 
     from .train.config import describe_config
@@ -445,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser, options and -h included
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:

@@ -77,7 +77,7 @@ def _synthesize(root: Path, cfg: DemoConfig) -> tuple[Path, list[ClipRecord]]:
 
 def _stream(model, processor, root: Path, record: ClipRecord, blank: bool, realtime: bool, show: bool) -> list[Word]:
     """Comment on a held-out clip window by window. Each word is stamped with the time of its
-    window's last frame: a window answers the words spoken up to that frame (SPEC section 4)."""
+    window's last frame: a window answers the words spoken up to that frame (``docs/spec.md`` section 4)."""
     from .infer import StreamingSession
     from .infer.stream import step_through
 
@@ -110,7 +110,7 @@ def _score(model, processor, root: Path, tests: list[ClipRecord], blank=False, r
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from .testing import tiny_qwen2vl
+    from .models import tiny_qwen2vl
     from .train import TrainConfig, Trainer
 
     started = time.perf_counter()
@@ -119,7 +119,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     train_file, tests = _synthesize(root, cfg)
     t_synth = time.perf_counter() - started
 
-    print(f"training a tiny Qwen2-VL ({TINY}) for {cfg.steps} steps on {cfg.train_clips} clips")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(f"training a tiny Qwen2-VL ({TINY}) for {cfg.steps} steps on {cfg.train_clips} clips, on {device}")
     train_cfg = TrainConfig(model="tiny", tiny=TINY, data=[str(train_file)], video_root=str(root),
                             output_dir=str(root / "run"), lr=cfg.lr, warmup_ratio=0.05, max_steps=cfg.steps,
                             global_batch_clips=4, token_budget=1600, gradient_checkpointing=False,
@@ -135,7 +136,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     t0 = time.perf_counter()
     trained = _score(model, processor, root, tests, realtime=cfg.realtime, show=True)
     t_stream = time.perf_counter() - t0
-    untrained = _score(tiny_qwen2vl(seed=cfg.seed, **TINY).eval(), processor, root, tests)
+    # On the device and dtype of the trained model: the kernels of one process run on one device.
+    param = next(model.parameters())
+    baseline = tiny_qwen2vl(seed=cfg.seed, **TINY).to(device=param.device, dtype=param.dtype).eval()
+    untrained = _score(baseline, processor, root, tests)
     blanked = _score(model, processor, root, tests, blank=True)
 
     rows = {"trained": trained, "untrained": untrained, "trained, blank frames": blanked}

@@ -1,13 +1,16 @@
 import os
 
-# Kernels on CPU tensors run in Triton's interpreter (set before triton.jit decorates anything).
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch  # only its CUDA query: Triton is not imported yet
+
+# Without a GPU the kernel tests run Triton's interpreter on CPU tensors; it must be set before
+# triton.jit decorates anything. With one, the kernels compile, and tests/gpu checks them on CUDA.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -22,7 +25,7 @@ def real_clip():
 
 @pytest.fixture(scope="session")
 def processor():
-    from livecc.testing import offline_processor
+    from livecc.qwen2vl import offline_processor
 
     return offline_processor()
 
@@ -66,8 +69,20 @@ def gen():
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.fixture(autouse=True)
+def kernel_path(request, monkeypatch):
+    """Kernel tests (``tests/kernels/``, or any test asking for ``triton_interpreter``) run the Triton
+    kernels in the interpreter; every other test takes the torch path, the one CPU users run, since
+    the interpreter is far too slow for whole clips and models (and the kernels are checked
+    against their references on their own)."""
+    interpreter = "kernels" in request.node.path.parts or "triton_interpreter" in request.fixturenames
+    if interpreter and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton's interpreter is off on a GPU machine: tests/gpu runs the kernels compiled")
+    if not interpreter:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
 @pytest.fixture
-def torch_attention(monkeypatch):
-    """Model-level tests run the torch reference attention: the interpreter would be too slow for
-    whole forward passes and decode loops, and the kernel is checked against that reference itself."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def triton_interpreter(monkeypatch):
+    """Run the kernels in Triton's interpreter inside a model-level test."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")

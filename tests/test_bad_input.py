@@ -112,7 +112,6 @@ class Payload:
         return (Path.write_text, (Path(self.marker), "ran"))
 
 
-@pytest.mark.usefixtures("torch_attention")
 def test_resume_refuses_a_checkpoint_that_would_run_code(clip_dir, tmp_path):
     from livecc.train import Trainer, load_config
 
@@ -256,7 +255,6 @@ def test_words_past_the_video_end_are_an_error(clip_dir, processor):
 # ---------------------------------------------------------------- one bad item never stops a job
 
 
-@pytest.mark.usefixtures("torch_attention")
 def test_training_counts_bad_records_and_says_so_in_its_exit_status(clip_dir, tmp_path, capsys):
     root, record = clip_dir
     with RecordWriter(tmp_path / "train.jsonl") as w:
@@ -389,7 +387,6 @@ def test_judge_against_a_silent_endpoint_gives_up_by_its_deadline(tmp_path, caps
 # ---------------------------------------------------------------- resume
 
 
-@pytest.mark.usefixtures("torch_attention")
 def test_a_rerun_continues_from_the_latest_checkpoint(clip_dir, tmp_path, capsys):
     root, record = clip_dir
     with RecordWriter(tmp_path / "train.jsonl") as w:

@@ -1,9 +1,6 @@
-import pytest
 
 from livecc.data.words import Word
 from livecc.demo import DemoConfig, run_demo, word_f1
-
-pytestmark = pytest.mark.usefixtures("torch_attention")
 
 
 def test_word_f1_matches_words_within_the_tolerance():

@@ -7,9 +7,7 @@ from livecc.cli import main
 from livecc.data.synth import synthesize_clip
 from livecc.eval import Event, commentary_prompt, load_questions, normalize_question, score_mcq
 from livecc.eval.mcq import answer_logits
-from livecc.testing import tiny_qwen2vl
-
-pytestmark = pytest.mark.usefixtures("torch_attention")
+from livecc.models import tiny_qwen2vl
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from livecc.data.rope import mrope_position_ids
-from livecc.models import use_livecc_attention
-from livecc.testing import tiny_qwen2vl
+from livecc.models import tiny_qwen2vl, use_livecc_attention
+from livecc.qwen2vl import mrope_position_ids
+
+pytestmark = pytest.mark.usefixtures("triton_interpreter")  # the kernels inside the model
 
 VIDEO_PAD, VISION_START, VISION_END = 151656, 151652, 151653
 

@@ -335,7 +335,7 @@ def test_cli_clips_and_rank(manifest, tmp_path, capsys):
 def causal_lm_dir(tmp_path_factory):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from livecc.testing import offline_processor
+    from livecc.qwen2vl import offline_processor
 
     path = tmp_path_factory.mktemp("lm")
     torch.manual_seed(0)
@@ -383,7 +383,7 @@ def test_talking_head_with_a_tiny_qwen2vl(tmp_path, processor):
     from livecc.data.pipeline import TalkingHeadStage, load_scorer
     from livecc.data.records import RecordWriter
     from livecc.data.synth import synthesize_clip
-    from livecc.testing import tiny_qwen2vl
+    from livecc.models import tiny_qwen2vl
 
     model_dir = tmp_path / "vlm"
     tiny_qwen2vl(seed=0).save_pretrained(model_dir)

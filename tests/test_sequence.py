@@ -134,8 +134,8 @@ def test_plan_windows():
 
 @pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
 def test_position_ids_match_hugging_face_rope_index(processor, arch):
-    from livecc.data.rope import rope_time_interval
-    from livecc.testing import tiny_qwen2vl
+    from livecc.models import tiny_qwen2vl
+    from livecc.qwen2vl import rope_time_interval
 
     model = tiny_qwen2vl(arch=arch)
     interval = rope_time_interval(model.config)
@@ -151,7 +151,7 @@ def test_position_ids_match_hugging_face_rope_index(processor, arch):
     assert torch.equal(sample.position_ids, expected[:, 0])
 
 
-def test_patch_rows_match_hugging_face_image_processor(processor, gen):
+def test_patch_rows_of_a_sample_match_hugging_face_image_processor(processor, gen):
     """HF's video processor needs torchvision; its image processor is the oracle instead: a video of
     repeated frame pairs [a, a, b, b] patchifies exactly like the images a and b."""
     pair = torch.randint(0, 256, (2, 252, 336, 3), dtype=torch.uint8, generator=gen)
@@ -173,7 +173,7 @@ CONVERSATION = [
 
 def test_conversation_sample_for_sft(processor):
     from livecc.data.sequence import build_conversation_sample, is_streaming_record
-    from livecc.testing import tiny_qwen2vl
+    from livecc.models import tiny_qwen2vl
 
     assert not is_streaming_record(CONVERSATION) and is_streaming_record(record([(10.1, 10.3, "a")]).to_messages())
     sample = build_conversation_sample(CONVERSATION, processor, clip=make_clip(8))
@@ -190,13 +190,11 @@ def test_conversation_sample_for_sft(processor):
     assert torch.equal(sample.position_ids, expected[:, 0])
 
 
-@pytest.mark.usefixtures("torch_attention")
 def test_mixed_streaming_and_conversation_records_pack_and_train(processor, tmp_path):
     from livecc.data.packing import PackedLoader, StreamingDataset, pack_samples
     from livecc.data.records import RecordWriter
     from livecc.data.synth import synthesize_clip
-    from livecc.models import text_only_causal_lm_loss, use_livecc_attention
-    from livecc.testing import tiny_qwen2vl
+    from livecc.models import text_only_causal_lm_loss, tiny_qwen2vl, use_livecc_attention
 
     with RecordWriter(tmp_path / "mix.jsonl") as w:
         w.write(synthesize_clip(tmp_path, "clip", seed=0, duration=8.0))

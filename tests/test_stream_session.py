@@ -3,9 +3,7 @@ import torch
 
 from livecc.infer import KVPool, StreamingSession, step_streams
 from livecc.infer.graphs import DecodeGraphs
-from livecc.testing import tiny_qwen2vl
-
-pytestmark = pytest.mark.usefixtures("torch_attention")
+from livecc.models import tiny_qwen2vl
 
 
 def full_forward_logits(model, trace):
@@ -66,10 +64,9 @@ def test_after_eviction_logits_equal_a_masked_full_forward(processor, gen):
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["plain", "static-decode"])
-def test_the_kernel_path_equals_one_full_forward(processor, gen, monkeypatch, static):
+def test_the_kernel_path_equals_one_full_forward(processor, gen, triton_interpreter, static):
     """Prefill on the varlen kernel and decode on the paged kernel (interpreted), inside the model;
     also with the static decode step, whose kernel reads a padded page-table width."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     model = tiny_qwen2vl(seed=0, attn_implementation="eager")
     session = StreamingSession(model, processor, max_new_tokens=3, trace=True, page_size=16,
                                min_pixels=56 * 56, max_pixels=56 * 56)

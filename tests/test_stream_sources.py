@@ -9,9 +9,7 @@ from livecc.cli import main
 from livecc.data.synth import synthesize_clip
 from livecc.infer import StreamingSession
 from livecc.infer.stream import iter_windows, run_stream
-from livecc.testing import tiny_qwen2vl
-
-pytestmark = pytest.mark.usefixtures("torch_attention")
+from livecc.models import tiny_qwen2vl
 
 
 @pytest.fixture(scope="module")

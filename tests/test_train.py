@@ -10,11 +10,8 @@ import torch
 from livecc.data.packing import PackedLoader, StreamingDataset, pack_samples
 from livecc.data.records import RecordWriter
 from livecc.data.synth import synthesize_clip
-from livecc.models import text_only_causal_lm_loss, use_livecc_attention
-from livecc.testing import tiny_qwen2vl
+from livecc.models import text_only_causal_lm_loss, tiny_qwen2vl, use_livecc_attention
 from livecc.train import Trainer, load_config
-
-pytestmark = pytest.mark.usefixtures("torch_attention")
 
 
 @pytest.fixture(scope="module")

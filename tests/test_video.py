@@ -8,15 +8,8 @@ import pytest
 import torch
 
 from livecc.data.synth import write_video
-from livecc.data.video import (
-    FpsSampler,
-    PixelBudget,
-    VideoError,
-    available_backends,
-    clip_frame_size,
-    decode_clip,
-    smart_resize,
-)
+from livecc.data.video import FpsSampler, VideoError, available_backends, decode_clip
+from livecc.qwen2vl import PixelBudget, clip_frame_size, smart_resize
 
 CPU_BACKENDS = [b for b in ("decord", "pyav") if b in available_backends()]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..kernels import cu_seqlens
 from .records import ClipRecord, SeekableRecords
 from .sequence import StreamingSample, build_conversation_sample, build_streaming_sample, is_streaming_record
 
@@ -71,7 +72,7 @@ def pack_samples(samples: list[StreamingSample]) -> Pack:
         input_ids=torch.cat([s.input_ids for s in samples])[None],
         labels=torch.cat(labels)[None],
         position_ids=torch.cat([s.position_ids for s in samples], dim=1)[:, None],
-        cu_seqlens=torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32),
+        cu_seqlens=cu_seqlens(lengths),
         max_seqlen=max(lengths),
         pixel_values_videos=torch.cat([s.pixel_values_videos for s in samples]),
         video_grid_thw=torch.cat([s.video_grid_thw for s in samples]),

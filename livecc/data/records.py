@@ -1,6 +1,6 @@
 """Live-CC-5M / Live-WhisperX-526K clip records and their seek-indexed JSONL files.
 
-A record is one JSON line holding a two-message conversation (SPEC section 2). A dataset file
+A record is one JSON line holding a two-message conversation (``docs/spec.md`` section 2). A dataset file
 may end with a line that is a JSON list of the byte offset of every record, so that record ``i``
 is one ``seek`` away; :class:`RecordWriter` writes it and :class:`SeekableRecords` reads it.
 """

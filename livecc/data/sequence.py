@@ -1,4 +1,4 @@
-"""The LiveCC streaming training sample (SPEC section 4).
+"""The LiveCC streaming training sample (``docs/spec.md`` section 4).
 
 A clip's frames are cut into windows (6 frames = 3 s first, then 2 frames = 1 s); each window is a
 user turn ``Time=a-b s`` + its frames, followed by an assistant turn with the words whose end time
@@ -17,38 +17,35 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..kernels.preprocess import preprocess_frames, preprocess_frames_reference
+from ..kernels import preprocess_frames
+from ..qwen2vl.rope import mrope_position_ids
+from ..qwen2vl.tokens import TokenIds
+from ..qwen2vl.turns import (
+    STREAM_EOS,
+    SYSTEM_TURN,
+    VIDEO_BLOCK,
+    assistant_labels,
+    assistant_turn,
+    tokenize_with_video,
+    user_turn,
+)
+from ..qwen2vl.vision import PixelBudget, VisionSpec, clip_frame_size
 from .paths import resolve_under
-from .processor import TokenIds, VisionSpec
 from .records import ClipRecord, RecordError
-from .rope import mrope_position_ids
-from .video import FPS, PixelBudget, VideoClip, VideoError, clip_frame_size, decode_clip
+from .video import FPS, VideoClip, VideoError, decode_clip
 from .words import Word
 
 __all__ = [
-    "STREAM_EOS",
     "EmptySampleError",
-    "SYSTEM_TURN",
     "StreamingSample",
     "Window",
     "assign_words",
-    "assistant_labels",
-    "assistant_turn",
     "build_conversation_sample",
     "build_streaming_sample",
-    "is_streaming_record",
     "context_text",
-    "expand_video_pads",
-    "patch_rows",
+    "is_streaming_record",
     "plan_windows",
-    "tokenize_with_video",
-    "user_turn",
 ]
-
-STREAM_EOS = " ..."
-SYSTEM_TURN = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-VIDEO_BLOCK = "<|vision_start|><|video_pad|><|vision_end|>"
-IGNORE_INDEX = -100
 
 
 class EmptySampleError(ValueError):
@@ -113,41 +110,6 @@ def context_text(record: ClipRecord, with_context: bool) -> str:
     return f"{record.query}\n{title}\n{record.previous or ''}".strip()
 
 
-def user_turn(window: Window, query: str = "") -> str:
-    return f"<|im_start|>user\nTime={window.start:.1f}-{window.end:.1f}s{VIDEO_BLOCK}{query}<|im_end|>\n"
-
-
-def assistant_turn(text: str) -> str:
-    return f"<|im_start|>assistant\n{text}<|im_end|>\n"
-
-
-def assistant_labels(input_ids: torch.Tensor, ids: TokenIds) -> torch.Tensor:
-    """Labels equal to ``input_ids`` from after ``<|im_start|>assistant\\n`` through ``<|im_end|>``."""
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    starts = (input_ids == ids.im_start).nonzero().flatten()
-    ends = (input_ids == ids.im_end).nonzero().flatten()
-    for s in starts.tolist():
-        if s + 2 < input_ids.numel() and input_ids[s + 1] == ids.assistant and input_ids[s + 2] == ids.newline:
-            after = ends[ends > s]
-            e = int(after[0]) if after.numel() else input_ids.numel() - 1
-            labels[s + 3 : e + 1] = input_ids[s + 3 : e + 1]
-    return labels
-
-
-def patch_rows(frames: torch.Tensor, size: tuple[int, int], spec: VisionSpec,
-               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """ViT patch rows where the frames are: the Triton kernel on CUDA, torch on CPU (the kernel's
-    interpreter mode is for its tests, far too slow for whole clips)."""
-    preprocess = preprocess_frames if frames.is_cuda else preprocess_frames_reference
-    return preprocess(frames, size, spec, dtype)
-
-
-def tokenize_with_video(tokenizer, text: str, video_pad: int, grids: torch.Tensor, merge_size: int) -> torch.Tensor:
-    """Token ids of ``text`` with its i-th ``<|video_pad|>`` expanded to the LLM tokens of ``grids[i]``."""
-    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
-    return expand_video_pads(ids, video_pad, (grids.prod(-1) // merge_size**2).tolist())
-
-
 def _open_clip(video, start: float | None, end: float | None, *, source: str, video_root, allow_absolute_paths: bool,
                **decode) -> VideoClip:
     """Decode a record's clip: its path resolved under ``video_root``, ``decode`` options for
@@ -161,17 +123,6 @@ def _frame_size(clip: VideoClip, budget: PixelBudget) -> tuple[int, int]:
         return clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts), budget)
     except ValueError as e:  # a 1-pixel or 10000x10 video
         raise VideoError(f"{clip.source}: {e}") from e
-
-
-def expand_video_pads(ids: torch.Tensor, video_pad: int, counts: list[int]) -> torch.Tensor:
-    """Repeat the i-th ``<|video_pad|>`` ``counts[i]`` times (tokenizing one pad per window is exact
-    because it is a special token, and far faster than tokenizing thousands)."""
-    repeats = torch.ones_like(ids)
-    pad_positions = (ids == video_pad).nonzero().flatten()
-    if pad_positions.numel() != len(counts):
-        raise ValueError(f"{pad_positions.numel()} video pads in text but {len(counts)} windows")
-    repeats[pad_positions] = torch.tensor(counts, dtype=ids.dtype)
-    return torch.repeat_interleave(ids, repeats)
 
 
 def build_streaming_sample(
@@ -193,7 +144,7 @@ def build_streaming_sample(
     source: str = "<record>",
 ) -> StreamingSample:
     """Decode the record's clip and build its streaming sample (``clip`` skips the decode).
-    ``time_interval`` is the model's :func:`~livecc.data.rope.rope_time_interval` (Qwen2.5-VL: 2);
+    ``time_interval`` is the model's :func:`~livecc.qwen2vl.rope.rope_time_interval` (Qwen2.5-VL: 2);
     ``frame_rule`` the sampling rule of :mod:`livecc.data.video`; the video path resolves under
     ``video_root`` (absolute paths only with ``allow_absolute_paths``).
 
@@ -220,14 +171,14 @@ def build_streaming_sample(
         raise EmptySampleError(f"{source}: no words within the frames of {clip.source}")
 
     n_frames = windows[-1].frames.stop
-    pixel_values, grid = patch_rows(clip.frames[:n_frames].to(device), _frame_size(clip, budget), spec, dtype)
+    pixel_values, grid = preprocess_frames(clip.frames[:n_frames].to(device), _frame_size(clip, budget), spec, dtype)
     _, gh, gw = grid[0].tolist()
     tp = spec.temporal_patch_size
     grids = torch.tensor([[(w.frames.stop - w.frames.start) // tp, gh, gw] for w in windows])
 
     query = context_text(record, with_context)
     text = SYSTEM_TURN + "".join(
-        user_turn(w, query if i == 0 else "") + assistant_turn(w.text) for i, w in enumerate(windows)
+        user_turn(w.start, w.end, query if i == 0 else "") + assistant_turn(w.text) for i, w in enumerate(windows)
     )
     input_ids = tokenize_with_video(tokenizer, text, ids.video_pad, grids, spec.merge_size)
     position_ids, _ = mrope_position_ids(input_ids, grids, (ids.video_pad,), spec.merge_size,
@@ -316,7 +267,7 @@ def build_conversation_sample(
             clip = _open_clip(video.get("video"), start, end, source=source, video_root=video_root,
                               allow_absolute_paths=allow_absolute_paths, budget=budget, backend=backend,
                               device=device, rule=frame_rule)
-        pixel_values, grids = patch_rows(clip.frames.to(device), _frame_size(clip, budget), spec, dtype)
+        pixel_values, grids = preprocess_frames(clip.frames.to(device), _frame_size(clip, budget), spec, dtype)
     input_ids = tokenize_with_video(tokenizer, text, ids.video_pad, grids, spec.merge_size)
     position_ids, _ = mrope_position_ids(input_ids, grids, (ids.video_pad,), spec.merge_size,
                                          time_interval=time_interval)

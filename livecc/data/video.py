@@ -28,48 +28,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..kernels.preprocess.reference import resize_frames
+from ..kernels import resize_frames
+from ..qwen2vl.vision import FRAME_FACTOR, PixelBudget, clip_frame_size
 
 __all__ = [
     "BACKENDS",
     "FRAME_RULES",
     "FpsSampler",
-    "PixelBudget",
     "VideoClip",
     "VideoError",
     "available_backends",
-    "clip_frame_size",
     "decode_clip",
     "pyav_frame_times",
-    "resize_frames",
-    "smart_resize",
 ]
 
 log = logging.getLogger("livecc.video")
 
 FPS = 2.0
-FRAME_FACTOR = 2  # Qwen2-VL's temporal patch: frames come in pairs
-IMAGE_FACTOR = 28  # 14-pixel patches merged 2x2
 _EPS = 1e-6  # seconds; absorbs float error in pts = pts_ticks * time_base
 FRAME_RULES = ("reference", "clip-start")
 
 
 class VideoError(RuntimeError):
     """A video that cannot be decoded; the message names the path."""
-
-
-@dataclass(frozen=True)
-class PixelBudget:
-    """SPEC section 4: per-frame and per-clip pixel limits and the frame cap (240 s at 2 FPS)."""
-
-    min_pixels: int = 100 * 28 * 28
-    max_pixels: int = 768 * 28 * 28
-    total_pixels: int = 24576 * 28 * 28
-    max_frames: int = 480
-
-    def frame_max_pixels(self, nframes: int) -> float:
-        per_frame = self.total_pixels / max(nframes, 1) * FRAME_FACTOR
-        return max(min(self.max_pixels, per_frame), int(self.min_pixels * 1.05))
 
 
 @dataclass
@@ -79,31 +60,6 @@ class VideoClip:
     source: str
     backend: str
     cut_short: bool = False  # the video ended before the clip's end (by more than one sampling step)
-
-
-def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels: float = 100 * 28 * 28,
-                 max_pixels: float = 768 * 28 * 28) -> tuple[int, int]:
-    """Qwen2-VL's resize rule: both sides multiples of ``factor``, area within the bounds, aspect kept."""
-    if min(height, width) <= 0:
-        raise ValueError(f"frame size must be positive, got {height}x{width}")
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"aspect ratio over 200 is not supported: {height}x{width}")
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
-def clip_frame_size(height: int, width: int, nframes: int, budget: PixelBudget = PixelBudget()) -> tuple[int, int]:
-    """The ``(h, w)`` every frame of an ``nframes`` clip is resized to."""
-    return smart_resize(height, width, IMAGE_FACTOR, budget.min_pixels, budget.frame_max_pixels(nframes))
 
 
 class FpsSampler:

@@ -20,8 +20,7 @@ from tqdm import tqdm
 
 from ..data.paths import resolve_under
 from ..data.video import decode_clip
-from ..infer import StreamingSession
-from ..infer.stream import step_through
+from ..infer import StreamingSession, step_through
 from ..jsonl import append_row, read_rows, write_rows
 
 __all__ = [

@@ -17,9 +17,9 @@ import torch
 from tqdm import tqdm
 
 from ..data.paths import resolve_under
-from ..data.video import clip_frame_size, decode_clip
+from ..data.video import decode_clip
 from ..jsonl import write_rows
-from ..models.ask import video_prompt_logits
+from ..qwen2vl import clip_frame_size, video_prompt_logits
 
 __all__ = ["Question", "answer_logits", "load_questions", "normalize_question", "score_mcq"]
 

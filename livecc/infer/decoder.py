@@ -2,20 +2,16 @@
 
 Reuses the Hugging Face modules' weights (norms, projections, MLPs, M-RoPE tables). The streams'
 new tokens run as one packed batch through every projection and MLP. Attention: a decode step (one
-token per stream) reads the pages in place with the paged decode kernel; a prefill gathers each
-stream's pages and runs livecc's varlen kernel, bottom-right causal over the cache. Where the
-kernels do not run (CPU), torch's SDPA serves instead of the kernels' references, which are
-written for checking (fp32 math, log-sum-exp) and cost about 3x more per call.
+token per stream) reads the pages in place with the paged decode op; a prefill gathers each
+stream's pages and runs the varlen op, bottom-right causal over the cache. Both ops run where the
+tensors are (``livecc.kernels.dispatch``).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ..kernels.attention import varlen_attention
-from ..kernels.dispatch import use_triton
-from ..kernels.paged_decode import paged_decode_attention
+from ..kernels import cu_seqlens, paged_decode_attention, varlen_attention
 from .cache import KVPool, StreamKVCache, padded_page_tables
 
 __all__ = ["forward_tokens", "paged_attention", "run_layers"]
@@ -24,22 +20,6 @@ __all__ = ["forward_tokens", "paged_attention", "run_layers"]
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     a, b = x.chunk(2, dim=-1)
     return torch.cat((-b, a), dim=-1)
-
-
-def _cumulative(counts: list[int], device) -> torch.Tensor:
-    return torch.tensor([0, *torch.tensor(counts).cumsum(0).tolist()], dtype=torch.int32, device=device)
-
-
-def _sdpa(q, keys, values, cu_q: list[int], cu_k: list[int], scale: float) -> torch.Tensor:
-    """Per stream, bottom-right causal attention with torch's SDPA (the CPU serving path)."""
-    outs = []
-    for b in range(len(cu_q) - 1):
-        # [1, H, L, D]: batched 4D inputs take torch's fused CPU kernel (3D ones its math path, ~3x slower)
-        qb, kb, vb = (t[c[b] : c[b + 1]].transpose(0, 1)[None] for t, c in ((q, cu_q), (keys, cu_k), (values, cu_k)))
-        lq, lk = qb.shape[2], kb.shape[2]
-        mask = None if lq == 1 else torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
-        outs.append(F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale, enable_gqa=True)[0])
-    return torch.cat(outs, dim=1).transpose(0, 1)
 
 
 @torch.no_grad()
@@ -61,20 +41,18 @@ def forward_tokens(model, embeds: torch.Tensor, positions: torch.Tensor, caches:
     lengths = [c.length + n for c, n in zip(caches, counts)]
     write = torch.cat([c.slots(torch.arange(c.length, c.length + n)) for c, n in zip(caches, counts)]).to(device)
     scale = lm.layers[0].self_attn.scaling
-    if use_triton(embeds) and all(n == 1 for n in counts):  # decode: read the pages in place
+    if all(n == 1 for n in counts):  # decode: read the pages in place
         table = torch.tensor(padded_page_tables(caches), dtype=torch.int32, device=device)
         lens = torch.tensor(lengths, dtype=torch.int32, device=device)
         attend = paged_attention(pool, table, lens, max(lengths), scale)
     else:
         read = torch.cat([c.slots(torch.arange(end)) for c, end in zip(caches, lengths)]).to(device)
-        cu_q, cu_k = _cumulative(counts, device), _cumulative(lengths, device)
+        cu_q, cu_k = cu_seqlens(counts, device), cu_seqlens(lengths, device)
 
         def attend(i, q):
             keys, values = (t[read] for t in pool.slot_view(i))
-            if use_triton(q):
-                return varlen_attention(q, keys, values, cu_q, cu_k, max(counts), max(lengths), causal=True,
-                                        softmax_scale=scale)[0]
-            return _sdpa(q, keys, values, cu_q.tolist(), cu_k.tolist(), scale)
+            return varlen_attention(q, keys, values, cu_q, cu_k, max(counts), max(lengths), causal=True,
+                                    softmax_scale=scale)
 
     return run_layers(lm, embeds, positions.to(device), pool, write, attend)
 
@@ -83,7 +61,7 @@ def paged_attention(pool: KVPool, table: torch.Tensor, lengths: torch.Tensor, ma
     """``attend(layer, q)`` for one new token per stream, reading the streams' pages in place."""
 
     def attend(i: int, q: torch.Tensor) -> torch.Tensor:
-        return paged_decode_attention(q, pool.keys[i], pool.values[i], table, lengths, max_length, scale)[0]
+        return paged_decode_attention(q, pool.keys[i], pool.values[i], table, lengths, max_length, scale)
 
     return attend
 

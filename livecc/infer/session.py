@@ -20,10 +20,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data.processor import TokenIds, VisionSpec
-from ..data.rope import mrope_position_ids, rope_time_interval
-from ..data.sequence import SYSTEM_TURN, Window, expand_video_pads, patch_rows, user_turn
-from ..data.video import FPS, smart_resize
+from ..data.sequence import Window
+from ..data.video import FPS
+from ..kernels import preprocess_frames
+from ..qwen2vl import (
+    SYSTEM_TURN,
+    TokenIds,
+    VisionSpec,
+    expand_video_pads,
+    mrope_position_ids,
+    rope_time_interval,
+    smart_resize,
+    user_turn,
+)
 from .cache import TEXT, VISION, KVPool, StreamKVCache
 from .decoder import forward_tokens
 from .graphs import DecodeGraphs
@@ -137,13 +146,13 @@ class StreamingSession:
             raise ValueError(f"expected uint8 frames [T, H, W, 3], got {tuple(frames.shape)}")
         h, w = frames.shape[1:3]
         size = smart_resize(h, w, self.spec.factor, self.min_pixels, self.max_pixels)
-        return patch_rows(frames.to(self.device), size, self.spec, self.dtype)
+        return preprocess_frames(frames.to(self.device), size, self.spec, self.dtype)
 
     def _prompt(self, window: Window, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The window's user turn (after the closing of the previous answer) and its positions."""
         head = SYSTEM_TURN if self.window_index == 0 else ""
         query = self.query if self.window_index == 0 else ""
-        text = head + user_turn(window, query) + "<|im_start|>assistant\n"
+        text = head + user_turn(window.start, window.end, query) + "<|im_start|>assistant\n"
         ids = torch.tensor(self.pending + self.tokenizer(text, add_special_tokens=False).input_ids)
         ids = expand_video_pads(ids, self.ids.video_pad, [int(grid.prod()) // self.spec.merge_size**2])
         positions, self.next_pos = mrope_position_ids(ids, grid, (self.ids.video_pad,), self.spec.merge_size,

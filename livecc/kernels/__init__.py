@@ -1,5 +1,27 @@
-"""Triton kernels, each beside its pure-torch reference."""
+"""livecc's kernels, each beside its pure-torch reference.
 
-from .preprocess import preprocess_frames_reference
+Every op runs where its inputs are (:mod:`livecc.kernels.dispatch`): Triton on CUDA, the same
+Triton in its interpreter on CPU under ``TRITON_INTERPRET=1`` (how the tests run them), and torch
+on CPU otherwise. The ``*_reference`` functions are the oracles the kernels are tested against.
+"""
 
-__all__ = ["preprocess_frames_reference"]
+from .dispatch import cu_seqlens, use_triton
+from .paged_decode_attention import paged_decode_attention, paged_decode_attention_reference
+from .preprocess_frames import PatchGeometry, preprocess_frames, preprocess_frames_reference, resize_frames
+from .text_only_linear_cross_entropy import text_only_linear_cross_entropy, text_only_linear_cross_entropy_reference
+from .varlen_attention import varlen_attention, varlen_attention_reference
+
+__all__ = [
+    "PatchGeometry",
+    "cu_seqlens",
+    "paged_decode_attention",
+    "paged_decode_attention_reference",
+    "preprocess_frames",
+    "preprocess_frames_reference",
+    "resize_frames",
+    "text_only_linear_cross_entropy",
+    "text_only_linear_cross_entropy_reference",
+    "use_triton",
+    "varlen_attention",
+    "varlen_attention_reference",
+]

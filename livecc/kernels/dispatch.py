@@ -1,5 +1,6 @@
-"""Where a kernel runs: CUDA tensors take Triton; CPU tensors take Triton's interpreter when
-``TRITON_INTERPRET=1`` (how the tests exercise the kernels), else the torch reference."""
+"""Where a kernel runs, one rule for every op: CUDA tensors take Triton; CPU tensors take Triton's
+interpreter when ``TRITON_INTERPRET=1`` (how the tests exercise the kernels), else torch. Also the
+one construction of ``cu_seqlens``, the document offsets every varlen op reads."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 
 import torch
 
-__all__ = ["interpreting", "use_triton"]
+__all__ = ["check_devices", "cu_seqlens", "interpreting", "use_triton"]
 
 
 def interpreting() -> bool:
@@ -18,3 +19,20 @@ def use_triton(tensor: torch.Tensor) -> bool:
     if tensor.is_cuda:
         return True
     return tensor.device.type == "cpu" and interpreting()
+
+
+def check_devices(op: str, **tensors: torch.Tensor | None) -> None:
+    """Every tensor an op reads must sit on the first one's device: a clear error naming the
+    argument, instead of a Triton pointer error (or a silent copy on every call)."""
+    named = [(name, t) for name, t in tensors.items() if t is not None]
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {first_name} is on {first.device}; "
+                             "move them to one device")
+
+
+def cu_seqlens(lengths, device=None) -> torch.Tensor:
+    """int32 offsets ``[0, l0, l0 + l1, ...]`` of documents of ``lengths`` (a list or a tensor)."""
+    lengths = torch.as_tensor(lengths, dtype=torch.int32, device=device)
+    return torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))

@@ -8,11 +8,19 @@ last ``Lq`` positions: bottom-right causal).
 
 from __future__ import annotations
 
+import sys
+import types
+
 import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention
+from transformers.models.qwen2_vl.modeling_qwen2_vl import VisionAttention
 
-from ..kernels.attention import varlen_attention
+from ..kernels import cu_seqlens, varlen_attention
 
-__all__ = ["ATTN_IMPLEMENTATION", "cu_seqlens_from_position_ids", "livecc_attention_forward", "register"]
+__all__ = ["ATTN_IMPLEMENTATION", "cu_seqlens_from_position_ids", "livecc_attention_forward", "register",
+           "use_livecc_attention"]
 
 ATTN_IMPLEMENTATION = "livecc"
 
@@ -62,10 +70,9 @@ def livecc_attention_forward(
     elif attention_mask is not None:
         return _padded(q, k, v, attention_mask, b, lq, lk, causal, scaling), None
     else:
-        cu_q = torch.arange(0, (b + 1) * lq, lq, device=q.device, dtype=torch.int32)
-        cu_k = torch.arange(0, (b + 1) * lk, lk, device=q.device, dtype=torch.int32)
+        cu_q, cu_k = cu_seqlens([lq] * b, q.device), cu_seqlens([lk] * b, q.device)
         max_q, max_k = lq, lk
-    out, _ = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal=causal, softmax_scale=scaling)
+    out = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal=causal, softmax_scale=scaling)
     return out.view(b, lq, hq, d), None
 
 
@@ -75,9 +82,8 @@ def _padded(q, k, v, mask, b, lq, lk, causal, scaling):
         raise ValueError(f"livecc attention takes a 2D padding mask, got shape {tuple(mask.shape)}")
     keep_k = mask.bool()
     keep_q = keep_k[:, lk - lq :]
-    cu_q = torch.nn.functional.pad(keep_q.sum(1).cumsum(0), (1, 0)).to(torch.int32)
-    cu_k = torch.nn.functional.pad(keep_k.sum(1).cumsum(0), (1, 0)).to(torch.int32)
-    out, _ = varlen_attention(q[keep_q.flatten()], k[keep_k.flatten()], v[keep_k.flatten()], cu_q, cu_k,
+    cu_q, cu_k = cu_seqlens(keep_q.sum(1), q.device), cu_seqlens(keep_k.sum(1), q.device)
+    out = varlen_attention(q[keep_q.flatten()], k[keep_k.flatten()], v[keep_k.flatten()], cu_q, cu_k,
                               _lengths_max(cu_q), _lengths_max(cu_k), causal=causal, softmax_scale=scaling)
     full = out.new_zeros((b * lq, *out.shape[1:]))
     full[keep_q.flatten()] = out
@@ -85,10 +91,30 @@ def _padded(q, k, v, mask, b, lq, lk, causal, scaling):
 
 
 def register() -> None:
-    """Make ``attn_implementation="livecc"`` known to transformers (idempotent)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
-
+    """Make ``attn_implementation="livecc"`` known to transformers (idempotent; ``import livecc`` does it)."""
     AttentionInterface.register(ATTN_IMPLEMENTATION, livecc_attention_forward)
     # Like FlashAttention: no dense mask is built; padding arrives as the 2D mask, or None.
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, flash_attention_mask)
+
+
+def _vision_attention_forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
+    """Qwen2-VL / Qwen2.5-VL ViT attention over every frame group (or window) at once: one varlen
+    call, not a loop per group."""
+    apply_rotary_pos_emb_vision = sys.modules[type(self).__module__].apply_rotary_pos_emb_vision
+    seq_len = hidden_states.shape[0]
+    q, k, v = self.qkv(hidden_states).reshape(seq_len, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    cu = cu_seqlens.to(torch.int32)
+    max_len = int(max_seqlen) if max_seqlen is not None else int((cu[1:] - cu[:-1]).max())
+    out = varlen_attention(q, k, v, cu, cu, max_len, max_len, causal=False, softmax_scale=self.scaling)
+    return self.proj(out.reshape(seq_len, -1))
+
+
+def use_livecc_attention(model) -> None:
+    """Run a Qwen2-VL or Qwen2.5-VL model's LLM and ViT attention on livecc's varlen kernel."""
+    register()
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    for module in model.modules():
+        if isinstance(module, (VisionAttention, Qwen2_5_VLVisionAttention)):
+            module.forward = types.MethodType(_vision_attention_forward, module)

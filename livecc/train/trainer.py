@@ -25,10 +25,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..data.packing import Pack, PackedLoader, StreamingDataset
-from ..data.processor import VisionSpec
-from ..data.rope import rope_time_interval
-from ..data.video import PixelBudget
-from ..models import TextOnlyHead, load_model, text_only_causal_lm_loss, use_livecc_attention
+from ..models import TextOnlyHead, load_model, patch, text_only_causal_lm_loss, tiny_qwen2vl
+from ..qwen2vl import PixelBudget, VisionSpec, offline_processor, rope_time_interval
 from .config import TrainConfig
 
 __all__ = ["Trainer", "clear_run", "latest_checkpoint", "train"]
@@ -98,21 +96,13 @@ class Trainer:
 
     def _build_model(self, dtype):
         if self.cfg.model == "tiny":
-            from ..testing import offline_processor, tiny_qwen2vl
-
             return tiny_qwen2vl(seed=self.cfg.seed, **self.cfg.tiny).to(dtype), offline_processor()
         return load_model(self.cfg.model, "cpu", dtype)
 
     def _prepare(self, model):
         cfg = self.cfg
-        if cfg.engine == "livecc":
-            use_livecc_attention(model)
-            if cfg.liger and self.device.type == "cuda":
-                from liger_kernel.transformers import monkey_patch
-
-                apply = getattr(monkey_patch, f"apply_liger_kernel_to_{model.config.model_type}")
-                apply(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False,
-                      layer_norm=False, model=model)
+        if cfg.engine == "livecc":  # the loss goes through TextOnlyHead, which FSDP wraps
+            patch(model, loss=False, fused_ops=cfg.liger and self.device.type == "cuda")
         if cfg.freeze_vision:
             model.model.visual.requires_grad_(False)
         if cfg.gradient_checkpointing:

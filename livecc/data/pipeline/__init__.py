@@ -1,4 +1,4 @@
-"""The LiveCC data production pipeline (SPEC section 3): clipping, ranking, LM-loss and
+"""The LiveCC data production pipeline (``docs/spec.md`` section 3): clipping, ranking, LM-loss and
 talking-head filters and SFT prompt generation, each a stage run by :func:`run_stage`."""
 
 from .clips import ClipRules, ClipStage, RankStage, cut_clips, rank_threshold, split_at_gaps, vocabulary_size

@@ -1,4 +1,4 @@
-"""Clipping (SPEC section 3): A1 for pre-training, B3 for SFT, B1 metadata filters, top-N ranking.
+"""Clipping (``docs/spec.md`` section 3): A1 for pre-training, B3 for SFT, B1 metadata filters, top-N ranking.
 
 An input line describes one video: ``{"video": ..., "transcript": PATH}`` (json3 / WebVTT / SRT /
 WhisperX, see :mod:`livecc.data.words`) or ``"words": [[start, end, word], ...]``, plus optional

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
+from ...models import load_model
+from ...qwen2vl import VisionSpec, smart_resize, video_prompt_logits
 from ..paths import resolve_under
-from ..processor import VisionSpec
 from ..records import ClipRecord
-from ..video import VideoError, decode_clip, smart_resize
+from ..video import VideoError, decode_clip
 from .runner import Outcome
 
 __all__ = ["QwenVLTalkingHead", "TalkingHeadStage", "load_scorer", "sample_frames"]
@@ -31,7 +32,7 @@ def sample_frames(path: str | Path, start: float | None, end: float | None, n: i
     """``n`` frames spread uniformly over ``[start, end]`` (uint8 ``[n, H, W, 3]``)."""
     if start is None or end is None:
         raise VideoError(f"{path}: a talking-head check needs the clip's start and end")
-    return decode_clip(path, start, end, fps=n / (end - start), resize=False).frames[:n]
+    return decode_clip(path, start, end, fps=n / (end - start), resize=False, rule="clip-start").frames[:n]
 
 
 class QwenVLTalkingHead:
@@ -40,8 +41,6 @@ class QwenVLTalkingHead:
     def __init__(self, model_dir: str | Path | None = None, *, model=None, processor=None,
                  size: tuple[int, int] = (180, 320)):
         if model is None:
-            from ...models import load_model
-
             model, processor = load_model(str(model_dir))
         self.model, self.processor = model.eval(), processor
         tokenizer = getattr(processor, "tokenizer", processor)
@@ -50,8 +49,6 @@ class QwenVLTalkingHead:
         self.size = smart_resize(*size, factor=factor, min_pixels=0, max_pixels=size[0] * size[1] * 1.2)
 
     def __call__(self, frames: torch.Tensor) -> float:
-        from ...models.ask import video_prompt_logits
-
         logits = video_prompt_logits(self.model, self.processor, frames, self.size, QUESTION).float()
         return float(torch.softmax(logits[[self.yes, self.no]], 0)[0])
 

@@ -1,1 +1,0 @@
-"""Benchmarks: each module measures one PERF.md target against its baselines in one run."""

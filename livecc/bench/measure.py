@@ -1,0 +1,71 @@
+"""What the benchmarks measure with: timing, memory, the model shapes of ``docs/performance.md``."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from .results import on_gpu
+
+__all__ = ["HBM", "PEAK", "SHAPES", "median_ms", "peak_extra_mb", "random_qwen2vl", "reference_attention"]
+
+SHAPES = {  # hidden, layers, q heads, kv heads, MLP, vocab
+    "qwen2vl-2b": (1536, 28, 12, 2, 8960, 151936),
+    "qwen2vl-7b": (3584, 28, 28, 4, 18944, 152064),
+}
+PEAK, HBM = 989e12, 3.35e12  # H100 SXM dense bf16 FLOP/s and HBM bytes/s (datasheet)
+
+
+def random_qwen2vl(shape: str, attn: str):
+    """A Qwen2-VL of ``shape`` (the real ViT) with random bf16 weights, built on the GPU."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    h, n, hq, hkv, mlp, vocab = SHAPES[shape]
+    cfg = Qwen2VLConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=h, intermediate_size=mlp, num_hidden_layers=n,
+                         num_attention_heads=hq, num_key_value_heads=hkv,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
+        vision_config=dict(depth=32, embed_dim=1280, num_heads=16, hidden_size=h))
+    cfg._attn_implementation = attn
+    with torch.device("cuda"):
+        return Qwen2VLForConditionalGeneration(cfg).to(torch.bfloat16)
+
+
+def reference_attention() -> str:
+    """The reference stack's attention: FlashAttention-2 when installed, else SDPA."""
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return "sdpa"
+    return "flash_attention_2"
+
+
+def median_ms(fn: Callable[[], object], warmup: int = 3, rep: int = 10) -> float:
+    """Median wall time of ``fn``: ``triton.testing.do_bench`` on GPU, perf_counter on CPU."""
+    if on_gpu():
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rep):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def peak_extra_mb(fn: Callable[[], object]) -> float | None:
+    """Peak memory ``fn`` allocates beyond what was live before it (GPU only)."""
+    if not on_gpu():
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20

@@ -1,0 +1,53 @@
+"""Run the registered benchmarks that fit this machine and write their results."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+import traceback
+
+from .results import environment, on_gpu, regenerate_readme, write_sweep
+from .telemetry import GpuTelemetry
+
+__all__ = ["BENCHMARKS", "main"]
+
+# name -> what it measures (the module livecc.bench.<name> runs it)
+BENCHMARKS = {
+    "attention": "varlen attention (LLM packs, ViT frame groups) against FlashAttention-2, cuDNN, FlexAttention",
+    "cross_entropy": "text-only linear cross-entropy against torch, Liger, cut-cross-entropy and the GEMM floor",
+    "video": "decode + preprocess to ViT patch rows against decord + Hugging Face's processor",
+    "stream": "streaming windows against the reference loop; streams stepped together; memory over a stream",
+    "train": "training tokens/s and MFU against the reference stack",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="livecc bench", description="Run livecc's benchmarks.")
+    parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], metavar="NAME",
+                        help=f"benchmarks to run (default: all that fit this machine): {', '.join(BENCHMARKS)}")
+    parser.add_argument("--out", default="bench/results", help="result directory")
+    args = parser.parse_args(argv)
+    env = environment()
+    failures = {}
+    with GpuTelemetry() as telemetry:
+        for name in args.names or list(BENCHMARKS):
+            print(f"== {name}: {BENCHMARKS[name]}", flush=True)
+            t0 = time.perf_counter()
+            try:
+                sweep = importlib.import_module(f"livecc.bench.{name}").run([])
+            except Exception as e:  # one failing benchmark must not hide the others' results
+                failures[name] = f"{type(e).__name__}: {e}"
+                traceback.print_exc()
+                continue
+            if sweep is None:
+                continue
+            path = write_sweep(sweep, args.out, env)
+            print(path.with_suffix(".md").read_text())
+            print(f"({name}: {time.perf_counter() - t0:.0f} s)", flush=True)
+    if on_gpu():
+        print("GPU telemetry: " + str(telemetry.summary()))
+    print(f"wrote {regenerate_readme(args.out)}")
+    for name, error in failures.items():
+        print(f"FAILED {name}: {error}")
+    return 1 if failures else 0

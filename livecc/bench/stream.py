@@ -1,0 +1,232 @@
+"""P6-P8: streaming commentary, livecc's session against the reference loop, in one run.
+
+- ``livecc``: ``StreamingSession`` (one ViT call, incremental prefill with 3D positions over the
+  paged cache, decode on the paged kernel, no re-tokenization); on GPU its decode steps replay CUDA
+  graphs, and a second row runs them eagerly.
+- ``reference``: the loop of showlab/livecc's inference: per window the chat template builds the
+  user turn, the whole past ids are re-sent and Hugging Face ``generate`` runs with
+  ``past_key_values`` (FlashAttention-2 when installed, else SDPA).
+Both get the same frames, patch rows (livecc's preprocessing, so the loop is what differs),
+windows (3 s, then 1 s at 2 FPS), greedy decoding, repetition penalty 1.05, <= 16 new tokens,
+stopping at ``' ...'`` or ``<|im_end|>``.
+
+Measured: per-window latency (p50/p99; GPU: against the physical floor), real-time streams
+(N sessions stepped together; sustained while a round of N windows takes < 1 s at p99) and memory
+over a long stream (livecc with a short horizon; the reference's cache growth per window).
+GPU: the 7B Qwen2-VL shape with random bf16 weights, frames at the demo budget (384*28*28 px).
+CPU: a tiny random model; only the ratios mean anything.
+
+    livecc bench stream
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from ..infer import StreamingSession
+from ..infer.stream import percentile
+from ..kernels import preprocess_frames
+from ..models import tiny_qwen2vl, use_livecc_attention
+from ..qwen2vl import TokenIds, VisionSpec, expand_video_pads, offline_processor, smart_resize
+from .measure import HBM, PEAK, random_qwen2vl, reference_attention
+from .results import Plot, Sweep, on_gpu
+
+MAX_PIXELS = 384 * 28 * 28
+
+
+def build(gpu: bool, attn: str):
+    if gpu:
+        return random_qwen2vl("qwen2vl-7b", attn).eval()
+    return tiny_qwen2vl(seed=0, attn_implementation=attn).eval()
+
+
+def kv_bytes_per_token(model) -> int:
+    """Keys and values of one token over all layers, in bf16."""
+    cfg = model.config.text_config
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2
+
+
+def windows(n: int, size: tuple[int, int], device, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (6 if i == 0 else 2, *size, 3), dtype=torch.uint8, generator=g).to(device)
+            for i in range(n)]
+
+
+def _sync():
+    if on_gpu():
+        torch.cuda.synchronize()
+
+
+def reference_loop(model, processor, frames: list[torch.Tensor], query: str) -> list[dict]:
+    """showlab/livecc's ``live_cc`` loop on pre-decoded frames; per window: ms, tokens, cache size."""
+    tok = processor.tokenizer
+    ids, spec = TokenIds.from_tokenizer(tok), VisionSpec.from_processor(processor)
+    stops = [tok(" ...", add_special_tokens=False).input_ids[0], ids.im_end]
+    probe = [{"role": "user", "content": [{"type": "text", "text": "livecc"}]}]
+    offset = processor.apply_chat_template(probe, tokenize=False).index("<|im_start|>user")
+    dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
+    past_ids, past, clock, rows = None, None, 0.0, []
+    for i, window in enumerate(frames):
+        _sync()
+        t0 = time.perf_counter()
+        end = clock + len(window) / 2
+        content = [{"type": "text", "text": f"Time={clock:.1f}-{end:.1f}s"}, {"type": "video"}]
+        if i == 0:
+            content.append({"type": "text", "text": query})
+        text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+        if past_ids is not None:
+            text = "<|im_end|>\n" + text[offset:]
+        size = smart_resize(*window.shape[1:3], spec.factor, 100 * 28 * 28, MAX_PIXELS)
+        pixels, grid = preprocess_frames(window, size, spec, dtype)
+        new = expand_video_pads(torch.tensor(tok(text, add_special_tokens=False).input_ids), ids.video_pad,
+                                [int(grid.prod()) // spec.merge_size**2])[None].to(device)
+        input_ids = new if past_ids is None else torch.cat([past_ids, new], dim=1)
+        out = model.generate(input_ids=input_ids, pixel_values_videos=pixels, video_grid_thw=grid.to(device),
+                             past_key_values=past, return_dict_in_generate=True, do_sample=False,
+                             repetition_penalty=1.05, max_new_tokens=16, eos_token_id=stops, pad_token_id=stops[1])
+        past, past_ids = out.past_key_values, out.sequences[:, :-1]
+        _sync()
+        rows.append({"ms": (time.perf_counter() - t0) * 1e3, "new_tokens": out.sequences.shape[1] - input_ids.shape[1],
+                     "prefill_tokens": new.shape[1], "cache_tokens": past.get_seq_length()})
+        clock = end
+    return rows
+
+
+def livecc_loop(model, processor, frames: list[torch.Tensor], query: str, **options) -> list[dict]:
+    session = StreamingSession(model, processor, query=query, max_new_tokens=16, repetition_penalty=1.05,
+                               max_pixels=MAX_PIXELS, **options)
+    rows = []
+    for window in frames:
+        r = session.step(window)
+        rows.append({"ms": r.timings["total"], "new_tokens": len(r.token_ids), "prefill_tokens": r.prefill_tokens,
+                     "cache_tokens": r.cache_tokens, "pool_mb": session.cache.pool.nbytes() / 2**20,
+                     "held_mb": session.cache.nbytes() / 2**20, **{f"{k}_ms": v for k, v in r.timings.items()}})
+    session.close()
+    return rows
+
+
+def floor_ms(row: dict, llm: int, vit: int, kv_bytes_per_token: int) -> float:
+    """Hardware floor of one window (``llm``/``vit`` parameters): prefill and ViT at peak FLOP/s or
+    weight-read time, whichever is larger, plus each decode step's weight and KV reads at full HBM
+    bandwidth."""
+    patches = 4 * row["prefill_tokens"]  # upper bound: every prefill token a merged 2x2 patch group
+    prefill = max(2 * llm * row["prefill_tokens"] / PEAK, 2 * llm / HBM) + max(2 * vit * patches / PEAK, 2 * vit / HBM)
+    decode = (row["new_tokens"] - 1) * (2 * llm + kv_bytes_per_token * row["cache_tokens"]) / HBM
+    return (prefill + decode) * 1e3
+
+
+def latency(model, processor, n_windows: int, size, device) -> list[dict]:
+    frames = windows(n_windows, size, device)
+    query = "Please describe the video."
+    reference = reference_loop(model, processor, frames, query)
+    if on_gpu():  # the ViT on livecc's kernel from here on (on CPU that would be the torch oracle)
+        use_livecc_attention(model)
+    runs = [("livecc", livecc_loop(model, processor, frames, query))]
+    if on_gpu():  # what replaying the decode steps as CUDA graphs buys
+        runs.append(("livecc, no CUDA graphs", livecc_loop(model, processor, frames, query, cuda_graphs=False)))
+    runs.append(("reference", reference))
+    vit = sum(p.numel() for p in model.model.visual.parameters())
+    llm = sum(p.numel() for p in model.parameters()) - vit
+    rows = []
+    for name, run in runs:
+        steady = run[2:]  # the 3 s window and one warm-up window excluded
+        row = {"provider": name, "windows": len(steady), "p50_ms": percentile([r["ms"] for r in steady], 0.5),
+               "p99_ms": percentile([r["ms"] for r in steady], 0.99),
+               "new_tokens": statistics.fmean(r["new_tokens"] for r in steady),
+               "prefill_tokens": statistics.fmean(r["prefill_tokens"] for r in steady),
+               "final_cache_tokens": run[-1]["cache_tokens"]}
+        if on_gpu():
+            row["floor_ms"] = statistics.median(floor_ms(r, llm, vit, kv_bytes_per_token(model)) for r in steady)
+            row["p50_over_floor"] = row["p50_ms"] / row["floor_ms"]
+        rows.append(row)
+    for row in rows[:-1]:
+        row["speedup_vs_reference"] = rows[-1]["p50_ms"] / row["p50_ms"]
+    return rows
+
+
+def streams(model, processor, counts: list[int], n_windows: int, size, device) -> list[dict]:
+    """N sessions on one pool, stepped together; a round is one window of every stream."""
+    from livecc.infer import KVPool, StreamingSession, step_streams
+
+    rows = []
+    for n in counts:
+        pool = KVPool.for_model(model)
+        sessions = [StreamingSession(model, processor, max_new_tokens=16, max_pixels=MAX_PIXELS, pool=pool)
+                    for _ in range(n)]
+        frames = [windows(n_windows, size, device, seed=i) for i in range(n)]
+        rounds = []
+        for w in range(n_windows):
+            _sync()
+            t0 = time.perf_counter()
+            step_streams(sessions, [f[w] for f in frames])
+            _sync()
+            rounds.append((time.perf_counter() - t0) * 1e3)
+        steady = rounds[2:]
+        p99 = percentile(steady, 0.99)
+        rows.append({"streams": n, "round_p50_ms": percentile(steady, 0.5), "round_p99_ms": p99,
+                     "real_time": p99 < 1000.0, "pool_mb": pool.nbytes() / 2**20})
+        for s in sessions:
+            s.close()
+    one = rows[0]["round_p50_ms"]
+    for row in rows:
+        row["vs_one_at_a_time"] = row["streams"] * one / row["round_p50_ms"]
+    return rows
+
+
+def memory(model, processor, n_windows: int, horizon: float, text_tokens: int, size, device) -> list[dict]:
+    frames = windows(n_windows, size, device, seed=7)
+    rows = livecc_loop(model, processor, frames, "Describe.", horizon=horizon, max_text_tokens=text_tokens,
+                       text_sink=64)
+    return [{"window": i, "cache_tokens": r["cache_tokens"], "held_mb": r["held_mb"], "pool_mb": r["pool_mb"],
+             "evict_ms": r["evict_ms"]}
+            for i, r in enumerate(rows) if i % max(1, n_windows // 12) == 0 or i == n_windows - 1]
+
+
+def run(argv=()) -> Sweep:
+    parser = argparse.ArgumentParser(prog="livecc bench stream", description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=30)
+    parser.add_argument("--streams", default="1,8,16,32,48" if on_gpu() else "1,2,4")
+    parser.add_argument("--memory-windows", type=int, default=300 if on_gpu() else 60)
+    args = parser.parse_args(list(argv))
+    gpu = on_gpu()
+    device = "cuda" if gpu else "cpu"
+    size = (360, 640) if gpu else (90, 120)
+    processor = offline_processor()
+    attn = reference_attention() if gpu else "sdpa"
+    model = build(gpu, attn)
+    lat = latency(model, processor, args.windows, size, device)
+    for row in lat:
+        row["reference_attention"] = attn
+    many = streams(model, processor, [int(n) for n in args.streams.split(",")], max(8, args.windows // 3), size,
+                   device)
+    horizon, text_tokens = (60.0, 4096) if gpu else (10.0, 512)
+    mem = memory(model, processor, args.memory_windows, horizon, text_tokens, size, device)
+    ref_growth = lat[-1]["final_cache_tokens"] / (args.windows + 2)  # tokens per stream second
+    ref_gib_per_hour = ref_growth * kv_bytes_per_token(model) * 3600 / 2**30
+    notes = (f"{'7B Qwen2-VL shape, random bf16 weights' if gpu else 'tiny random Qwen2-VL on CPU (ratios only)'}; "
+             f"frames {size[0]}x{size[1]}, max_pixels 384*28*28, {args.windows} windows (first two excluded from "
+             f"p50/p99). The reference's cache grows {ref_growth:.0f} tokens per stream second = "
+             f"{ref_gib_per_hour:.1f} GiB per hour (bf16), never evicted. livecc's memory run: "
+             f"visual horizon {horizon:.0f} s, old text capped at {text_tokens} tokens (64 sink), over "
+             f"{args.memory_windows} windows.")
+    cols = ["provider", "windows", "p50_ms", "p99_ms", "floor_ms", "p50_over_floor", "new_tokens", "prefill_tokens",
+            "speedup_vs_reference", "streams", "round_p50_ms", "round_p99_ms", "real_time", "vs_one_at_a_time",
+            "window", "cache_tokens", "held_mb", "pool_mb", "evict_ms"]
+    ours = lat[0]
+    real_time = [r["streams"] for r in many if r.get("real_time")]
+    headline = [
+        {"target": "P6", "goal": "p50 <= 1.3x floor, >= 5x the reference loop",
+         "figure": f"p50 {ours['p50_ms']:.1f} ms, p99 {ours['p99_ms']:.1f} ms, {ours['speedup_vs_reference']:.2f}x "
+                   "reference" + (f", {ours['p50_over_floor']:.2f}x floor" if "p50_over_floor" in ours else "")},
+        {"target": "P7", "goal": ">= 32 real-time streams (H100)",
+         "figure": f"real time up to {max(real_time) if real_time else 0} of {[r['streams'] for r in many]} streams"},
+        {"target": "P8", "goal": "memory flat after the horizon",
+         "figure": f"held {mem[len(mem) // 2]['held_mb']:.2f} -> {mem[-1]['held_mb']:.2f} MB (mid -> last window)"},
+    ]
+    return Sweep("stream", lat + many + mem, cols, notes, Plot("provider", "p50_ms", "provider", "window p50, ms"),
+                 headline)

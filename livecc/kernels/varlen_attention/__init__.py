@@ -1,0 +1,103 @@
+"""Varlen attention for packed sequences: causal (the LLM, bottom-right) and not (the ViT).
+
+``varlen_attention`` runs where its inputs are (``livecc.kernels.dispatch``): the Triton kernels on
+CUDA (or in Triton's interpreter under ``TRITON_INTERPRET=1``), registered as ``torch.library``
+custom ops with fake implementations and an autograd formula, so ``torch.compile`` and FSDP see
+through them; PyTorch's SDPA per document on CPU. ``varlen_attention_reference`` is the oracle.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..dispatch import check_devices, use_triton
+from .reference import varlen_attention_reference
+from .sdpa import varlen_attention_sdpa
+
+__all__ = ["varlen_attention", "varlen_attention_reference", "varlen_attention_sdpa"]
+
+
+@torch.library.custom_op("livecc::varlen_attention_fwd", mutates_args=())
+def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
+         max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from .triton import varlen_attention_fwd
+
+    return varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, causal, scale)
+
+
+@_fwd.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale):
+    return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("livecc::varlen_attention_bwd", mutates_args=())
+def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+         lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
+         max_seqlen_k: int, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from .triton import varlen_attention_bwd
+
+    return varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                causal, scale)
+
+
+@_bwd.register_fake
+def _(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
+    ctx.config = (max_seqlen_q, max_seqlen_k, causal, scale)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
+    dq, dk, dv = _bwd(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *ctx.config)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check(q, k, v, cu_seqlens_q, cu_seqlens_k) -> None:
+    if q.ndim != 3 or k.ndim != 3 or v.shape != k.shape or q.shape[2] != k.shape[2]:
+        raise ValueError(f"expected q [Tq, Hq, D], k/v [Tk, Hkv, D]; got {tuple(q.shape)}, {tuple(k.shape)}")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key heads ({k.shape[1]})")
+    if cu_seqlens_q.numel() != cu_seqlens_k.numel():
+        raise ValueError("cu_seqlens_q and cu_seqlens_k must describe the same number of sequences")
+    check_devices("varlen_attention", q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool = True,
+    softmax_scale: float | None = None,
+    return_lse: bool = False,
+):
+    """Attention over packed sequences.
+
+    ``q [Tq, Hq, D]``, ``k/v [Tk, Hkv, D]`` (Hq a multiple of Hkv; D 64, 80 or 128 and any other
+    size), ``cu_seqlens_* [B + 1]`` int32 offsets from 0 to the total (as in FlashAttention, every
+    row belongs to a sequence: checking would cost a host sync per call). Causal masks are aligned
+    bottom-right, for queries appended after a KV cache. Returns ``out [Tq, Hq, D]`` (0 for a query
+    that sees no key) and, with ``return_lse``, ``lse [Hq, Tq]`` in fp32 natural log (-inf there).
+    """
+    _check(q, k, v, cu_seqlens_q, cu_seqlens_k)
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
+    if use_triton(q):
+        cu_q, cu_k = cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32)
+        out, lse = _fwd(q, k, v, cu_q, cu_k, int(max_seqlen_q), int(max_seqlen_k), bool(causal), scale)
+    elif return_lse:
+        out, lse = varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+    else:
+        return varlen_attention_sdpa(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,58 @@
+"""A randomly initialised tiny Qwen2-VL / Qwen2.5-VL with the real token ids, for CPU runs and tests."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
+
+__all__ = ["tiny_qwen2vl"]
+
+
+def tiny_qwen2vl(
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    vision_depth: int = 2,
+    vision_dim: int = 32,
+    vision_heads: int = 2,
+    vocab_size: int = 151936,
+    seed: int | None = 0,
+    attn_implementation: str = "sdpa",
+    arch: str = "qwen2_vl",
+    **text_overrides,
+):
+    """A randomly initialised Qwen2-VL (``arch="qwen2_5_vl"``: Qwen2.5-VL, with its windowed ViT
+    and seconds-spaced temporal positions) with the real token ids, small enough for CPU tests."""
+    head_dim = hidden_size // num_heads
+    section = head_dim // 2  # mrope splits head_dim/2 rotary frequencies over (t, h, w)
+    mrope_section = [section - 2 * (section // 3), section // 3, section // 3]
+    text_config = dict(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+        max_position_embeddings=32768, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                                        "mrope_section": mrope_section},
+        bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, **text_overrides,
+    )
+    vision_config = dict(depth=vision_depth, num_heads=vision_heads, patch_size=14, spatial_merge_size=2,
+                         temporal_patch_size=2)
+    if arch == "qwen2_vl":
+        vision_config.update(embed_dim=vision_dim, hidden_size=hidden_size, mlp_ratio=2)
+        config_cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    elif arch == "qwen2_5_vl":
+        # 2x2-token attention windows, the last block global: both ViT attention kinds run.
+        vision_config.update(hidden_size=vision_dim, intermediate_size=vision_dim * 2, out_hidden_size=hidden_size,
+                             window_size=56, fullatt_block_indexes=[vision_depth - 1], tokens_per_second=2)
+        config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    else:
+        raise ValueError(f"arch must be 'qwen2_vl' or 'qwen2_5_vl', got {arch!r}")
+    config = config_cls(text_config=text_config, vision_config=vision_config)
+    config._attn_implementation = attn_implementation
+    if seed is not None:
+        torch.manual_seed(seed)
+    return model_cls(config).eval()

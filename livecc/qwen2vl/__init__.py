@@ -1,0 +1,48 @@
+"""The Qwen2-VL format that every layer above speaks: token ids and the processor, the vision
+input (patch geometry, resize rule, pixel budget), M-RoPE positions and the chat turns."""
+
+from .ask import video_prompt_logits
+from .offline import QWEN2VL_SPECIAL_TOKENS, offline_processor
+from .processor import QWEN2VL_CHAT_TEMPLATE, Qwen2VLTextProcessor, load_processor
+from .rope import mrope_position_ids, rope_time_interval, vision_runs
+from .tokens import TokenIds
+from .turns import (
+    IGNORE_INDEX,
+    STREAM_EOS,
+    SYSTEM_TURN,
+    VIDEO_BLOCK,
+    assistant_labels,
+    assistant_turn,
+    expand_video_pads,
+    tokenize_with_video,
+    user_turn,
+)
+from .vision import FRAME_FACTOR, IMAGE_FACTOR, PixelBudget, VisionSpec, clip_frame_size, smart_resize
+
+__all__ = [
+    "FRAME_FACTOR",
+    "IGNORE_INDEX",
+    "IMAGE_FACTOR",
+    "QWEN2VL_CHAT_TEMPLATE",
+    "QWEN2VL_SPECIAL_TOKENS",
+    "STREAM_EOS",
+    "SYSTEM_TURN",
+    "VIDEO_BLOCK",
+    "PixelBudget",
+    "Qwen2VLTextProcessor",
+    "TokenIds",
+    "VisionSpec",
+    "assistant_labels",
+    "assistant_turn",
+    "clip_frame_size",
+    "expand_video_pads",
+    "load_processor",
+    "mrope_position_ids",
+    "offline_processor",
+    "rope_time_interval",
+    "smart_resize",
+    "tokenize_with_video",
+    "user_turn",
+    "video_prompt_logits",
+    "vision_runs",
+]

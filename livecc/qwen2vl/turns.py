@@ -1,0 +1,63 @@
+"""Qwen2-VL's chat format as LiveCC writes it: the turns, the streaming EOS, labels and video pads."""
+
+from __future__ import annotations
+
+import torch
+
+from .tokens import TokenIds
+
+__all__ = [
+    "IGNORE_INDEX",
+    "STREAM_EOS",
+    "SYSTEM_TURN",
+    "VIDEO_BLOCK",
+    "assistant_labels",
+    "assistant_turn",
+    "expand_video_pads",
+    "tokenize_with_video",
+    "user_turn",
+]
+
+STREAM_EOS = " ..."  # ends every assistant window: the streaming EOS, distinct from <|im_end|>
+SYSTEM_TURN = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+VIDEO_BLOCK = "<|vision_start|><|video_pad|><|vision_end|>"
+IGNORE_INDEX = -100
+
+
+def user_turn(start: float, end: float, query: str = "") -> str:
+    """A streaming window's user turn: ``Time=start-end s``, its frames, and the query (first turn)."""
+    return f"<|im_start|>user\nTime={start:.1f}-{end:.1f}s{VIDEO_BLOCK}{query}<|im_end|>\n"
+
+
+def assistant_turn(text: str) -> str:
+    return f"<|im_start|>assistant\n{text}<|im_end|>\n"
+
+
+def assistant_labels(input_ids: torch.Tensor, ids: TokenIds) -> torch.Tensor:
+    """Labels equal to ``input_ids`` from after ``<|im_start|>assistant\\n`` through ``<|im_end|>``."""
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    starts = (input_ids == ids.im_start).nonzero().flatten()
+    ends = (input_ids == ids.im_end).nonzero().flatten()
+    for s in starts.tolist():
+        if s + 2 < input_ids.numel() and input_ids[s + 1] == ids.assistant and input_ids[s + 2] == ids.newline:
+            after = ends[ends > s]
+            e = int(after[0]) if after.numel() else input_ids.numel() - 1
+            labels[s + 3 : e + 1] = input_ids[s + 3 : e + 1]
+    return labels
+
+
+def tokenize_with_video(tokenizer, text: str, video_pad: int, grids: torch.Tensor, merge_size: int) -> torch.Tensor:
+    """Token ids of ``text`` with its i-th ``<|video_pad|>`` expanded to the LLM tokens of ``grids[i]``."""
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
+    return expand_video_pads(ids, video_pad, (grids.prod(-1) // merge_size**2).tolist())
+
+
+def expand_video_pads(ids: torch.Tensor, video_pad: int, counts: list[int]) -> torch.Tensor:
+    """Repeat the i-th ``<|video_pad|>`` ``counts[i]`` times (tokenizing one pad per window is exact
+    because it is a special token, and far faster than tokenizing thousands)."""
+    repeats = torch.ones_like(ids)
+    pad_positions = (ids == video_pad).nonzero().flatten()
+    if pad_positions.numel() != len(counts):
+        raise ValueError(f"{pad_positions.numel()} video pads in text but {len(counts)} windows")
+    repeats[pad_positions] = torch.tensor(counts, dtype=ids.dtype)
+    return torch.repeat_interleave(ids, repeats)

@@ -1,0 +1,61 @@
+import pytest
+import torch
+from kernel_checks import TOL, rel_err
+
+from livecc.kernels import paged_decode_attention, paged_decode_attention_reference
+
+
+def paged(gen, lengths, hq, hkv, d, page, dtype, spare=3):
+    """Random pools with each stream's pages scattered in shuffled order among unused ones."""
+    need = [-(-n // page) for n in lengths]
+    n_pages = sum(need) + spare
+    order = torch.randperm(n_pages, generator=gen)
+    table = torch.full((len(lengths), max(need + [1])), -1, dtype=torch.int32)
+    used = 0
+    for b, m in enumerate(need):
+        table[b, :m] = order[used : used + m]
+        used += m
+    k = torch.randn(n_pages, page, hkv, d, generator=gen).to(dtype)
+    v = torch.randn(n_pages, page, hkv, d, generator=gen).to(dtype)
+    q = torch.randn(len(lengths), hq, d, generator=gen).to(dtype)
+    return q, k, v, table, torch.tensor(lengths, dtype=torch.int32)
+
+
+def compare(gen, lengths, hq, hkv, d, page, dtype, num_splits=None):
+    q, k, v, table, lens = paged(gen, lengths, hq, hkv, d, page, dtype)
+    out, lse = paged_decode_attention(q, k, v, table, lens, max(lengths), num_splits=num_splits, return_lse=True)
+    ref, ref_lse = paged_decode_attention_reference(q.double(), k.double(), v.double(), table, lens)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out, ref) < TOL[dtype]
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert (lse[finite].double() - ref_lse[finite]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d, hq, hkv", [(128, 4, 2), (80, 3, 3), (64, 7, 1)])
+def test_streams_of_odd_lengths_over_scattered_pages(nan_empty, gen, dtype, d, hq, hkv):
+    # A 1-token cache, lengths off the page size, one exactly on it, one spanning many split ranges.
+    compare(gen, [1, 17, 32, 101], hq, hkv, d, 16, dtype)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 7])
+def test_any_split_count_gives_the_same_answer(nan_empty, gen, num_splits):
+    compare(gen, [70, 5, 33], 4, 2, 64, 16, torch.float32, num_splits=num_splits)
+
+
+def test_a_stream_with_an_empty_cache_gets_zeros(nan_empty, gen):
+    q, k, v, table, lens = paged(gen, [0, 20], 2, 1, 64, 16, torch.float32)
+    out, lse = paged_decode_attention(q, k, v, table, lens, 20, return_lse=True)
+    assert torch.equal(out[0], torch.zeros_like(out[0])) and torch.isinf(lse[0]).all()
+    ref, _ = paged_decode_attention_reference(q, k, v, table, lens)
+    assert rel_err(out[1], ref[1]) < 1e-5
+
+
+def test_bad_layouts_are_rejected(gen):
+    q, k, v, table, lens = paged(gen, [20], 2, 1, 64, 16, torch.float32)
+    with pytest.raises(ValueError, match="multiple of key heads"):
+        paged_decode_attention(q[:, :1].expand(1, 3, 64), k.expand(-1, -1, 2, -1), v.expand(-1, -1, 2, -1),
+                               table, lens, 20)
+    with pytest.raises(ValueError, match="power of two"):
+        paged_decode_attention(q, k[:, :12], v[:, :12], table, lens, 20)

@@ -1,0 +1,102 @@
+import pytest
+import torch
+from kernel_checks import TOL, rel_err
+
+from livecc.kernels import cu_seqlens as cu
+from livecc.kernels import varlen_attention, varlen_attention_reference
+from livecc.kernels.varlen_attention import varlen_attention_sdpa
+
+
+def compare(gen, q_lens, k_lens, hq, hkv, d, causal, dtype):
+    q = torch.randn(sum(q_lens), hq, d, generator=gen).to(dtype).requires_grad_()
+    k = torch.randn(sum(k_lens), hkv, d, generator=gen).to(dtype).requires_grad_()
+    v = torch.randn(sum(k_lens), hkv, d, generator=gen).to(dtype).requires_grad_()
+    cu_q, cu_k = cu(q_lens), cu(k_lens)
+    out, lse = varlen_attention(q, k, v, cu_q, cu_k, max(q_lens), max(k_lens), causal=causal, return_lse=True)
+    grad_out = torch.randn(out.shape, generator=gen).to(dtype)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref_out, ref_lse = varlen_attention_reference(*ref_in, cu_q, cu_k, causal=causal)
+    ref_grads = torch.autograd.grad(ref_out, ref_in, grad_out.double())
+    tol = TOL[dtype]
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out, ref_out) < tol
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)  # -inf exactly where a query sees no key
+    assert (lse[finite].double() - ref_lse[finite]).abs().max() < 1e-4
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert torch.isfinite(g).all(), name
+        assert rel_err(g, r) < tol, (name, rel_err(g, r))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("d, hq, hkv", [(128, 4, 2), (80, 3, 3), (64, 7, 1)])
+def test_packs_with_odd_lengths(nan_empty, gen, dtype, causal, d, hq, hkv):
+    lengths = [1, 17, 40, 3]  # a length-1 document and lengths that are not a multiple of the block
+    compare(gen, lengths, lengths, hq, hkv, d, causal, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_queries_after_a_kv_cache_are_bottom_right_causal(nan_empty, gen, dtype):
+    compare(gen, [5, 1, 20], [37, 9, 20], 4, 2, 64, True, dtype)
+
+
+def test_empty_documents_and_queries_that_see_no_key(nan_empty, gen):
+    # A document with no queries, one with no keys (its queries see nothing), one ordinary.
+    compare(gen, [0, 6, 9], [5, 0, 9], 2, 1, 64, False, torch.float32)
+    compare(gen, [0, 6, 9], [5, 2, 9], 2, 1, 64, True, torch.float32)  # causal: 4 queries see nothing
+
+
+def test_long_document_spans_many_blocks(nan_empty, gen):
+    compare(gen, [70, 33], [70, 33], 2, 1, 80, True, torch.float32)
+
+
+def test_output_is_fully_written_over_nan_memory(nan_empty, gen):
+    q = torch.randn(23, 2, 64, generator=gen)
+    out, lse = varlen_attention(q, q[:, :1], q[:, :1], cu([11, 12]), cu([11, 12]), 12, 12, return_lse=True)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+
+
+def test_custom_op_passes_opcheck(gen):
+    q = torch.randn(19, 4, 64, generator=gen, requires_grad=True)
+    k = torch.randn(19, 2, 64, generator=gen, requires_grad=True)
+    v = torch.randn(19, 2, 64, generator=gen, requires_grad=True)
+    args = (q, k, v, cu([7, 12]), cu([7, 12]), 12, 12, True, 0.125)
+    torch.library.opcheck(torch.ops.livecc.varlen_attention_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_compiles_without_graph_breaks(gen):
+    q = torch.randn(19, 4, 64, generator=gen, requires_grad=True)
+    k = torch.randn(19, 2, 64, generator=gen, requires_grad=True)
+    fn = torch.compile(lambda q, k: varlen_attention(q, k, k, cu([7, 12]), cu([7, 12]), 12, 12).sum(),
+                       backend="eager", fullgraph=True)
+    loss = fn(q, k)
+    loss.backward()
+    expected = varlen_attention_reference(q.detach(), k.detach(), k.detach(), cu([7, 12]), cu([7, 12]))[0].sum()
+    assert torch.allclose(loss, expected, atol=1e-4) and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_cpu_path_matches_the_reference(gen, dtype):
+    """SDPA per document (what runs on CPU outside the tests): the same outputs and gradients,
+    queries after a cache, queries before every key (0, finite gradients), empty documents."""
+    q_lens, k_lens = [5, 1, 20, 0, 6], [37, 9, 20, 4, 3]
+    q = torch.randn(sum(q_lens), 4, 64, generator=gen).to(dtype).requires_grad_()
+    k, v = (torch.randn(sum(k_lens), 2, 64, generator=gen).to(dtype).requires_grad_() for _ in range(2))
+    out = varlen_attention_sdpa(q, k, v, cu(q_lens), cu(k_lens), causal=True, scale=0.125)
+    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref, _ = varlen_attention_reference(*ref_in, cu(q_lens), cu(k_lens), causal=True, softmax_scale=0.125)
+    ref_grads = torch.autograd.grad(ref, ref_in, torch.ones_like(ref))
+    assert rel_err(out, ref) < TOL[dtype]
+    for g, r in zip(grads, ref_grads):
+        assert torch.isfinite(g).all() and rel_err(g, r) < TOL[dtype]
+
+
+def test_rejects_bad_head_counts():
+    q = torch.randn(4, 3, 64)
+    k = torch.randn(4, 2, 64)
+    with pytest.raises(ValueError, match="multiple"):
+        varlen_attention(q, k, k, cu([4]), cu([4]), 4, 4)
