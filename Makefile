@@ -2,7 +2,7 @@
 # CPU wheel; a bare `torch` requirement would pull several GB of CUDA packages.
 PY ?= python3
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint gpu-check
 
 setup:
 	$(PY) -m pip install -q torch==2.13.0
@@ -18,3 +18,11 @@ test: setup
 
 lint:
 	ruff check .
+
+# On a GPU machine that has PyTorch: install livecc without touching its torch (and, with no package
+# index there, the wheels carried in wheels/), run the GPU suite and the benchmarks, and write
+# bench/results/<date>-<device>-gpu-check.md.
+gpu-check:
+	@if ls wheels/*.whl >/dev/null 2>&1; then $(PY) -m pip install -q --no-index --find-links wheels wheels/*.whl; fi
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m livecc.bench.gpu_check

@@ -44,6 +44,7 @@ class TrainConfig:
     global_batch_clips: int = 512  # clips per optimizer step, over all ranks
     token_budget: int = 32768  # tokens per pack (micro-batch)
     grad_clip: float = 1.0
+    device: str | None = None  # "cuda", "cpu" or null: CUDA when available (a GPU process per rank under torchrun)
     bf16: bool = True  # on GPU; CPU runs in fp32
     freeze_vision: bool = True
     gradient_checkpointing: bool = True
@@ -68,7 +69,7 @@ class TrainConfig:
 _POSITIVE = ("epochs", "global_batch_clips", "token_budget", "log_every", "min_pixels", "max_pixels")
 _POSITIVE_OR_NONE = ("max_steps", "stop_after")
 _NON_NEGATIVE = ("weight_decay", "num_workers", "save_every")
-_CHOICES = {"engine": ("livecc", "hf"), "frame_rule": ("reference", "clip-start")}
+_CHOICES = {"engine": ("livecc", "hf"), "frame_rule": ("reference", "clip-start"), "device": (None, "cuda", "cpu")}
 
 
 def _check_ranges(cfg: TrainConfig) -> None:

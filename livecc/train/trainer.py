@@ -51,7 +51,9 @@ class Trainer:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
-        if torch.cuda.is_available():
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"config key 'device': cuda, but this PyTorch ({torch.__version__}) sees no CUDA device")
+        if (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
         else:

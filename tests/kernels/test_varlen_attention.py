@@ -95,6 +95,33 @@ def test_the_cpu_path_matches_the_reference(gen, dtype):
         assert torch.isfinite(g).all() and rel_err(g, r) < TOL[dtype]
 
 
+@pytest.mark.parametrize("bm, bn", [(16, 32), (32, 16), (16, 64), (64, 16)])
+def test_tiles_of_unequal_sides_split_the_diagonal_right(nan_empty, gen, monkeypatch, bm, bn):
+    """Query and key blocks of different sizes (as the GPU tilings use): the unmasked and masked
+    tiles of every loop still cover each visible pair once."""
+    from livecc.kernels.varlen_attention import triton as kernels
+
+    forced = {k: kernels.TileConfig(k, 32, bm, bn, 4, 1) for k in ("fwd", "bwd_kv", "bwd_q")}
+    monkeypatch.setattr(kernels, "FORCED", forced)
+    compare(gen, [70, 5, 129], [70, 40, 129], 4, 2, 64, True, torch.float32)
+    compare(gen, [70, 33], [70, 33], 3, 3, 80, False, torch.bfloat16)
+
+
+def test_every_tiling_fits_shared_memory():
+    """No configuration the tuner may pick exceeds 227 KB of shared memory, for any dtype and head
+    dim, and every (kernel, precision, head dim) keeps at least one (fp32 d128 among them)."""
+    from livecc.kernels.varlen_attention.triton import CONFIGS, SMEM_LIMIT, TileConfig, _candidates, smem_bytes
+
+    for kernel in ("fwd", "bwd_kv", "bwd_q"):
+        for bits in (16, 32):
+            for block_d in (64, 128):  # d80 pads to 128
+                fit = _candidates(kernel, bits, block_d)
+                assert fit and all(smem_bytes(c, block_d) <= SMEM_LIMIT for c in fit)
+    assert all(smem_bytes(c, 128) <= SMEM_LIMIT for c in CONFIGS if c.bits == 32)
+    # The count agrees with Triton's refusal of the old fp32 tiling on an H100 (Required: 262144).
+    assert smem_bytes(TileConfig("fwd", 32, 128, 64, 8, 3), 128) == 262144
+
+
 def test_rejects_bad_head_counts():
     q = torch.randn(4, 3, 64)
     k = torch.randn(4, 2, 64)

@@ -103,8 +103,8 @@ def paged_decode_attention_fwd(q, k_pages, v_pages, page_table, lengths, max_len
         q, k_pages, v_pages, page_table, lengths, o_part, lse_part, scale * LOG2E, per_split, splits,
         q.stride(0), q.stride(1), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
         v_pages.stride(0), v_pages.stride(1), v_pages.stride(2), page_table.stride(0),
-        HQ=hq, GROUP=group, D=d, PAGE=page, DOT_FP32=interpreting(),
-        BG=max(16, triton.next_power_of_2(group)), BD=bd, num_warps=4,
+        HQ=hq, GROUP=group, D=d, PAGE=page, DOT_FP32=interpreting() or q.dtype == torch.float32,
+        BG=max(16, triton.next_power_of_2(group)), BD=bd, num_warps=4, num_stages=2 if q.dtype == torch.float32 else 3,
     )
     _combine_kernel[(b, hq)](o_part, lse_part, out, lse, splits, out.stride(0), out.stride(1),
                              HQ=hq, D=d, BS=triton.next_power_of_2(splits), BD=bd)

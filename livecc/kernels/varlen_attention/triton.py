@@ -2,13 +2,22 @@
 
 One program per (block of queries | block of keys, sequence, head); sequences come from
 ``cu_seqlens`` so a pack of documents never attends across a boundary and no padding is computed.
-Causal masks are aligned bottom-right, so a new streaming window attends to its KV cache. GQA
-reads each KV head once per query head of its group; the backward reduces dK/dV over the group
-inside one program (no atomics). Head dims that are not a power of two (the ViT's 80) are padded
-to the next one in registers only.
+Causal masks are aligned bottom-right, so a new streaming window attends to its KV cache. Every key
+loop runs in two parts: the tiles every query of the block fully sees, with no mask at all, and the
+few on the diagonal or a document's edge, masked. The backward has its own ``delta = rowsum(dO * O)``
+kernel, one dK/dV program per key block that walks the query heads of its GQA group and keeps dK/dV
+in registers (no atomics), and one dQ program per query block. Scores are in log2 units so each
+probability is one ``exp2``. Head dims that are not a power of two (the ViT's 80) are padded to the
+next one in registers only. fp32 inputs take IEEE fp32 dot products and their own smaller tiles.
+
+Tiles: on GPU ``triton.autotune`` picks among ``CONFIGS`` of the kernel's precision, keyed by head
+dim, causality and GQA group (a new pack length does not re-tune), after dropping any that would
+exceed the device's shared memory; the interpreter runs small fixed tiles; ``FORCED`` (tests) pins them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -17,7 +26,100 @@ import triton.language as tl
 from ..dispatch import interpreting
 from ..triton_utils import LOG2E, dot, softmax_result, softmax_step
 
-__all__ = ["varlen_attention_bwd", "varlen_attention_fwd"]
+__all__ = ["CONFIGS", "SMEM_LIMIT", "TileConfig", "smem_bytes", "varlen_attention_bwd", "varlen_attention_fwd"]
+
+SMEM_LIMIT = 232448  # bytes of shared memory per block on Hopper (227 KB)
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One tiling of one kernel: ``fwd``, ``bwd_kv`` (a program per key block of ``BN`` keys,
+    walking query blocks of ``BM``) or ``bwd_q`` (a program per query block of ``BM``)."""
+
+    kernel: str
+    bits: int  # 16 (bf16/fp16) or 32
+    BM: int
+    BN: int
+    num_warps: int
+    num_stages: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.bits == 16 else torch.float32
+
+    @property
+    def head_dim(self) -> int:
+        """The largest head dim (power of two) this tiling fits in shared memory, for the tests."""
+        return max(d for d in (64, 128) if smem_bytes(self, d) <= SMEM_LIMIT)
+
+
+# Known-good Hopper tilings (FlashAttention-2 / Triton tutorial / FlexAttention templates) and
+# smaller ones, in each precision.
+CONFIGS = [
+    TileConfig("fwd", 16, 128, 64, 8, 3), TileConfig("fwd", 16, 128, 128, 8, 2),
+    TileConfig("fwd", 16, 64, 64, 4, 4), TileConfig("fwd", 16, 128, 32, 4, 4),
+    TileConfig("bwd_kv", 16, 64, 128, 8, 3), TileConfig("bwd_kv", 16, 32, 128, 4, 5),
+    TileConfig("bwd_kv", 16, 64, 64, 4, 3),
+    TileConfig("bwd_q", 16, 128, 64, 8, 3), TileConfig("bwd_q", 16, 128, 32, 4, 5),
+    TileConfig("bwd_q", 16, 64, 64, 4, 3),
+    TileConfig("fwd", 32, 64, 32, 4, 2), TileConfig("fwd", 32, 32, 32, 4, 3),
+    TileConfig("bwd_kv", 32, 32, 64, 4, 2), TileConfig("bwd_kv", 32, 32, 32, 4, 2),
+    TileConfig("bwd_q", 32, 64, 32, 4, 2), TileConfig("bwd_q", 32, 32, 32, 4, 2),
+]
+FORCED: dict[str, TileConfig] = {}  # kernel -> the tiling to use instead of tuning (tests)
+_INTERPRETER_TILES = {"BM": 16, "BN": 16}
+
+
+def smem_bytes(cfg: TileConfig, block_d: int) -> int:
+    """Shared memory a tiling asks for at padded head dim ``block_d``: the operand tiles resident
+    for the whole program plus ``num_stages`` copies of those streamed through the loop (Triton's
+    own count: fp32 d128 forward at (128, 64), 3 stages, is 262144 bytes)."""
+    elem = cfg.bits // 8
+    if cfg.kernel == "fwd":  # Q resident; K and V streamed
+        return elem * block_d * (cfg.BM + cfg.num_stages * 2 * cfg.BN)
+    if cfg.kernel == "bwd_kv":  # K and V resident; Q and dO streamed
+        return elem * block_d * (2 * cfg.BN + cfg.num_stages * 2 * cfg.BM)
+    return elem * block_d * (2 * cfg.BM + cfg.num_stages * 2 * cfg.BN)  # bwd_q: Q, dO resident; K, V streamed
+
+
+def _candidates(kernel: str, bits: int, block_d: int) -> list[TileConfig]:
+    fit = [c for c in CONFIGS if c.kernel == kernel and c.bits == bits and smem_bytes(c, block_d) <= SMEM_LIMIT]
+    if not fit:
+        raise ValueError(f"no {kernel} tiling of {bits}-bit inputs fits head dim {block_d} in shared memory")
+    return fit
+
+
+def _prune(kernel: str):
+    def prune(configs, named_args, **kwargs):
+        bits = 32 if named_args["Q"].dtype == torch.float32 else 16
+        block_d = kwargs.get("BD", named_args.get("BD"))
+        keep = {(c.BM, c.BN, c.num_warps, c.num_stages) for c in _candidates(kernel, bits, block_d)}
+        return [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages) in keep]
+
+    return prune
+
+
+def _tuned(kernel: str, fn):
+    configs = [triton.Config({"BM": c.BM, "BN": c.BN}, num_warps=c.num_warps, num_stages=c.num_stages)
+               for c in CONFIGS if c.kernel == kernel]
+    prune = {"early_config_prune": _prune(kernel)}
+    return triton.autotune(configs, key=["BD", "CAUSAL", "GROUP"], prune_configs_by=prune)(fn)
+
+
+def _launch(kernel: str, jitted, tuned, grid, args, meta: dict) -> None:
+    """Run ``jitted`` with the forced tiling, the interpreter's, or ``tuned`` (autotuned) on GPU."""
+    if kernel in FORCED:
+        cfg = FORCED[kernel]
+        tiles = {"BM": cfg.BM, "BN": cfg.BN}
+        jitted[grid(tiles)](*args, **meta, **tiles, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    elif interpreting():
+        jitted[grid(_INTERPRETER_TILES)](*args, **meta, **_INTERPRETER_TILES)
+    else:
+        tuned[grid](*args, **meta)
+
+
+# ---------------------------------------------------------------- tile helpers
+
 
 @triton.jit
 def _span(CU, i_b):
@@ -56,19 +158,35 @@ def _store_rows(P, x, start, o_t, stride_t, i_h, stride_h, o_d, m_t, m_d):
 
 
 @triton.jit
-def _key_end(k_len, q_len, i_m, BM: tl.constexpr, CAUSAL: tl.constexpr):
-    """Keys a query block can see: all, or (causal, bottom-right) up to its last query's diagonal."""
+def _key_ranges(i_m, q_len, k_len, BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr):
+    """For query block ``i_m``: the keys ``[0, full)`` every query of the block sees (whole tiles,
+    no mask needed) and the end ``hi`` of the keys any of them sees (bottom-right causal)."""
+    diag = k_len - q_len
+    full = k_len // BN * BN
+    hi = k_len
     if CAUSAL:
-        return tl.minimum(k_len, (i_m + 1) * BM + k_len - q_len)
-    return k_len
+        hi = tl.minimum(k_len, (i_m + 1) * BM + diag)
+        full = tl.minimum(full, tl.maximum(0, i_m * BM + diag + 1) // BN * BN)
+    return full, tl.maximum(hi, 0)
+
+
+# ---------------------------------------------------------------- forward
 
 
 @triton.jit
-def _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m):
-    """A query block's log-sum-exp (in log2 units, for exp2) and ``delta = rowsum(dO * O)``."""
-    b_lse = tl.load(LSE + i_h * total_q + q_start + o_m, mask=m_m, other=0.0) * 1.4426950408889634
-    b_delta = tl.load(DELTA + i_h * total_q + q_start + o_m, mask=m_m, other=0.0)
-    return b_lse, b_delta
+def _fwd_tile(b_q, K, V, k_start, start_n, o_m, o_d, m_m, m_d, k_len, diag, scale_log2, stride_kt, stride_vt,
+              i_kh, stride_kh, stride_vh, b_m, b_l, b_acc, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+              DOT_FP32: tl.constexpr, BN: tl.constexpr):
+    o_n = start_n + tl.arange(0, BN)
+    m_n = o_n < k_len
+    if not MASK:
+        m_n = tl.full([BN], True, tl.int1)
+    b_kt = _cols(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
+    b_s = dot(b_q, b_kt, tl.zeros([b_q.shape[0], BN], dtype=tl.float32), DOT_FP32) * scale_log2
+    if MASK:
+        b_s = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), b_s, float("-inf"))
+    b_v = _rows(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
+    return softmax_step(b_s, b_v, b_m, b_l, b_acc, DOT_FP32)
 
 
 @triton.jit
@@ -89,21 +207,67 @@ def _fwd_kernel(
     m_m, m_d = o_m < q_len, o_d < D
     b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
     diag = k_len - q_len  # key j is visible to query i iff j <= i + diag (causal)
-    hi = _key_end(k_len, q_len, i_m, BM, CAUSAL)
+    full, hi = _key_ranges(i_m, q_len, k_len, BM, BN, CAUSAL)
     b_m = tl.full([BM], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BM], dtype=tl.float32)
     b_acc = tl.zeros([BM, BD], dtype=tl.float32)
-    for start_n in range(0, hi, BN):
-        o_n = start_n + tl.arange(0, BN)
-        m_n = o_n < k_len
-        b_kt = _cols(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
-        b_s = dot(b_q, b_kt, tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32) * scale_log2
-        b_s = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), b_s, float("-inf"))
-        b_v = _rows(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
-        b_m, b_l, b_acc = softmax_step(b_s, b_v, b_m, b_l, b_acc, DOT_FP32)
+    for start_n in range(0, full, BN):
+        b_m, b_l, b_acc = _fwd_tile(b_q, K, V, k_start, start_n, o_m, o_d, m_m, m_d, k_len, diag, scale_log2,
+                                    stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc,
+                                    False, CAUSAL, DOT_FP32, BN)
+    for start_n in range(full, hi, BN):
+        b_m, b_l, b_acc = _fwd_tile(b_q, K, V, k_start, start_n, o_m, o_d, m_m, m_d, k_len, diag, scale_log2,
+                                    stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc,
+                                    True, CAUSAL, DOT_FP32, BN)
     b_o, b_lse2 = softmax_result(b_m, b_l, b_acc)
     _store_rows(O, b_o, q_start, o_m, stride_ot, i_h, stride_oh, o_d, m_m, m_d)
     tl.store(LSE + i_h * total_q + q_start + o_m, b_lse2 * 0.6931471805599453, mask=m_m)
+
+
+# ---------------------------------------------------------------- backward
+
+
+@triton.jit
+def _delta_kernel(O, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, total_q,
+                  D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    """``delta[h, t] = sum_d O[t, h, d] * dO[t, h, d]`` in fp32."""
+    i_t, i_h = tl.program_id(0), tl.program_id(1)
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_d = tl.arange(0, BD)
+    m_t, m_d = o_t < total_q, o_d < D
+    b_o = _rows(O, 0, o_t, stride_ot, i_h, stride_oh, o_d, m_t, m_d).to(tl.float32)
+    b_do = _rows(DO, 0, o_t, stride_dot, i_h, stride_doh, o_d, m_t, m_d).to(tl.float32)
+    tl.store(DELTA + i_h * total_q + o_t, tl.sum(b_o * b_do, axis=1), mask=m_t)
+
+
+@triton.jit
+def _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m):
+    """A query block's log-sum-exp (in log2 units, for exp2) and ``delta``."""
+    b_lse = tl.load(LSE + i_h * total_q + q_start + o_m, mask=m_m, other=0.0) * 1.4426950408889634
+    b_delta = tl.load(DELTA + i_h * total_q + q_start + o_m, mask=m_m, other=0.0)
+    return b_lse, b_delta
+
+
+@triton.jit
+def _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_dk, b_dv, start_m, q_start, q_len, o_n, m_n, o_d, m_d, diag, i_h,
+               total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
+               MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr, BM: tl.constexpr):
+    o_m = start_m + tl.arange(0, BM)
+    m_m = o_m < q_len
+    if not MASK:
+        m_m = tl.full([BM], True, tl.int1)
+    b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
+    b_do = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_d, m_m, m_d)
+    b_lse, b_delta = _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m)
+    b_s = dot(b_q, tl.trans(b_k), tl.zeros([BM, b_k.shape[0]], dtype=tl.float32), DOT_FP32) * scale_log2
+    b_p = tl.exp2(b_s - b_lse[:, None])
+    if MASK:
+        b_p = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), b_p, 0.0)
+    b_dv = dot(tl.trans(b_p.to(b_do.dtype)), b_do, b_dv, DOT_FP32)
+    b_dp = dot(b_do, tl.trans(b_v), tl.zeros([BM, b_k.shape[0]], dtype=tl.float32), DOT_FP32)
+    b_ds = b_p * (b_dp - b_delta[:, None])
+    b_dk = dot(tl.trans(b_ds.to(b_q.dtype)), b_q, b_dk, DOT_FP32)
+    return b_dk, b_dv
 
 
 @triton.jit
@@ -127,25 +291,52 @@ def _bwd_dkdv_kernel(
     b_dk = tl.zeros([BN, BD], dtype=tl.float32)
     b_dv = tl.zeros([BN, BD], dtype=tl.float32)
     diag = k_len - q_len
+    # Query blocks: [lo, mid_lo) straddle the diagonal (masked), [mid_lo, mid_hi) see every key of
+    # this block (unmasked), [mid_hi, q_len) hold the document's last, partial rows (masked).
     lo = 0
+    mid_lo = 0
     if CAUSAL:
-        lo = tl.maximum(0, i_n * BN - diag) // BM * BM  # first query block that sees this key block
+        lo = tl.maximum(0, i_n * BN - diag) // BM * BM  # the first query block that sees a key here
+        mid_lo = tl.minimum(tl.cdiv(tl.maximum(0, i_n * BN + BN - 1 - diag), BM) * BM, q_len)
+        mid_lo = tl.maximum(mid_lo, lo)
+    mid_hi = tl.maximum(q_len // BM * BM, mid_lo)
+    if i_n * BN + BN > k_len:  # a partial key block: every tile needs the key mask
+        mid_hi = mid_lo
     for g in range(GROUP):
         i_h = i_kh * GROUP + g
-        for start_m in range(lo, q_len, BM):
-            o_m = start_m + tl.arange(0, BM)
-            m_m = o_m < q_len
-            b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
-            b_do = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_d, m_m, m_d)
-            b_lse, b_delta = _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m)
-            b_s = dot(b_q, tl.trans(b_k), tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32) * scale_log2
-            b_p = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), tl.exp2(b_s - b_lse[:, None]), 0.0)
-            b_dv = dot(tl.trans(b_p.to(b_do.dtype)), b_do, b_dv, DOT_FP32)
-            b_dp = dot(b_do, tl.trans(b_v), tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32)
-            b_ds = b_p * (b_dp - b_delta[:, None])
-            b_dk = dot(tl.trans(b_ds.to(b_q.dtype)), b_q, b_dk, DOT_FP32)
+        for start_m in range(lo, mid_lo, BM):
+            b_dk, b_dv = _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_dk, b_dv, start_m, q_start, q_len, o_n, m_n, o_d,
+                                    m_d, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot,
+                                    stride_doh, True, CAUSAL, DOT_FP32, BM)
+        for start_m in range(mid_lo, mid_hi, BM):
+            b_dk, b_dv = _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_dk, b_dv, start_m, q_start, q_len, o_n, m_n, o_d,
+                                    m_d, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot,
+                                    stride_doh, False, CAUSAL, DOT_FP32, BM)
+        for start_m in range(mid_hi, q_len, BM):
+            b_dk, b_dv = _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_dk, b_dv, start_m, q_start, q_len, o_n, m_n, o_d,
+                                    m_d, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot,
+                                    stride_doh, True, CAUSAL, DOT_FP32, BM)
     _store_rows(DK, b_dk * scale, k_start, o_n, stride_dkt, i_kh, stride_dkh, o_d, m_n, m_d)
     _store_rows(DV, b_dv, k_start, o_n, stride_dvt, i_kh, stride_dvh, o_d, m_n, m_d)
+
+
+@triton.jit
+def _dq_tile(K, V, b_q, b_do, b_lse, b_delta, b_dq, start_n, k_start, k_len, o_m, m_m, o_d, m_d, diag, i_kh,
+             scale_log2, stride_kt, stride_kh, stride_vt, stride_vh,
+             MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr, BN: tl.constexpr):
+    o_n = start_n + tl.arange(0, BN)
+    m_n = o_n < k_len
+    if not MASK:
+        m_n = tl.full([BN], True, tl.int1)
+    b_kt = _cols(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
+    b_vt = _cols(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
+    b_s = dot(b_q, b_kt, tl.zeros([b_q.shape[0], BN], dtype=tl.float32), DOT_FP32) * scale_log2
+    b_p = tl.exp2(b_s - b_lse[:, None])
+    if MASK:
+        b_p = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), b_p, 0.0)
+    b_dp = dot(b_do, b_vt, tl.zeros([b_q.shape[0], BN], dtype=tl.float32), DOT_FP32)
+    b_ds = b_p * (b_dp - b_delta[:, None])
+    return dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), b_dq, DOT_FP32)
 
 
 @triton.jit
@@ -170,26 +361,28 @@ def _bwd_dq_kernel(
     b_lse, b_delta = _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m)
     b_dq = tl.zeros([BM, BD], dtype=tl.float32)
     diag = k_len - q_len
-    for start_n in range(0, _key_end(k_len, q_len, i_m, BM, CAUSAL), BN):
-        o_n = start_n + tl.arange(0, BN)
-        m_n = o_n < k_len
-        b_kt = _cols(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
-        b_vt = _cols(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
-        b_s = dot(b_q, b_kt, tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32) * scale_log2
-        b_p = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), tl.exp2(b_s - b_lse[:, None]), 0.0)
-        b_dp = dot(b_do, b_vt, tl.zeros([BM, BN], dtype=tl.float32), DOT_FP32)
-        b_ds = b_p * (b_dp - b_delta[:, None])
-        b_dq = dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), b_dq, DOT_FP32)
+    full, hi = _key_ranges(i_m, q_len, k_len, BM, BN, CAUSAL)
+    for start_n in range(0, full, BN):
+        b_dq = _dq_tile(K, V, b_q, b_do, b_lse, b_delta, b_dq, start_n, k_start, k_len, o_m, m_m, o_d, m_d, diag,
+                        i_kh, scale_log2, stride_kt, stride_kh, stride_vt, stride_vh, False, CAUSAL, DOT_FP32, BN)
+    for start_n in range(full, hi, BN):
+        b_dq = _dq_tile(K, V, b_q, b_do, b_lse, b_delta, b_dq, start_n, k_start, k_len, o_m, m_m, o_d, m_d, diag,
+                        i_kh, scale_log2, stride_kt, stride_kh, stride_vt, stride_vh, True, CAUSAL, DOT_FP32, BN)
     _store_rows(DQ, b_dq * scale, q_start, o_m, stride_dqt, i_h, stride_dqh, o_d, m_m, m_d)
 
 
-def _config(d: int, phase: str) -> dict:
-    """Tile sizes: small in the interpreter (test shapes), MMA-sized on GPU by head dim."""
-    if interpreting():
-        return dict(BM=16, BN=16)
-    if phase == "fwd":
-        return dict(BM=128, BN=64, num_warps=8 if d > 64 else 4, num_stages=3)
-    return dict(BM=64, BN=64, num_warps=8 if d > 64 else 4, num_stages=2)
+_fwd_tuned = _tuned("fwd", _fwd_kernel)
+_dkdv_tuned = _tuned("bwd_kv", _bwd_dkdv_kernel)
+_dq_tuned = _tuned("bwd_q", _bwd_dq_kernel)
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def _meta(q, k, causal: bool) -> dict:
+    # fp32 inputs: IEEE fp32 dots (the interpreter needs fp32 operands for every dtype)
+    return dict(GROUP=q.shape[1] // k.shape[1], D=q.shape[2], CAUSAL=causal,
+                DOT_FP32=interpreting() or q.dtype == torch.float32, BD=triton.next_power_of_2(q.shape[2]))
 
 
 def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, causal: bool, scale: float):
@@ -197,41 +390,39 @@ def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
     total_q, hq, d = q.shape
     out = torch.empty_like(q)
     lse = torch.empty((hq, total_q), device=q.device, dtype=torch.float32)
-    cfg = _config(d, "fwd")
     n_seq = cu_seqlens_q.numel() - 1
     if total_q == 0 or n_seq == 0 or max_seqlen_q == 0:
         return out.zero_(), lse.fill_(float("-inf"))
-    grid = (triton.cdiv(max_seqlen_q, cfg["BM"]), n_seq, hq)
-    _fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, scale * LOG2E,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        total_q, GROUP=hq // k.shape[1], D=d, CAUSAL=causal, DOT_FP32=interpreting(),
-        BD=triton.next_power_of_2(d), **cfg,
-    )
+    grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BM"]), n_seq, hq)
+    args = (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, scale * LOG2E, q.stride(0), q.stride(1), k.stride(0),
+            k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1), total_q)
+    _launch("fwd", _fwd_kernel, _fwd_tuned, grid, args, _meta(q, k, causal))
     return out, lse
 
 
 def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int,
-                        causal: bool, scale: float):
+                         causal: bool, scale: float):
     """``(dq, dk, dv)`` with dK/dV summed over each KV head's query-head group."""
     total_q, hq, d = q.shape
     hkv = k.shape[1]
     do = do.contiguous() if do.stride(-1) != 1 else do
-    delta = (out.float() * do.float()).sum(-1).transpose(0, 1).contiguous()  # [Hq, Tq]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     n_seq = cu_seqlens_q.numel() - 1
     if n_seq == 0 or total_q == 0 or max_seqlen_k == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    cfg = _config(d, "bwd")
-    common = dict(GROUP=hq // hkv, D=d, CAUSAL=causal, DOT_FP32=interpreting(), BD=triton.next_power_of_2(d), **cfg)
+    meta = _meta(q, k, causal)
+    delta = torch.empty((hq, total_q), device=q.device, dtype=torch.float32)
+    rows = 16 if interpreting() else 64
+    _delta_kernel[(triton.cdiv(total_q, rows), hq)](out, do, delta, out.stride(0), out.stride(1), do.stride(0),
+                                                     do.stride(1), total_q, D=d, BT=rows, BD=meta["BD"])
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1))
-    _bwd_dkdv_kernel[(triton.cdiv(max_seqlen_k, cfg["BN"]), n_seq, hkv)](
-        q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, scale, scale * LOG2E, *strides,
-        dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), total_q, **common,
-    )
+    kv_args = (q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, scale, scale * LOG2E, *strides,
+               dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), total_q)
+    _launch("bwd_kv", _bwd_dkdv_kernel, _dkdv_tuned, lambda m: (triton.cdiv(max_seqlen_k, m["BN"]), n_seq, hkv),
+            kv_args, meta)
     if max_seqlen_q > 0:
-        _bwd_dq_kernel[(triton.cdiv(max_seqlen_q, cfg["BM"]), n_seq, hq)](
-            q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, scale, scale * LOG2E, *strides,
-            dq.stride(0), dq.stride(1), total_q, **common,
-        )
+        q_args = (q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, scale, scale * LOG2E, *strides,
+                  dq.stride(0), dq.stride(1), total_q)
+        _launch("bwd_q", _bwd_dq_kernel, _dq_tuned, lambda m: (triton.cdiv(max_seqlen_q, m["BM"]), n_seq, hq),
+                q_args, meta)
     return dq, dk, dv

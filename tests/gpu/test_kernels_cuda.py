@@ -1,0 +1,141 @@
+"""Every kernel compiled on CUDA against its float64 reference, on fresh random edge shapes, with
+outputs over NaN-filled memory, in bf16, fp16 and fp32, gradients included."""
+
+import pytest
+import torch
+
+from livecc.kernels import (
+    cu_seqlens,
+    paged_decode_attention,
+    paged_decode_attention_reference,
+    preprocess_frames,
+    preprocess_frames_reference,
+    text_only_linear_cross_entropy,
+    text_only_linear_cross_entropy_reference,
+    varlen_attention,
+    varlen_attention_reference,
+)
+from livecc.kernels.varlen_attention.triton import CONFIGS
+
+TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30)).item()
+
+
+@pytest.fixture
+def cuda_gen():
+    seed = int(torch.randint(0, 2**31, ()).item())
+    print(f"seed={seed}")
+    return torch.Generator(device="cuda").manual_seed(seed)
+
+
+def attention_case(gen, q_lens, k_lens, hq, hkv, d, dtype):
+    q = torch.randn(sum(q_lens), hq, d, device="cuda", generator=gen).to(dtype).requires_grad_()
+    k = torch.randn(sum(k_lens), hkv, d, device="cuda", generator=gen).to(dtype).requires_grad_()
+    v = torch.randn(sum(k_lens), hkv, d, device="cuda", generator=gen).to(dtype).requires_grad_()
+    return q, k, v, cu_seqlens(q_lens, "cuda"), cu_seqlens(k_lens, "cuda")
+
+
+def check_attention(gen, q_lens, k_lens, hq, hkv, d, causal, dtype, config=None):
+    q, k, v, cu_q, cu_k = attention_case(gen, q_lens, k_lens, hq, hkv, d, dtype)
+    out, lse = varlen_attention(q, k, v, cu_q, cu_k, max(q_lens), max(k_lens), causal=causal, return_lse=True)
+    do = torch.randn(out.shape, device="cuda", generator=gen).to(dtype)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref, ref_lse = varlen_attention_reference(*ref_in, cu_q, cu_k, causal=causal)
+    ref_grads = torch.autograd.grad(ref, ref_in, do.double())
+    assert torch.isfinite(out).all() and rel_err(out, ref) < TOL[dtype]
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert torch.isfinite(g).all() and rel_err(g, r) < TOL[dtype], (name, rel_err(g, r))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("d, hq, hkv", [(128, 28, 4), (128, 7, 1), (80, 16, 16), (64, 12, 2)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_varlen_attention_on_edge_shapes(nan_empty, cuda_gen, dtype, d, hq, hkv, causal):
+    lengths = [1, 0, 17, 129, 300, 1000, 63]  # length 1, an empty document, off every tile size
+    check_attention(cuda_gen, lengths, lengths, hq, hkv, d, causal, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_varlen_attention_queries_after_a_cache(nan_empty, cuda_gen, dtype):
+    check_attention(cuda_gen, [5, 1, 200, 0], [370, 9, 200, 40], 28, 4, 128, True, dtype)
+
+
+@pytest.mark.parametrize("config", range(len(CONFIGS)))
+def test_every_attention_tile_configuration(cuda_gen, config, monkeypatch):
+    """Each configuration of the tuning space, forced, on one shape of its head dim and dtype."""
+    from livecc.kernels.varlen_attention import triton as kernels
+
+    cfg = CONFIGS[config]
+    monkeypatch.setattr(kernels, "FORCED", {cfg.kernel: cfg})
+    check_attention(cuda_gen, [300, 77, 1], [300, 77, 1], 8, 2, cfg.head_dim, True, cfg.dtype)
+    if cfg.head_dim == 128:  # the ViT's 80 pads to the same tiles
+        check_attention(cuda_gen, [300, 77], [300, 77], 4, 4, 80, False, cfg.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_text_only_linear_cross_entropy(nan_empty, cuda_gen, dtype, reduction):
+    n, h, v = 777, 256, 50001  # V off every block size
+    hidden = torch.randn(n, h, device="cuda", generator=cuda_gen).to(dtype).requires_grad_()
+    weight = (torch.randn(v, h, device="cuda", generator=cuda_gen) / h**0.5).to(dtype).requires_grad_()
+    labels = torch.randint(0, v, (n,), device="cuda", generator=cuda_gen)
+    labels[torch.rand(n, device="cuda", generator=cuda_gen) < 0.9] = -100
+    for cap in (2**30, 37 * v * hidden.element_size()):  # one chunk; chunks of 37 rows
+        out = text_only_linear_cross_entropy(hidden, weight, labels, reduction=reduction, label_smoothing=0.1,
+                                             max_logit_bytes=cap)
+        g_out = torch.randn_like(out) if reduction == "none" else torch.tensor(1.3, device="cuda")
+        grads = torch.autograd.grad(out, (hidden, weight), g_out)
+        ref_in = [t.detach().double().requires_grad_() for t in (hidden, weight)]
+        ref = text_only_linear_cross_entropy_reference(*ref_in, labels, reduction=reduction, label_smoothing=0.1)
+        ref_grads = torch.autograd.grad(ref, ref_in, g_out.double())
+        assert rel_err(out, ref) < TOL[dtype]
+        for g, r in zip(grads, ref_grads):
+            assert torch.isfinite(g).all() and rel_err(g, r) < TOL[dtype]
+    ignored = torch.full_like(labels, -100)
+    assert text_only_linear_cross_entropy(hidden, weight, ignored).item() == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("d, hq, hkv", [(128, 28, 4), (80, 16, 16), (64, 7, 1)])
+def test_paged_decode_attention(cuda_gen, dtype, d, hq, hkv):
+    lengths, page = [1, 17, 64, 1001, 0], 64
+    need = [-(-n // page) for n in lengths]
+    n_pages = sum(need) + 5
+    order = torch.randperm(n_pages, device="cuda", generator=cuda_gen)
+    table = torch.zeros((len(lengths), max(need)), dtype=torch.int32, device="cuda")
+    used = 0
+    for b, m in enumerate(need):
+        table[b, :m] = order[used : used + m]
+        used += m
+    k = torch.randn(n_pages, page, hkv, d, device="cuda", generator=cuda_gen).to(dtype)
+    v = torch.randn(n_pages, page, hkv, d, device="cuda", generator=cuda_gen).to(dtype)
+    q = torch.randn(len(lengths), hq, d, device="cuda", generator=cuda_gen).to(dtype)
+    lens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    out = paged_decode_attention(q, k, v, table, lens, max(lengths))
+    ref, _ = paged_decode_attention_reference(q.double(), k.double(), v.double(), table, lens)
+    assert torch.isfinite(out).all() and rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("t, h, w, size", [(2, 1080, 1920, (420, 756)), (3, 90, 50, (112, 56)), (1, 41, 67, (56, 84))])
+def test_preprocess_frames(cuda_gen, t, h, w, size):
+    frames = torch.randint(0, 256, (t, h, w, 3), dtype=torch.uint8, device="cuda", generator=cuda_gen)
+    rows, grid = preprocess_frames(frames, size, dtype=torch.bfloat16)
+    ref, ref_grid = preprocess_frames_reference(frames.cpu(), size)
+    level = 1 / 255 / 0.2613
+    assert torch.equal(grid, ref_grid)
+    diff = (rows.float().cpu() - ref).abs()
+    assert diff.max() <= level * 1.001 + 0.02 * ref.abs().max() and (diff > 0.02).float().mean() < 1e-3
+
+
+def test_inputs_on_two_devices_are_a_clear_error(cuda_gen):
+    q, k, v, cu_q, cu_k = attention_case(cuda_gen, [9], [9], 2, 1, 64, torch.bfloat16)
+    with pytest.raises(ValueError, match="cu_seqlens_q is on cpu"):
+        varlen_attention(q, k, v, cu_q.cpu(), cu_k, 9, 9)
+    with pytest.raises(ValueError, match="labels is on cpu"):
+        text_only_linear_cross_entropy(q[:, 0], k[:, 0], torch.zeros(9, dtype=torch.long))
