@@ -80,14 +80,13 @@ def cmd_words(args) -> int:
 
 def cmd_stream(args) -> int:
     """Comment on a video file or live stream in real time; end with a latency summary (also on Ctrl-C)."""
-    from .infer import StreamingSession
-    from .infer.stream import iter_windows, run_stream
+    from .infer import SessionConfig, StreamingSession, iter_windows, run_stream
     from .models import load_model
 
     model, processor = load_model(args.model, args.device)
-    session = StreamingSession(model, processor, query=args.query, max_new_tokens=args.max_new_tokens,
-                               repetition_penalty=args.repetition_penalty, horizon=args.horizon,
-                               cuda_graphs=not args.no_cuda_graphs)
+    config = SessionConfig(query=args.query, max_new_tokens=args.max_new_tokens,
+                           repetition_penalty=args.repetition_penalty, horizon=args.horizon)
+    session = StreamingSession(model, processor, config, cuda_graphs=not args.no_cuda_graphs)
     out = open(args.jsonl, "w") if args.jsonl else None
 
     def show(result) -> None:

@@ -22,6 +22,7 @@ from .data.records import ClipRecord, RecordWriter
 from .data.synth import background, synthesize_clip
 from .data.video import decode_clip
 from .data.words import Word
+from .infer import SessionConfig, StreamingSession, step_through
 
 __all__ = ["DemoConfig", "run_demo", "word_f1"]
 
@@ -78,11 +79,8 @@ def _synthesize(root: Path, cfg: DemoConfig) -> tuple[Path, list[ClipRecord]]:
 def _stream(model, processor, root: Path, record: ClipRecord, blank: bool, realtime: bool, show: bool) -> list[Word]:
     """Comment on a held-out clip window by window. Each word is stamped with the time of its
     window's last frame: a window answers the words spoken up to that frame (``docs/spec.md`` section 4)."""
-    from .infer import StreamingSession
-    from .infer.stream import step_through
-
-    session = StreamingSession(model, processor, max_new_tokens=8, repetition_penalty=1.0,
-                               min_pixels=FRAME * FRAME, max_pixels=FRAME * FRAME)
+    config = SessionConfig(max_new_tokens=8, repetition_penalty=1.0, min_pixels=FRAME * FRAME, max_pixels=FRAME * FRAME)
+    session = StreamingSession(model, processor, config)
     frames = decode_clip(root / record.video, record.video_start, record.video_end, resize=False).frames
     if blank:  # the empty field: no shapes at all
         frames = torch.from_numpy(background(tuple(frames.shape[1:3]))).expand_as(frames).clone()

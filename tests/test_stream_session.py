@@ -57,7 +57,7 @@ def test_after_eviction_logits_equal_a_masked_full_forward(processor, gen):
     assert sum(r.evicted_tokens for r in results) > 0 and session.trace.evictions
     check_logits(model, session)
     # Text kept: the 10 sink tokens and the 40 most recent, in the order they were fed.
-    fed_text = (torch.cat(session.trace.ids) != session.ids.video_pad).nonzero().flatten()
+    fed_text = (torch.cat(session.trace.ids) != session.engine.ids.video_pad).nonzero().flatten()
     cache = session.cache
     kept = cache.origin[: cache.length][cache.kind[: cache.length] == 0]
     assert sorted(kept.tolist()) == fed_text[:10].tolist() + fed_text[-40:].tolist()
@@ -71,7 +71,7 @@ def test_the_kernel_path_equals_one_full_forward(processor, gen, triton_interpre
     session = StreamingSession(model, processor, max_new_tokens=3, trace=True, page_size=16,
                                min_pixels=56 * 56, max_pixels=56 * 56)
     if static:
-        session.decode_graphs = DecodeGraphs.of(model, session.cache.pool)
+        session.engine.decode_graphs = DecodeGraphs.of(model, session.cache.pool)
     for _ in range(2):
         session.step(torch.randint(0, 256, (session.frames_needed, 56, 56, 3), dtype=torch.uint8, generator=gen))
     assert sum(1 for fed, _ in session.trace.logits) >= 4  # two prefills and decode steps
@@ -155,8 +155,7 @@ def test_static_decode_steps_say_what_the_plain_path_says(processor, gen):
         sessions = [StreamingSession(model, processor, max_new_tokens=12, trace=True, pool=pool, **kw)
                     for kw in options]
         if static:
-            for s in sessions:
-                s.decode_graphs = DecodeGraphs.of(model, pool)
+            sessions[0].engine.decode_graphs = DecodeGraphs.of(model, pool)
         results = [step_streams(sessions, [f[w] for f in frames], [forced(i, w) for i in range(3)])
                    for w in range(4)]
         return sessions, results, pool
@@ -169,3 +168,69 @@ def test_static_decode_steps_say_what_the_plain_path_says(processor, gen):
     assert len({len(r.token_ids) for r in static_results[1]}) > 1  # the decode batch shrank within a window
     for s in static:
         check_logits(model, s)
+
+
+def test_a_question_asked_mid_stream_goes_into_the_next_window(processor, gen):
+    """``ask`` puts the question into the next user turn; the positions continue the cache, so the
+    logits still equal one full forward over everything fed."""
+    model = tiny_qwen2vl(seed=0, attn_implementation="eager")
+    session = StreamingSession(model, processor, query="Commentate.", max_new_tokens=3, trace=True)
+    for w in range(4):
+        if w == 2:
+            session.ask("Who is winning?")
+        session.step(torch.randint(0, 256, (session.frames_needed, 56, 56, 3), dtype=torch.uint8, generator=gen))
+    text = processor.tokenizer.decode(torch.cat(session.trace.ids))
+    assert "Time=4.0-5.0s<|vision_start|>" in text
+    turn = text[text.index("Time=4.0-5.0s"):]
+    assert turn.split("<|im_end|>")[0].endswith("<|vision_end|>Who is winning?")
+    assert text.count("Who is winning?") == 1 and text.count("Commentate.") == 1
+    check_logits(model, session)
+
+
+def test_the_decode_loop_reads_the_host_once_per_step_for_all_streams(processor, gen, monkeypatch):
+    """Token choice (penalty, argmax, sampling) stays on the device; the engine's decode reads the
+    host once per step however many streams talk, never per stream."""
+    import inspect
+
+    from livecc.infer import engine as engine_module
+
+    reads = []
+    for name in ("tolist", "item", "cpu", "__int__", "__bool__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, __original=original, __name=name, **kwargs):
+            caller = inspect.currentframe().f_back
+            if caller.f_code.co_filename == engine_module.__file__ and caller.f_code.co_name in (
+                    "decode", "decode_step", "choose"):
+                reads.append(__name)
+            return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    steps = []
+    monkeypatch.setattr(engine_module.StreamEngine, "decode_step",
+                        lambda self, *a, __f=engine_module.StreamEngine.decode_step: steps.append(1) or __f(self, *a))
+    model = tiny_qwen2vl(seed=0)
+    for n in (1, 4):
+        reads.clear(), steps.clear()
+        pool = KVPool.for_model(model, page_size=16)
+        sessions = [StreamingSession(model, processor, pool=pool, max_new_tokens=6, temperature=0.7 * (i % 2),
+                                     seed=i) for i in range(n)]
+        frames = [torch.randint(0, 256, (6, 56, 56, 3), dtype=torch.uint8, generator=gen) for _ in range(n)]
+        step_streams(sessions, frames)
+        assert reads == ["tolist"] * (len(steps) + 1), (n, reads)  # one per step: the chosen tokens
+
+
+def test_warm_up_sizes_the_pool_and_builds_every_decode_step_before_the_first_window(processor, gen):
+    model = tiny_qwen2vl(seed=0)
+    pool = KVPool.for_model(model, page_size=16, pages=1)
+    sessions = [StreamingSession(model, processor, pool=pool, max_new_tokens=4, min_pixels=56 * 56, max_pixels=56 * 56)
+                for _ in range(3)]
+    engine = sessions[0].engine
+    engine.decode_graphs = DecodeGraphs.of(model, pool)  # the static steps (captured on CUDA), eager here
+    engine.warm_up(max_streams=3, max_tokens=400)
+    builds, growths = engine.decode_graphs.builds, pool.growths
+    assert pool.pages >= 3 * 25 and builds == 3
+    for _ in range(3):
+        step_streams(sessions, [torch.randint(0, 256, (s.frames_needed, 56, 56, 3), dtype=torch.uint8, generator=gen)
+                                for s in sessions])
+    assert (engine.decode_graphs.builds, pool.growths) == (builds, growths)  # nothing built or grown mid-stream

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import cu_seqlens, varlen_attention
+from ..kernels.varlen_attention.backends import BACKENDS
 from .measure import median_ms
 from .results import Plot, Sweep, on_gpu
 
@@ -39,7 +40,12 @@ def _expand_kv(k, hq):
 def providers(lengths, hq, hkv, d, causal, device):
     cu = cu_seqlens(lengths, device)
     max_len = max(lengths)
-    found = {"livecc": lambda q, k, v: varlen_attention(q, k, v, cu, cu, max_len, max_len, causal=causal)}
+    found = {"livecc": lambda q, k, v: varlen_attention(q, k, v, cu, cu, max_len, max_len, causal=causal,
+                                                        backend="triton"),
+             "livecc_auto": lambda q, k, v: varlen_attention(q, k, v, cu, cu, max_len, max_len, causal=causal)}
+    for name in ("sdpa_cudnn", "sdpa_flash"):  # PyTorch's SDPA with one backend forced
+        found[name] = lambda q, k, v, name=name: BACKENDS[name](q, k, v, cu, cu, max_len, max_len, causal,
+                                                                 q.shape[-1] ** -0.5)
     try:
         from torch.nn.attention.varlen import varlen_attn
 
@@ -155,5 +161,13 @@ def run(argv=()) -> Sweep | None:
                  "figure": f"fwd {r['fwd_tflops']:.0f} / bwd {r['bwd_tflops']:.0f} TFLOP/s"
                            + (f" ({r['fwd_x_fa2']:.2f}x / {r['bwd_x_fa2']:.2f}x FA2)" if "fwd_x_fa2" in r else "")}
                 for name, r in ours.items()]
+    for name in ours:  # the dispatcher against the best single backend, fwd+bwd
+        timed = [r for r in rows if r["shape"] == name and "fwd+bwd_ms" in r and r["provider"] != "livecc_auto"]
+        auto = next((r for r in rows if r["shape"] == name and r["provider"] == "livecc_auto" and "fwd+bwd_ms" in r),
+                    None)
+        if timed and auto:
+            best = min(timed, key=lambda r: r["fwd+bwd_ms"])
+            headline.append({"target": f"dispatcher {name}", "goal": "within 5% of the best backend",
+                             "figure": f"{auto['fwd+bwd_ms'] / best['fwd+bwd_ms']:.3f}x {best['provider']}"})
     return Sweep("attention", rows, cols, notes, Plot("shape", "fwd+bwd_tflops", "provider", "TFLOP/s, fwd+bwd"),
                  headline)

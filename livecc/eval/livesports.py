@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..data.paths import resolve_under
 from ..data.video import decode_clip
-from ..infer import StreamingSession, step_through
+from ..infer import SessionConfig, StreamingSession, step_through
 from ..jsonl import append_row, read_rows, write_rows
 
 __all__ = [
@@ -131,8 +131,9 @@ def cc_generate(events: list[Event], model, processor, video_root: str | Path, o
             try:
                 path = resolve_under(video_root, event.video, source=event.key, allow_absolute=allow_absolute_paths)
                 clip = decode_clip(path, event.begin, event.end, resize=False)
-                session = StreamingSession(model, processor, query=commentary_prompt(event, style),
-                                           max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+                config = SessionConfig(query=commentary_prompt(event, style), max_new_tokens=max_new_tokens,
+                                       repetition_penalty=repetition_penalty)
+                session = StreamingSession(model, processor, config)
                 try:
                     pred = comment_on_clip(session, clip.frames)
                 finally:

@@ -1,8 +1,10 @@
 """Streaming commentary inference: sessions over bounded, paged KV caches, stepped alone or together."""
 
 from .cache import KVPool, StreamKVCache
-from .session import StreamingSession, WindowResult, step_streams
+from .config import SessionConfig
+from .engine import StreamEngine, StreamState, WindowResult
+from .session import StreamingSession, step_streams
 from .stream import StreamReport, iter_windows, run_stream, step_through
 
-__all__ = ["KVPool", "StreamKVCache", "StreamReport", "StreamingSession", "WindowResult", "iter_windows",
-           "run_stream", "step_streams", "step_through"]
+__all__ = ["KVPool", "SessionConfig", "StreamEngine", "StreamKVCache", "StreamReport", "StreamState",
+           "StreamingSession", "WindowResult", "iter_windows", "run_stream", "step_streams", "step_through"]

@@ -30,6 +30,7 @@ class KVPool:
         self.free = list(range(pages - 1, -1, -1))  # a stack: the lowest page is lent first
         self.growths = 0  # bumped whenever the buffers are reallocated (captured graphs hold their addresses)
         self.decode_graphs = None  # the CUDA-graph decode steps over this pool, shared by its streams
+        self.engine = None  # the StreamEngine of this pool
 
     @classmethod
     def for_model(cls, model, **kwargs) -> KVPool:
@@ -45,6 +46,11 @@ class KVPool:
     @property
     def pages_in_use(self) -> int:
         return self.pages - len(self.free)
+
+    def ensure(self, pages: int) -> None:
+        """Hold at least ``pages`` pages, allocated now rather than in the middle of a window."""
+        while self.pages < pages:
+            self._grow()
 
     def allocate(self, n: int) -> list[int]:
         while len(self.free) < n:

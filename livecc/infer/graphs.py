@@ -82,7 +82,7 @@ class DecodeGraphs:
         slot.copy_(torch.tensor([c.slot(c.length) for c in caches]))
         length.copy_(torch.tensor([c.length + 1 for c in caches]))
         table.copy_(torch.tensor(padded_page_tables(caches, self.width)))
-        step.inputs.copy_(step.staging)
+        step.inputs.copy_(step.staging, non_blocking=True)  # pinned: no host stall (the last step's read fenced it)
         if fresh:
             self._build(step)
         if step.graph is not None:
@@ -90,6 +90,17 @@ class DecodeGraphs:
         else:
             step.logits = self._run(step)
         return step.logits.clone()  # the next replay overwrites the static output
+
+    def prepare(self, max_batch: int, max_pages: int) -> None:
+        """Build (on CUDA: capture) the steps of every batch size up to ``max_batch`` at a page-table
+        width of ``max_pages``, so no window pays a capture while the streams stay within them."""
+        self.width = max(self.width, max_pages)
+        self.growths = self.pool.growths
+        self.steps.clear()
+        self.mempool = None
+        for batch in range(1, max_batch + 1):  # a zero step: length 0 attends to nothing, writes slot 0
+            step = self.steps[batch] = _Step(batch, self.width, self.pool.device)
+            self._build(step)
 
     def _run(self, step: _Step) -> torch.Tensor:
         lm = self.model.model.language_model

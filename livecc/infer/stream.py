@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.video import FPS, FpsSampler, VideoError, pyav_frame_times
-from .session import StreamingSession, WindowResult
+from .engine import WindowResult
+from .session import StreamingSession
 
 __all__ = ["StreamReport", "iter_windows", "percentile", "run_stream", "step_through"]
 

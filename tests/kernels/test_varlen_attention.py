@@ -127,3 +127,40 @@ def test_rejects_bad_head_counts():
     k = torch.randn(4, 2, 64)
     with pytest.raises(ValueError, match="multiple"):
         varlen_attention(q, k, k, cu([4]), cu([4]), 4, 4)
+
+
+def test_the_dispatcher_keeps_the_fastest_correct_backend_and_remembers_it(tmp_path, gen):
+    """Probed once per shape class: the fastest candidate whose output agrees with the reference is
+    chosen (a fast wrong one never is), written to disk per device, and read back without probing."""
+    import time
+
+    from livecc.kernels.varlen_attention.backends import Dispatcher, shape_class
+
+    q, k = torch.randn(300, 8, 64, generator=gen), torch.randn(300, 2, 64, generator=gen)
+    right = q.clone()
+    calls = []
+
+    def backend(name, seconds, out):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+            return out
+        return run
+
+    candidates = {"triton": backend("triton", 0.02, right), "slow": backend("slow", 0.05, right),
+                  "fast": backend("fast", 0.0, right), "wrong": backend("wrong", 0.0, right + 1)}
+    key = shape_class(q, k, 300, True)
+    assert key == "causal-d64-float32-h8x2-pack512-doc512"
+    def wall_ms(fn):
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+    first = Dispatcher("Some GPU", tmp_path)
+    assert first.choose(key, candidates, timer=wall_ms) == "fast"
+    saved = first.choices[key]
+    assert "wrong" in saved["errors"] and set(saved["ms"]) == {"triton", "slow", "fast"}
+    calls.clear()
+    again = Dispatcher("Some GPU", tmp_path)
+    assert again.choose(key, candidates) == "fast" and not calls  # read from disk, nothing probed
+    assert Dispatcher("Other GPU", tmp_path).choices == {}  # per device

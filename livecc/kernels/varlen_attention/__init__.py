@@ -1,9 +1,11 @@
 """Varlen attention for packed sequences: causal (the LLM, bottom-right) and not (the ViT).
 
-``varlen_attention`` runs where its inputs are (``livecc.kernels.dispatch``): the Triton kernels on
-CUDA (or in Triton's interpreter under ``TRITON_INTERPRET=1``), registered as ``torch.library``
-custom ops with fake implementations and an autograd formula, so ``torch.compile`` and FSDP see
-through them; PyTorch's SDPA per document on CPU. ``varlen_attention_reference`` is the oracle.
+``varlen_attention`` runs where its inputs are (``livecc.kernels.dispatch``): on CUDA the fastest
+of livecc's Triton kernels and the attention PyTorch ships (``backends``: probed once per shape
+class, cached per device), the Triton kernels in Triton's interpreter under ``TRITON_INTERPRET=1``,
+PyTorch's SDPA per document on CPU. The Triton path is a pair of ``torch.library`` custom ops with
+fake implementations and an autograd formula, so ``torch.compile`` and FSDP see through them.
+``varlen_attention_reference`` is the oracle.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import torch
 
 from ..dispatch import check_devices, use_triton
+from .backends import BACKENDS, Dispatcher, available_backends, shape_class
 from .reference import varlen_attention_reference
 from .sdpa import varlen_attention_sdpa
 
-__all__ = ["varlen_attention", "varlen_attention_reference", "varlen_attention_sdpa"]
+__all__ = ["available_backends", "varlen_attention", "varlen_attention_reference", "varlen_attention_sdpa"]
+
+_dispatchers: dict[str, Dispatcher] = {}
 
 
 @torch.library.custom_op("livecc::varlen_attention_fwd", mutates_args=())
@@ -61,6 +66,28 @@ def _backward(ctx, grad_out, grad_lse):
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _auto(args: tuple, aligned: bool) -> str:
+    """The backend the dispatcher picked for this call's shape class (probing it the first time)."""
+    q, k = args[0], args[1]
+    names = available_backends(aligned)
+    if not q.is_cuda or len(names) == 1 or torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
+        return "triton"  # nothing to choose, or no probing inside a traced or captured region
+    device = torch.cuda.get_device_name(q.device)
+    dispatcher = _dispatchers.setdefault(device, Dispatcher(device))
+
+    def run(name):
+        def fwd_bwd():
+            q_, k_, v_ = (t.detach().requires_grad_() for t in args[:3])
+            with torch.enable_grad():
+                out = varlen_attention(q_, k_, v_, *args[3:7], causal=args[7], softmax_scale=args[8], backend=name)
+                out.backward(torch.ones_like(out))
+            return out.detach()
+
+        return fwd_bwd
+
+    return dispatcher.choose(shape_class(q, k, args[5], args[7]), {name: run(name) for name in names})
+
+
 def _check(q, k, v, cu_seqlens_q, cu_seqlens_k) -> None:
     if q.ndim != 3 or k.ndim != 3 or v.shape != k.shape or q.shape[2] != k.shape[2]:
         raise ValueError(f"expected q [Tq, Hq, D], k/v [Tk, Hkv, D]; got {tuple(q.shape)}, {tuple(k.shape)}")
@@ -82,6 +109,7 @@ def varlen_attention(
     causal: bool = True,
     softmax_scale: float | None = None,
     return_lse: bool = False,
+    backend: str = "auto",
 ):
     """Attention over packed sequences.
 
@@ -90,12 +118,20 @@ def varlen_attention(
     row belongs to a sequence: checking would cost a host sync per call). Causal masks are aligned
     bottom-right, for queries appended after a KV cache. Returns ``out [Tq, Hq, D]`` (0 for a query
     that sees no key) and, with ``return_lse``, ``lse [Hq, Tq]`` in fp32 natural log (-inf there).
+    ``backend`` (CUDA): ``"auto"`` or one of ``backends.BACKENDS``.
     """
     _check(q, k, v, cu_seqlens_q, cu_seqlens_k)
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
     if use_triton(q):
         cu_q, cu_k = cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32)
-        out, lse = _fwd(q, k, v, cu_q, cu_k, int(max_seqlen_q), int(max_seqlen_k), bool(causal), scale)
+        args = (q, k, v, cu_q, cu_k, int(max_seqlen_q), int(max_seqlen_k), bool(causal), scale)
+        if backend == "auto":
+            backend = "triton" if return_lse else _auto(args, aligned=cu_seqlens_q is cu_seqlens_k)
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose from {sorted(BACKENDS)} or 'auto'")
+        if backend != "triton":
+            return BACKENDS[backend](*args)
+        out, lse = _fwd(*args)
     elif return_lse:
         out, lse = varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
     else:
