@@ -2,18 +2,22 @@
 # CPU wheel; a bare `torch` requirement would pull several GB of CUDA packages.
 PY ?= python3
 
-.PHONY: setup demo test lint gpu-check
+.PHONY: setup browser demo test lint gpu-check
 
 setup:
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[video,dev]'
 	@command -v ffprobe >/dev/null || { apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null; }
 
+# The page's browser test drives Debian's Chromium through Playwright (skipped, with the reason, without it).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || true
+
 demo: setup
 	livecc demo
 
 # pytest exits 5 when it collects nothing: that must fail, not pass.
-test: setup
+test: setup browser
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
 lint:

@@ -82,18 +82,22 @@ def cmd_stream(args) -> int:
     """Comment on a video file or live stream in real time; end with a latency summary (also on Ctrl-C)."""
     from .infer import SessionConfig, StreamingSession, iter_windows, run_stream
     from .models import load_model
+    from .serve.vtt import VttWriter
 
     model, processor = load_model(args.model, args.device)
     config = SessionConfig(query=args.query, max_new_tokens=args.max_new_tokens,
                            repetition_penalty=args.repetition_penalty, horizon=args.horizon)
     session = StreamingSession(model, processor, config, cuda_graphs=not args.no_cuda_graphs)
     out = open(args.jsonl, "w") if args.jsonl else None
+    subtitles = VttWriter(args.vtt) if args.vtt else None
 
     def show(result) -> None:
         print(f"[{result.start:7.1f}-{result.end:7.1f}s] {result.text}", flush=True)
         if out:
             out.write(json.dumps({"start": result.start, "end": result.end, "text": result.text,
                                   "timings_ms": result.timings, "tokens_per_s": result.tokens_per_s}) + "\n")
+        if subtitles:
+            subtitles.write(result.start, result.end, result.text)
 
     source = "pipe:0" if args.source == "-" else args.source
     timeout = args.timeout if args.timeout > 0 else None
@@ -103,6 +107,8 @@ def cmd_stream(args) -> int:
     finally:
         if out:
             out.close()
+        if subtitles:
+            subtitles.close()
     print("summary: " + " ".join(f"{k}={v}" for k, v in report.summary().items()))
     return 130 if report.interrupted else 0
 
@@ -113,6 +119,31 @@ def _failures_exit(command: str, failed: int, allow: bool, where: str) -> int:
         print(f"livecc {command}: {failed} items failed (see {where}); --allow-failures accepts that",
               file=sys.stderr)
         return 3
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """Serve live commentary: a page at / and an HTTP API, every stream stepped together on one engine."""
+    import tempfile
+
+    import uvicorn
+
+    from .infer import SessionConfig
+    from .models import load_model
+    from .serve import Hub, create_app
+
+    model, processor = load_model(args.model, args.device)
+    config = SessionConfig(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
+                           horizon=args.horizon)
+    upload_dir = args.upload_dir or tempfile.mkdtemp(prefix="livecc-uploads-")
+    hub = Hub(model, processor, max_streams=args.max_streams, config=config, upload_dir=upload_dir)
+    app = create_app(hub, api_key=args.api_key, max_upload_bytes=args.max_upload_mb << 20)
+    print(f"livecc serve: http://{args.host}:{args.port}/ ({args.max_streams} streams at most, uploads in "
+          f"{upload_dir})", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        hub.shutdown()
     return 0
 
 
@@ -297,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--model", required=True, help="local Qwen2-VL checkpoint directory, or 'tiny'")
     stream.add_argument("--query", default="", help="user prompt in the first turn")
     stream.add_argument("--jsonl", default=None, help="also write each window's commentary here")
+    stream.add_argument("--vtt", default=None, help="also write the commentary as WebVTT subtitles here")
     stream.add_argument("--fast", action="store_true", help="as fast as possible instead of real-time pace")
     stream.add_argument("--format", default=None, help="container format for pipes (e.g. mpegts)")
     stream.add_argument("--max-new-tokens", type=int, default=16)
@@ -308,6 +340,20 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--device", default=None)
     stream.add_argument("--no-cuda-graphs", action="store_true", help="launch decode steps eagerly on GPU")
     stream.set_defaults(func=cmd_stream)
+
+    serve = sub.add_parser("serve", help=cmd_serve.__doc__, description=cmd_serve.__doc__)
+    serve.add_argument("--model", required=True, help="local Qwen2-VL checkpoint directory, or 'tiny'")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-streams", type=int, default=8, help="streams served at once (more: HTTP 429)")
+    serve.add_argument("--api-key", default=None, help="require this key (Authorization: Bearer KEY)")
+    serve.add_argument("--upload-dir", default=None, help="where uploads are kept (default: a new temp dir)")
+    serve.add_argument("--max-upload-mb", type=int, default=512)
+    serve.add_argument("--max-new-tokens", type=int, default=16)
+    serve.add_argument("--repetition-penalty", type=float, default=1.05)
+    serve.add_argument("--horizon", type=float, default=240.0, help="seconds of video kept in the KV cache")
+    serve.add_argument("--device", default=None)
+    serve.set_defaults(func=cmd_serve)
 
     bench = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__, add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="NAME ... --out DIR (livecc bench -h)")

@@ -18,7 +18,7 @@ LAYERS = [
     {"livecc.data"},
     {"livecc.train", "livecc.infer"},
     {"livecc.eval"},
-    {"livecc.demo", "livecc.bench"},
+    {"livecc.demo", "livecc.bench", "livecc.serve"},
     {"livecc.cli"},
 ]
 

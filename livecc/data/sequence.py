@@ -148,7 +148,7 @@ def build_streaming_sample(
     ``frame_rule`` the sampling rule of :mod:`livecc.data.video`; the video path resolves under
     ``video_root`` (absolute paths only with ``allow_absolute_paths``).
 
-    With ``device="cuda"`` the clip is decoded there when torchcodec can, and resized and
+    With ``device="cuda"`` the clip is decoded there on NVDEC when it can, and resized and
     patchified by the Triton kernel, so CPU data workers only read records.
     """
     if not isinstance(record, ClipRecord):

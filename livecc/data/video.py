@@ -13,7 +13,7 @@ Two sampling rules, both "strict" (a fixed frame rate, not a fixed frame count):
 Either way at most ``max_frames`` targets are kept and the count is padded to an even number by
 repeating the last frame; the returned times are the frames' times under the rule, which word
 assignment compares with word end times. Every backend streams its frames through one
-:class:`FpsSampler`, so decord, PyAV and torchcodec select the same frames.
+:class:`FpsSampler`, so decord, PyAV and NVDEC select the same frames.
 """
 
 from __future__ import annotations
@@ -192,29 +192,47 @@ def _decord_frame(reader, i: int, path: str) -> torch.Tensor:
         raise VideoError(f"{path}: cannot decode frame {i} ({e})") from e
 
 
-def _torchcodec_frames(path: str, start: float, device: str) -> FrameStream:
-    from torchcodec.decoders import VideoDecoder
+def _nvdec_frames(path: str, start: float, device: str) -> FrameStream:
+    """NVDEC through PyNvVideoCodec: frames decoded on the GPU, staying there as uint8 RGB. Times
+    come from demuxing the packets with PyAV (no decoding); frame ``i`` of the decoder is the one
+    with the ``i``-th smallest presentation timestamp, as in decord."""
+    import av
+    import PyNvVideoCodec as nvc
 
     try:
-        decoder = VideoDecoder(path, device=device, seek_mode="exact", dimension_order="NHWC")
-        stop = decoder.metadata.end_stream_seconds
-    except (RuntimeError, ValueError) as e:
-        raise VideoError(f"{path}: cannot decode video ({e})") from e
-    chunk = 8.0  # seconds per batched retrieval: bounds memory at 1080p
-    t = max(0.0, start - 1.0 / FPS)
-    while t < stop:
-        batch = decoder.get_frames_played_in_range(t, min(t + chunk, stop))
-        for k, (p, d) in enumerate(zip(batch.pts_seconds.tolist(), batch.duration_seconds.tolist())):
-            yield p, p + d, lambda k=k, b=batch: b.data[k]
-        t += chunk
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            packets = sorted((p.pts, p.duration) for p in container.demux(stream) if p.pts is not None)
+            times = pyav_frame_times(stream)
+            rate = stream.average_rate or stream.guessed_rate
+            spans = [times(_Packet(pts, duration)) for pts, duration in packets]
+        gpu = torch.device(device).index or 0
+        decoder = nvc.SimpleDecoder(path, gpu_id=gpu, use_device_memory=True,
+                                    output_color_type=nvc.OutputColorType.RGB)
+    except (av.error.FFmpegError, RuntimeError, ValueError) as e:
+        raise VideoError(f"{path}: cannot decode video on NVDEC ({e})") from e
+    if len(decoder) != len(spans):
+        raise VideoError(f"{path}: NVDEC sees {len(decoder)} frames, the demuxer {len(spans)} (rate {rate})")
+    first = max(0, int(np.searchsorted([p for p, _ in spans], start - _EPS)) - 1)
+    for i in range(first, len(spans)):
+        yield *spans[i], lambda i=i: torch.from_dlpack(decoder[i]).to(device)
+
+
+class _Packet:
+    """What :func:`pyav_frame_times` reads of a frame, for a packet's timestamps."""
+
+    def __init__(self, pts: int, duration: int | None):
+        self.pts, self.duration = pts, duration
 
 
 BACKENDS: dict[str, Callable[[str, float, str], FrameStream]] = {
-    "torchcodec": _torchcodec_frames,
+    "nvdec": _nvdec_frames,
     "decord": _decord_frames,
     "pyav": _pyav_frames,
 }
-_MODULES = {"torchcodec": "torchcodec.decoders", "decord": "decord", "pyav": "av"}
+_MODULES = {"nvdec": "PyNvVideoCodec", "decord": "decord", "pyav": "av"}
 
 
 def backend_status() -> dict[str, str | None]:
@@ -226,7 +244,7 @@ def backend_status() -> dict[str, str | None]:
         try:
             importlib.import_module(module)
             status[name] = None
-        except Exception as e:  # a broken install (e.g. torchcodec without CUDA torch) is "not available"
+        except Exception as e:  # a broken install (native libraries that do not load) is "not available"
             status[name] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
     return status
 
@@ -245,10 +263,10 @@ def _choose_backend(backend: str, device: str) -> str:
             raise VideoError(f"video backend {backend!r} is not available ({status[backend]})")
         return backend
     if device != "cpu":
-        if status["torchcodec"] is None:
-            return "torchcodec"
-        log.warning("GPU decoding unavailable, decoding on CPU: torchcodec %s", status["torchcodec"])
-    for name in ("decord", "pyav", "torchcodec"):
+        if status["nvdec"] is None:
+            return "nvdec"
+        log.warning("GPU decoding unavailable, decoding on CPU: PyNvVideoCodec %s", status["nvdec"])
+    for name in ("decord", "pyav"):
         if status[name] is None:
             return name
     raise VideoError("no video backend installed: pip install 'livecc[video]'")
@@ -269,8 +287,8 @@ def decode_clip(
     """Frames of ``[start, end]`` at ``fps`` under the sampling ``rule``, resized to the clip's
     budget when ``resize``.
 
-    ``device="cuda"`` decodes with torchcodec on NVDEC when it is installed (else on CPU, with a
-    logged reason) and returns the frames on that device.
+    ``device="cuda"`` decodes on NVDEC (PyNvVideoCodec, the ``gpu`` extra) when it is installed
+    (else on CPU, with a logged reason) and returns the frames on that device.
     """
     source = str(path)
     if not Path(source).is_file():

@@ -28,20 +28,11 @@ from ..data.packing import Pack, PackedLoader, StreamingDataset
 from ..models import TextOnlyHead, load_model, patch, text_only_causal_lm_loss, tiny_qwen2vl
 from ..qwen2vl import PixelBudget, VisionSpec, offline_processor, rope_time_interval
 from .config import TrainConfig
+from .metrics import peak_flops
 
 __all__ = ["Trainer", "clear_run", "latest_checkpoint", "train"]
 
 log = logging.getLogger("livecc.train")
-
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-
-
-def _peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
@@ -186,7 +177,7 @@ class Trainer:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         flops = 6 * self.trainable * tokens + 2 * self.frozen_vision * vision_patches
-        peak = _peak_flops(self.device)
+        peak = peak_flops(self.device)
         return {
             "step": self.step, "loss": loss_total / max(label_tokens, 1), "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm), "clips": int(clips), "tokens": int(tokens),
