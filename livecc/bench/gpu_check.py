@@ -35,8 +35,8 @@ def _tests(junit: Path) -> list[dict]:
             node = case.find(kind)
             if node is not None:
                 outcome = "skipped" if kind == "skipped" else "failed"
-                message = (node.get("message") or node.text or "").strip().splitlines()[0][:300] if (
-                    node.get("message") or node.text) else ""
+                lines = (node.get("message") or node.text or "").strip().splitlines()
+                message = lines[0][:300] if lines else ""
         rows.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
                      "seconds": float(case.get("time", 0)), "message": message})
     return rows

@@ -198,44 +198,48 @@ class Hub:
                 pass
 
     def _step_ready(self) -> bool:
-        """Step every stream that has a window, together; False when none had one."""
+        """Step every stream that has a window, together; False when none had one (then the
+        streams whose source ended and whose windows are all done are closed)."""
+        results, done = None, []
         with self.lock:
             ready = []
             for stream in self.streams.values():
-                if stream.closed or stream.windows.empty():
-                    continue
-                frames, t_end = stream.windows.get_nowait()
-                ready.append((stream, frames, t_end))
-            if not ready:
-                self._close_finished()
-                return False
-            for stream, frames, t_end in ready:  # the clock follows the source over dropped windows
-                stream.state.clock = t_end - len(frames) / stream.state.config.fps
-            started = time.perf_counter()
-            try:
-                results = self.engine.step([s.state for s, _, _ in ready], [f for _, f, _ in ready])
-            except Exception as e:  # a bad window (odd frames) ends its streams, never the server
-                for stream, _, _ in ready:
-                    stream.error = f"{type(e).__name__}: {e}"
-                results = None
-            self.busy_seconds += time.perf_counter() - started
-            for (stream, frames, _), result in zip(ready, results or []):
-                self.latencies.append(result.timings["total"])
-                self.windows_done += 1
-                self.stream_seconds += len(frames) / stream.state.config.fps
-                event = {"type": "window", "index": result.index, "start": result.start, "end": result.end,
-                         "text": result.text, "latency_ms": round(result.timings["total"], 1)}
-                stream.windows_said.append(event)
-                self._publish(stream, event)
-        if results is None:
+                if not stream.closed and not stream.windows.empty():
+                    frames, t_end = stream.windows.get_nowait()
+                    ready.append((stream, frames, t_end))
+            if ready:
+                results = self._step(ready)
+            else:
+                done = [s for s in self.streams.values() if s.finished and not s.closed and s.windows.empty()]
+        for stream in done:
+            self.close(stream)  # takes the lock itself
+        if ready and results is None:
             for stream, _, _ in ready:
                 self._fail(stream, stream.error)
-        return True
+        return bool(ready)
 
-    def _close_finished(self) -> None:
-        for stream in list(self.streams.values()):
-            if stream.finished and not stream.closed and stream.windows.empty():
-                threading.Thread(target=self.close, args=(stream,), daemon=True).start()
+    def _step(self, ready: list[tuple[ServedStream, torch.Tensor, float]]):
+        """One engine step over the ready streams (the lock held); publishes each window."""
+        for stream, frames, t_end in ready:  # the clock follows the source over dropped windows
+            stream.state.clock = t_end - len(frames) / stream.state.config.fps
+        started = time.perf_counter()
+        try:
+            results = self.engine.step([s.state for s, _, _ in ready], [f for _, f, _ in ready])
+        except Exception as e:  # a bad window (odd frames) ends its streams, never the server
+            for stream, _, _ in ready:
+                stream.error = f"{type(e).__name__}: {e}"
+            return None
+        finally:
+            self.busy_seconds += time.perf_counter() - started
+        for (stream, frames, _), result in zip(ready, results):
+            self.latencies.append(result.timings["total"])
+            self.windows_done += 1
+            self.stream_seconds += len(frames) / stream.state.config.fps
+            event = {"type": "window", "index": result.index, "start": result.start, "end": result.end,
+                     "text": result.text, "latency_ms": round(result.timings["total"], 1)}
+            stream.windows_said.append(event)
+            self._publish(stream, event)
+        return results
 
     @staticmethod
     def new_upload_name(suffix: str) -> str:

@@ -279,8 +279,12 @@ def _retry_failures(stage: Stage, paths: dict[str, Path], state: dict, report: S
     retried = []
     for row in failed:
         report.remove_failure(row["error"])
-        value, outcome = _parse(row["line"].encode()) if "line" in row else (row["item"], None)
-        retried.append((row["index"], row["input"], row.get("line", value), outcome))
+        if "line" in row:  # a line that was not JSON: parsed again from its bytes, kept as bytes if it fails
+            line = row["line"].encode()
+            value, outcome = _parse(line)
+            retried.append((row["index"], row["input"], line if outcome else value, outcome))
+        else:
+            retried.append((row["index"], row["input"], row["item"], None))
     items = [(index, value) for index, _, value, outcome in retried if outcome is None]
     outcomes = iter([o for batch in _outcomes(stage, iter([items])) for o in batch] if items else [])
     with open(paths["out"], "r+b") as out:
