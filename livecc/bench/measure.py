@@ -18,7 +18,8 @@ SHAPES = {  # hidden, layers, q heads, kv heads, MLP, vocab
     "qwen2vl-7b": (3584, 28, 28, 4, 18944, 152064),
 }
 PEAK = peak_flops() or PEAK_BF16_FLOPS["H100"]  # dense bf16 FLOP/s of this GPU (an H100 off GPU)
-HBM = 3.35e12  # H100 SXM HBM bytes/s (datasheet)
+PEAK_HBM = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # SXM HBM bytes/s, datasheet
+HBM = next((v for k, v in PEAK_HBM.items() if on_gpu() and k in torch.cuda.get_device_name()), PEAK_HBM["H100"])
 
 
 def random_qwen2vl(shape: str, attn: str):

@@ -23,11 +23,15 @@ BENCHMARKS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="livecc bench", description="Run livecc's benchmarks.")
+    parser = argparse.ArgumentParser(
+        prog="livecc bench", description="Run livecc's benchmarks.",
+        epilog="Options not listed here go to the one benchmark named, e.g. livecc bench video --clips 16.")
     parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], metavar="NAME",
                         help=f"benchmarks to run (default: all that fit this machine): {', '.join(BENCHMARKS)}")
     parser.add_argument("--out", default="bench/results", help="result directory")
-    args = parser.parse_args(argv)
+    args, options = parser.parse_known_args(argv)
+    if options and len(args.names) != 1:
+        parser.error(f"options {' '.join(options)} need exactly one benchmark named")
     env = environment()
     failures = {}
     with GpuTelemetry() as telemetry:
@@ -35,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}: {BENCHMARKS[name]}", flush=True)
             t0 = time.perf_counter()
             try:
-                sweep = importlib.import_module(f"livecc.bench.{name}").run([])
+                sweep = importlib.import_module(f"livecc.bench.{name}").run(options)
             except Exception as e:  # one failing benchmark must not hide the others' results
                 failures[name] = f"{type(e).__name__}: {e}"
                 traceback.print_exc()

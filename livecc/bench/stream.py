@@ -31,7 +31,7 @@ from ..infer import KVPool, SessionConfig, StreamingSession, step_streams
 from ..infer.stream import percentile
 from ..kernels import preprocess_frames
 from ..models import tiny_qwen2vl, use_livecc_attention
-from ..qwen2vl import TokenIds, VisionSpec, expand_video_pads, offline_processor, smart_resize
+from ..qwen2vl import TokenIds, VisionSpec, expand_pads, offline_processor, smart_resize
 from .measure import HBM, PEAK, random_qwen2vl, reference_attention
 from .results import Plot, Sweep, on_gpu
 
@@ -83,7 +83,7 @@ def reference_loop(model, processor, frames: list[torch.Tensor], query: str) -> 
             text = "<|im_end|>\n" + text[offset:]
         size = smart_resize(*window.shape[1:3], spec.factor, 100 * 28 * 28, MAX_PIXELS)
         pixels, grid = preprocess_frames(window, size, spec, dtype)
-        new = expand_video_pads(torch.tensor(tok(text, add_special_tokens=False).input_ids), ids.video_pad,
+        new = expand_pads(torch.tensor(tok(text, add_special_tokens=False).input_ids), ids.video_pad,
                                 [int(grid.prod()) // spec.merge_size**2])[None].to(device)
         input_ids = new if past_ids is None else torch.cat([past_ids, new], dim=1)
         out = model.generate(input_ids=input_ids, pixel_values_videos=pixels, video_grid_thw=grid.to(device),

@@ -8,8 +8,12 @@ deterministically by rank, builds samples in worker processes, and resumes at a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +25,7 @@ from ..kernels import cu_seqlens
 from .records import ClipRecord, SeekableRecords
 from .sequence import StreamingSample, build_conversation_sample, build_streaming_sample, is_streaming_record
 
-__all__ = ["Pack", "PackedLoader", "SampleFailure", "StreamingDataset", "pack_samples"]
+__all__ = ["LoaderStats", "Pack", "PackedLoader", "SampleFailure", "StreamingDataset", "pack_samples"]
 
 log = logging.getLogger("livecc.packing")
 
@@ -36,6 +40,8 @@ class Pack:
     pixel_values_videos: torch.Tensor  # [N, 1176]
     video_grid_thw: torch.Tensor  # [groups, 3]
     n_clips: int
+    pixel_values_images: torch.Tensor  # [N, 1176], the images of SFT conversations
+    image_grid_thw: torch.Tensor  # [images, 3]
 
     @property
     def n_tokens(self) -> int:
@@ -56,7 +62,13 @@ class Pack:
         }
         if self.video_grid_thw.numel():  # a pack of text-only conversations has no vision input
             inputs.update(pixel_values_videos=move(self.pixel_values_videos), video_grid_thw=move(self.video_grid_thw))
+        if self.image_grid_thw.numel():
+            inputs.update(pixel_values=move(self.pixel_values_images), image_grid_thw=move(self.image_grid_thw))
         return inputs
+
+    @property
+    def n_vision_patches(self) -> int:
+        return self.pixel_values_videos.shape[0] + self.pixel_values_images.shape[0]
 
 
 def pack_samples(samples: list[StreamingSample]) -> Pack:
@@ -77,11 +89,39 @@ def pack_samples(samples: list[StreamingSample]) -> Pack:
         pixel_values_videos=torch.cat([s.pixel_values_videos for s in samples]),
         video_grid_thw=torch.cat([s.video_grid_thw for s in samples]),
         n_clips=len(samples),
+        pixel_values_images=torch.cat([s.pixel_values_images.to(s.pixel_values_videos.dtype) for s in samples]),
+        image_grid_thw=torch.cat([s.image_grid_thw for s in samples]),
     )
 
 
 # Options the conversation builder shares with the streaming one; the rest are streaming-only.
 CONVERSATION_KWARGS = ("budget", "backend", "dtype", "device", "time_interval", "frame_rule", "allow_absolute_paths")
+
+
+@dataclass
+class LoaderStats:
+    """What a loader delivered and how long its consumer waited: ``build_s`` is the time spent
+    producing packs (decoding, building, packing), ``wait_s`` the time the consumer blocked."""
+
+    temporal_patch_size: int = 2
+    packs: int = 0
+    clips: int = 0
+    frames: int = 0
+    tokens: int = 0
+    build_s: float = 0.0
+    wait_s: float = 0.0
+
+    def add(self, pack: Pack, seconds: float) -> None:
+        self.packs += 1
+        self.clips += pack.n_clips
+        self.frames += int(pack.video_grid_thw[:, 0].sum()) * self.temporal_patch_size
+        self.tokens += pack.n_tokens
+        self.build_s += seconds
+
+    def rates(self) -> dict:
+        per_s = lambda n: n / self.build_s if self.build_s else None
+        return {"loader_clips_per_s": per_s(self.clips), "loader_frames_per_s": per_s(self.frames),
+                "data_wait_s": self.wait_s}
 
 
 @dataclass
@@ -132,17 +172,22 @@ class PackedLoader:
     without building them. A clip longer than the budget forms a pack of its own. A record that
     fails is counted by error type and, with ``rejects``, written there with its place
     (``epoch``, ``position`` in this rank's order) and error.
+
+    Samples are built in ``num_workers`` processes, and a thread keeps up to ``prefetch`` packs
+    ready ahead of the step, so decoding and packing overlap training. ``stats`` says how fast the
+    loader delivered (clips/s, frames/s while it worked) and how long its consumer waited on it.
     """
 
     def __init__(self, dataset: StreamingDataset, token_budget: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True, num_workers: int = 0, epoch: int = 0,
-                 rejects: str | Path | None = None):
+                 seed: int = 0, shuffle: bool = True, num_workers: int = 0, prefetch: int = 2, epoch: int = 0,
+                 rejects: str | Path | None = None, temporal_patch_size: int = 2):
         self.dataset, self.token_budget = dataset, token_budget
         self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
-        self.num_workers = num_workers
+        self.num_workers, self.prefetch = num_workers, prefetch
         self.epoch, self.consumed = epoch, 0
         self.errors: Counter = Counter()
         self.rejects = None if rejects is None else Path(rejects)
+        self.stats = LoaderStats(temporal_patch_size)
 
     def _order(self) -> list[int]:
         if self.shuffle:
@@ -169,32 +214,76 @@ class PackedLoader:
         """Packs until this epoch's clips run out; then the next epoch begins on the next call.
 
         ``consumed`` advances only when a pack is handed out, to just before the clip that opens the
-        next pack, so a checkpoint taken between packs resumes with the first clip not trained on.
+        next pack, so a checkpoint taken between packs resumes with the first clip not trained on;
+        failures are counted and written when the pack after them is handed out.
         """
-        indices = self._order()[self.consumed :]
-        loader = torch.utils.data.DataLoader(
-            self.dataset, sampler=indices, batch_size=None, num_workers=self.num_workers,
-            collate_fn=lambda x: x, persistent_workers=False)
-        pending, size, position = [], 0, self.consumed
-        unsaved_errors: Counter = Counter()
-        for sample in loader:
-            position += 1
-            if isinstance(sample, SampleFailure):
-                unsaved_errors[sample.kind] += 1
-                self._reject(sample, position - 1)
-                continue
-            n = sample.input_ids.numel()
-            if pending and size + n > self.token_budget:
-                self.consumed = position - 1  # everything before the clip that starts the next pack
-                yield self._commit(pending, unsaved_errors)
-                pending, size = [], 0
-            pending.append(sample)
-            size += n
-        self.consumed = position
-        if pending:
-            yield self._commit(pending, unsaved_errors)
-        self.errors.update(unsaved_errors)
-        self.epoch, self.consumed = self.epoch + 1, 0
+        ahead: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
+        stop = threading.Event()
+        worker = threading.Thread(target=self._produce, args=(ahead, stop), daemon=True, name="livecc-loader")
+        worker.start()
+        try:
+            while True:
+                t0 = time.perf_counter()
+                item = ahead.get()
+                self.stats.wait_s += time.perf_counter() - t0
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    break
+                pack, position, failures = item
+                for failure, at in failures:
+                    self.errors[failure.kind] += 1
+                    self._reject(failure, at)
+                self.consumed = position
+                if pack is not None:
+                    yield pack
+            self.epoch, self.consumed = self.epoch + 1, 0
+        finally:
+            stop.set()
+            while worker.is_alive():  # unblock a producer waiting on a full queue
+                with contextlib.suppress(queue.Empty):
+                    ahead.get_nowait()
+                worker.join(timeout=0.05)
+
+    def _produce(self, ahead: queue.Queue, stop: threading.Event) -> None:
+        """Build this epoch's packs in order and queue ``(pack, position after it, failures)``,
+        then ``None``; an exception is queued for the consumer to raise."""
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                with contextlib.suppress(queue.Full):
+                    ahead.put(item, timeout=0.1)
+                    return True
+            return False
+
+        try:
+            indices = self._order()[self.consumed :]
+            loader = torch.utils.data.DataLoader(
+                self.dataset, sampler=indices, batch_size=None, num_workers=self.num_workers,
+                collate_fn=lambda x: x, prefetch_factor=2 if self.num_workers else None)
+            pending, size, position, failures = [], 0, self.consumed, []
+            t0 = time.perf_counter()
+            for sample in loader:
+                position += 1
+                if isinstance(sample, SampleFailure):
+                    failures.append((sample, position - 1))
+                    continue
+                n = sample.input_ids.numel()
+                if pending and size + n > self.token_budget:
+                    pack = pack_samples(pending)
+                    self.stats.add(pack, time.perf_counter() - t0)
+                    if not put((pack, position - 1, failures)):
+                        return
+                    pending, size, failures, t0 = [], 0, [], time.perf_counter()
+                pending.append(sample)
+                size += n
+            pack = pack_samples(pending) if pending else None
+            if pack is not None:
+                self.stats.add(pack, time.perf_counter() - t0)
+            if put((pack, position, failures)):
+                put(None)
+        except BaseException as e:  # raised again in the consumer's thread
+            put(e)
 
     def _reject(self, failure: SampleFailure, position: int) -> None:
         log.warning("skipped %s: %s", failure.source, failure.error)
@@ -202,8 +291,3 @@ class PackedLoader:
             with open(self.rejects, "a") as f:
                 f.write(json.dumps({"epoch": self.epoch, "position": position, "record": failure.source,
                                     "error": failure.error}) + "\n")
-
-    def _commit(self, samples: list[StreamingSample], unsaved_errors: Counter) -> Pack:
-        self.errors.update(unsaved_errors)
-        unsaved_errors.clear()
-        return pack_samples(samples)

@@ -21,6 +21,7 @@ from ..kernels import preprocess_frames
 from ..qwen2vl.rope import mrope_position_ids
 from ..qwen2vl.tokens import TokenIds
 from ..qwen2vl.turns import (
+    IMAGE_BLOCK,
     STREAM_EOS,
     SYSTEM_TURN,
     VIDEO_BLOCK,
@@ -30,6 +31,7 @@ from ..qwen2vl.turns import (
     user_turn,
 )
 from ..qwen2vl.vision import PixelBudget, VisionSpec, clip_frame_size
+from .image import image_pixel_bounds, image_size, load_image
 from .paths import resolve_under
 from .records import ClipRecord, RecordError
 from .video import FPS, VideoClip, VideoError, decode_clip
@@ -74,6 +76,9 @@ class StreamingSample:
     video_grid_thw: torch.Tensor  # [n_windows, 3]
     windows: list[Window]
     text: str  # the rendered conversation, one <|video_pad|> per window
+    # images of an SFT conversation, in order (Hugging Face's ``pixel_values`` / ``image_grid_thw``)
+    pixel_values_images: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 1176))
+    image_grid_thw: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 3, dtype=torch.long))
 
 
 def plan_windows(n_frames: int, initial_frames: int = 6, streaming_frames: int = 2, fps: float = FPS) -> list[Window]:
@@ -226,12 +231,14 @@ def build_conversation_sample(
     source: str = "<conversation>",
 ) -> StreamingSample:
     """An ordinary (non-streaming) chat for SFT: ``[{"role", "content"}]`` turns whose content is a
-    string or ``{"type": "text" | "video"}`` elements (at most one video, decoded at 2 FPS as one
-    block). Labels cover the assistant turns; ``windows`` is empty. Any other element (images
-    included) is an error naming the record: nothing of a conversation is left out silently."""
+    string or a list of elements: ``{"type": "text", "text": str}``, ``{"type": "image", "image":
+    path}`` (any number, LLaVA-OneVision style; sized by the processor's image pixel bounds) and
+    ``{"type": "video", "video": path}`` (at most one, decoded at 2 FPS as one block, LLaVA-Video
+    style). Labels cover the assistant turns; ``windows`` is empty. Any other element is an error
+    naming the record: nothing of a conversation is left out silently."""
     tokenizer = getattr(processor, "tokenizer", processor)
     ids, spec = TokenIds.from_tokenizer(tokenizer), VisionSpec.from_processor(processor)
-    text, video = "", None
+    text, video, images, blocks = "", None, [], []  # blocks: "image"/"video" in the order they appear
     if not isinstance(messages, list) or not messages:
         raise RecordError(f"{source}: expected a list of chat messages")
     if not (isinstance(messages[0], dict) and messages[0].get("role") == "system"):
@@ -248,11 +255,16 @@ def build_conversation_sample(
                     raise RecordError(f"{source}: more than one video")
                 video = element
                 parts.append(VIDEO_BLOCK)
+                blocks.append(kind)
+            elif kind == "image":
+                images.append(element.get("image"))
+                parts.append(IMAGE_BLOCK)
+                blocks.append(kind)
             elif kind == "text" and isinstance(element.get("text"), str):
                 parts.append(element["text"])
             else:
                 raise RecordError(f"{source}: unsupported {kind!r} element in a conversation "
-                                  "(supported: text with a string, one video)")
+                                  "(supported: text with a string, images, one video)")
         text += f"<|im_start|>{role}\n{''.join(parts)}<|im_end|>\n"
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         raise EmptySampleError(f"{source}: no assistant turn to learn from")
@@ -268,8 +280,30 @@ def build_conversation_sample(
                               allow_absolute_paths=allow_absolute_paths, budget=budget, backend=backend,
                               device=device, rule=frame_rule)
         pixel_values, grids = preprocess_frames(clip.frames.to(device), _frame_size(clip, budget), spec, dtype)
-    input_ids = tokenize_with_video(tokenizer, text, ids.video_pad, grids, spec.merge_size)
-    position_ids, _ = mrope_position_ids(input_ids, grids, (ids.video_pad,), spec.merge_size,
+    image_values, image_grids = _images(images, processor, spec, dtype, device, video_root, allow_absolute_paths,
+                                        source)
+    input_ids = tokenize_with_video(tokenizer, text, ids.video_pad, grids, spec.merge_size, ids.image_pad,
+                                    image_grids)
+    # M-RoPE reads the vision blocks in the order they appear, images and the video mixed.
+    by_kind = {"image": iter(image_grids), "video": iter(grids)}
+    in_order = torch.stack([next(by_kind[k]) for k in blocks]) if blocks else grids
+    position_ids, _ = mrope_position_ids(input_ids, in_order, (ids.video_pad, ids.image_pad), spec.merge_size,
                                          time_interval=time_interval)
     return StreamingSample(input_ids=input_ids, labels=assistant_labels(input_ids, ids), position_ids=position_ids,
-                           pixel_values_videos=pixel_values, video_grid_thw=grids, windows=[], text=text)
+                           pixel_values_videos=pixel_values, video_grid_thw=grids, windows=[], text=text,
+                           pixel_values_images=image_values, image_grid_thw=image_grids)
+
+
+def _images(paths: list, processor, spec: VisionSpec, dtype, device, video_root, allow_absolute_paths: bool,
+            source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch rows and grids of a conversation's images, each resized as Hugging Face's processor
+    sizes it (one frame, repeated into its temporal patch)."""
+    rows, grids = [torch.zeros(0, spec.row_size, dtype=dtype, device=device)], [torch.zeros(0, 3, dtype=torch.long)]
+    bounds = image_pixel_bounds(processor)
+    for path in paths:
+        where = resolve_under(video_root, path, source=source, allow_absolute=allow_absolute_paths)
+        pixels = load_image(where)
+        r, g = preprocess_frames(pixels.to(device), image_size(pixels, bounds, str(where)), spec, dtype)
+        rows.append(r)
+        grids.append(g)
+    return torch.cat(rows), torch.cat(grids)

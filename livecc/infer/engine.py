@@ -28,7 +28,7 @@ from ..qwen2vl import (
     SYSTEM_TURN,
     TokenIds,
     VisionSpec,
-    expand_video_pads,
+    expand_pads,
     mrope_position_ids,
     rope_time_interval,
     smart_resize,
@@ -313,7 +313,7 @@ class StreamEngine:
         s.questions = []
         text = head + user_turn(window.start, window.end, "\n".join(asked)) + "<|im_start|>assistant\n"
         ids = torch.tensor(s.pending + self.tokenizer(text, add_special_tokens=False).input_ids)
-        ids = expand_video_pads(ids, self.ids.video_pad, [int(grid.prod()) // self.spec.merge_size**2])
+        ids = expand_pads(ids, self.ids.video_pad, [int(grid.prod()) // self.spec.merge_size**2])
         positions, s.next_pos = mrope_position_ids(ids, grid, (self.ids.video_pad,), self.spec.merge_size,
                                                    start=s.next_pos, time_interval=s.time_interval)
         return ids, positions

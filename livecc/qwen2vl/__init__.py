@@ -8,12 +8,13 @@ from .rope import mrope_position_ids, rope_time_interval, vision_runs
 from .tokens import TokenIds
 from .turns import (
     IGNORE_INDEX,
+    IMAGE_BLOCK,
     STREAM_EOS,
     SYSTEM_TURN,
     VIDEO_BLOCK,
     assistant_labels,
     assistant_turn,
-    expand_video_pads,
+    expand_pads,
     tokenize_with_video,
     user_turn,
 )
@@ -22,6 +23,7 @@ from .vision import FRAME_FACTOR, IMAGE_FACTOR, PixelBudget, VisionSpec, clip_fr
 __all__ = [
     "FRAME_FACTOR",
     "IGNORE_INDEX",
+    "IMAGE_BLOCK",
     "IMAGE_FACTOR",
     "QWEN2VL_CHAT_TEMPLATE",
     "QWEN2VL_SPECIAL_TOKENS",
@@ -35,7 +37,7 @@ __all__ = [
     "assistant_labels",
     "assistant_turn",
     "clip_frame_size",
-    "expand_video_pads",
+    "expand_pads",
     "load_processor",
     "mrope_position_ids",
     "offline_processor",

@@ -8,12 +8,13 @@ from .tokens import TokenIds
 
 __all__ = [
     "IGNORE_INDEX",
+    "IMAGE_BLOCK",
     "STREAM_EOS",
     "SYSTEM_TURN",
     "VIDEO_BLOCK",
     "assistant_labels",
     "assistant_turn",
-    "expand_video_pads",
+    "expand_pads",
     "tokenize_with_video",
     "user_turn",
 ]
@@ -21,6 +22,7 @@ __all__ = [
 STREAM_EOS = " ..."  # ends every assistant window: the streaming EOS, distinct from <|im_end|>
 SYSTEM_TURN = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 VIDEO_BLOCK = "<|vision_start|><|video_pad|><|vision_end|>"
+IMAGE_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
 IGNORE_INDEX = -100
 
 
@@ -46,18 +48,24 @@ def assistant_labels(input_ids: torch.Tensor, ids: TokenIds) -> torch.Tensor:
     return labels
 
 
-def tokenize_with_video(tokenizer, text: str, video_pad: int, grids: torch.Tensor, merge_size: int) -> torch.Tensor:
-    """Token ids of ``text`` with its i-th ``<|video_pad|>`` expanded to the LLM tokens of ``grids[i]``."""
+def tokenize_with_video(tokenizer, text: str, video_pad: int, grids: torch.Tensor, merge_size: int,
+                        image_pad: int | None = None, image_grids: torch.Tensor | None = None) -> torch.Tensor:
+    """Token ids of ``text`` with its i-th ``<|video_pad|>`` expanded to the LLM tokens of ``grids[i]``
+    (and, given ``image_pad``, its i-th ``<|image_pad|>`` to those of ``image_grids[i]``)."""
     ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
-    return expand_video_pads(ids, video_pad, (grids.prod(-1) // merge_size**2).tolist())
+    ids = expand_pads(ids, video_pad, (grids.prod(-1) // merge_size**2).tolist())
+    if image_pad is not None:
+        ids = expand_pads(ids, image_pad, (image_grids.prod(-1) // merge_size**2).tolist())
+    return ids
 
 
-def expand_video_pads(ids: torch.Tensor, video_pad: int, counts: list[int]) -> torch.Tensor:
-    """Repeat the i-th ``<|video_pad|>`` ``counts[i]`` times (tokenizing one pad per window is exact
-    because it is a special token, and far faster than tokenizing thousands)."""
+def expand_pads(ids: torch.Tensor, pad: int, counts: list[int]) -> torch.Tensor:
+    """Repeat the i-th ``pad`` (``<|video_pad|>`` or ``<|image_pad|>``) ``counts[i]`` times
+    (tokenizing one pad per block is exact because it is a special token, and far faster than
+    tokenizing thousands)."""
     repeats = torch.ones_like(ids)
-    pad_positions = (ids == video_pad).nonzero().flatten()
+    pad_positions = (ids == pad).nonzero().flatten()
     if pad_positions.numel() != len(counts):
-        raise ValueError(f"{pad_positions.numel()} video pads in text but {len(counts)} windows")
+        raise ValueError(f"{pad_positions.numel()} vision pads in text but {len(counts)} vision blocks")
     repeats[pad_positions] = torch.tensor(counts, dtype=ids.dtype)
     return torch.repeat_interleave(ids, repeats)

@@ -48,12 +48,16 @@ class TrainConfig:
     bf16: bool = True  # on GPU; CPU runs in fp32
     freeze_vision: bool = True
     gradient_checkpointing: bool = True
-    liger: bool = True  # Liger's RMSNorm / SwiGLU / M-RoPE kernels (GPU)
+    # "full": recompute each decoder layer in the backward; "selective": keep GEMM and attention
+    # outputs, recompute the elementwise ops (more memory, less recompute)
+    checkpoint_policy: str = "full"
+    fused_ops: bool = True  # on GPU: the fused rotary kernel, and Liger's RMSNorm / SwiGLU when installed
     with_context: bool = False
     min_pixels: int = 100 * 28 * 28  # per frame
     max_pixels: int = 768 * 28 * 28
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int = 0  # processes decoding and building samples
+    prefetch_packs: int = 2  # packs kept ready ahead of the step
     log_every: int = 1
     save_every: int = 0  # steps; 0 saves only at the end
     stop_after: int | None = None  # end the run after this many steps (the schedule still spans max_steps)
@@ -66,10 +70,12 @@ class TrainConfig:
         _check_ranges(self)
 
 
-_POSITIVE = ("epochs", "global_batch_clips", "token_budget", "log_every", "min_pixels", "max_pixels")
+_POSITIVE = ("epochs", "global_batch_clips", "token_budget", "log_every", "min_pixels", "max_pixels",
+             "prefetch_packs")
 _POSITIVE_OR_NONE = ("max_steps", "stop_after")
 _NON_NEGATIVE = ("weight_decay", "num_workers", "save_every")
-_CHOICES = {"engine": ("livecc", "hf"), "frame_rule": ("reference", "clip-start"), "device": (None, "cuda", "cpu")}
+_CHOICES = {"engine": ("livecc", "hf"), "checkpoint_policy": ("full", "selective"),
+            "frame_rule": ("reference", "clip-start"), "device": (None, "cuda", "cpu")}
 
 
 def _check_ranges(cfg: TrainConfig) -> None:

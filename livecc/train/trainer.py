@@ -8,6 +8,7 @@ before clipping. A step whose gradient is not finite is skipped and counted.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.utils.checkpoint import create_selective_checkpoint_contexts
 from tqdm import tqdm
 
 from ..data.packing import Pack, PackedLoader, StreamingDataset
@@ -60,7 +62,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                            fused=True)
         budget = PixelBudget(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
-        interval = rope_time_interval(model.config, VisionSpec.from_processor(self.processor).temporal_patch_size)
+        temporal_patch = VisionSpec.from_processor(self.processor).temporal_patch_size
+        interval = rope_time_interval(model.config, temporal_patch)
         dataset = StreamingDataset(cfg.data, self.processor, cfg.video_root, with_context=cfg.with_context,
                                    budget=budget, time_interval=interval, frame_rule=cfg.frame_rule,
                                    allow_absolute_paths=cfg.allow_absolute_paths)
@@ -68,7 +71,9 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.loader = PackedLoader(dataset, budget, rank=self.rank, world_size=self.world, seed=cfg.seed,
-                                   num_workers=cfg.num_workers, rejects=self.out / f"rejects.rank{self.rank}.jsonl")
+                                   num_workers=cfg.num_workers, prefetch=cfg.prefetch_packs,
+                                   rejects=self.out / f"rejects.rank{self.rank}.jsonl",
+                                   temporal_patch_size=temporal_patch)
         self.clips_per_rank = max(1, math.ceil(cfg.global_batch_clips / self.world))
         steps_per_epoch = max(1, math.ceil(len(dataset) / cfg.global_batch_clips))
         self.total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
@@ -95,11 +100,11 @@ class Trainer:
     def _prepare(self, model):
         cfg = self.cfg
         if cfg.engine == "livecc":  # the loss goes through TextOnlyHead, which FSDP wraps
-            patch(model, loss=False, fused_ops=cfg.liger and self.device.type == "cuda")
+            patch(model, loss=False, fused_ops=cfg.fused_ops and self.device.type == "cuda")
         if cfg.freeze_vision:
             model.model.visual.requires_grad_(False)
         if cfg.gradient_checkpointing:
-            _enable_checkpointing(model)
+            _enable_checkpointing(model, cfg.checkpoint_policy)
         model.to(self.device).train()
         self.head = TextOnlyHead(model.lm_head)
         if self.distributed:
@@ -129,15 +134,16 @@ class Trainer:
     def _loss_sum(self, pack: Pack) -> torch.Tensor:
         labels = pack.labels.to(self.device)
         if self.cfg.engine == "hf":
-            out = self.model(input_ids=pack.input_ids.to(self.device), position_ids=pack.position_ids.to(self.device),
-                             pixel_values_videos=pack.pixel_values_videos.to(self.device),
-                             video_grid_thw=pack.video_grid_thw.to(self.device), labels=labels)
+            inputs = pack.model_inputs(self.device)
+            vision = {k: v for k, v in inputs.items() if "pixel" in k or "grid" in k}
+            out = self.model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], labels=labels,
+                             **vision)
             return out.loss * pack.n_label_tokens
         return text_only_causal_lm_loss(self.model, labels=labels, reduction="sum", head=self.head,
                                         **pack.model_inputs(self.device))
 
     def train_step(self) -> dict | None:
-        t0 = time.perf_counter()
+        t0, waited = time.perf_counter(), self.loader.stats.wait_s
         clips = tokens = label_tokens = 0
         loss_sum = torch.zeros((), device=self.device)
         vision_patches = 0
@@ -151,7 +157,7 @@ class Trainer:
             clips += pack.n_clips
             tokens += pack.n_tokens
             label_tokens += pack.n_label_tokens
-            vision_patches += pack.pixel_values_videos.shape[0]
+            vision_patches += pack.n_vision_patches
         totals = torch.tensor([clips, tokens, label_tokens, loss_sum.item()], dtype=torch.float64, device=self.device)
         if self.distributed:
             dist.all_reduce(totals)
@@ -186,6 +192,8 @@ class Trainer:
             "mfu": flops / seconds / (peak * self.world) if peak else None,
             "max_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else None,
             "skipped_steps": self.skipped_steps,
+            # the loader's pace while it worked, and the part of this step spent waiting on it
+            **self.loader.stats.rates(), "data_wait_s": self.loader.stats.wait_s - waited,
         }
 
     def fit(self) -> dict:
@@ -233,13 +241,15 @@ class Trainer:
         self.metrics_file.write(json.dumps(m) + "\n")
         self.metrics_file.flush()
         if self.tb:
-            for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
+            for k in ("loss", "lr", "grad_norm", "tokens_per_s", "data_wait_s"):
                 self.tb.add_scalar(k, m[k], m["step"])
         if m["step"] % self.cfg.log_every == 0:
             mfu = f" mfu={m['mfu']:.1%}" if m["mfu"] is not None else ""
             mem = f" mem={m['max_memory_gb']:.1f}GB" if m["max_memory_gb"] is not None else ""
+            fed = f" loader={m['loader_clips_per_s']:.2f}clips/s" if m["loader_clips_per_s"] else ""
             print(f"step {m['step']}/{self.total_steps} loss={m['loss']:.4f} lr={m['lr']:.2e} "
-                  f"gnorm={m['grad_norm']:.3f} clips={m['clips']} tok/s={m['tokens_per_s']:.0f}{mfu}{mem}", flush=True)
+                  f"gnorm={m['grad_norm']:.3f} clips={m['clips']} tok/s={m['tokens_per_s']:.0f}{mfu}{mem}"
+                  f"{fed} wait={m['data_wait_s']:.2f}s", flush=True)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -371,15 +381,31 @@ def clear_run(output_dir: str | Path) -> list[Path]:
     return removed
 
 
-def _enable_checkpointing(model) -> None:
-    """Non-reentrant activation checkpointing on every transformers release livecc admits: 5.23
-    renamed ``gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)`` (the GPU image's
-    5.17 has only that) to ``activation_checkpointing_enable(activation_checkpointing_kwargs=...)``."""
+def _enable_checkpointing(model, policy: str = "full") -> None:
+    """Non-reentrant activation checkpointing of every decoder layer. ``"full"`` recomputes the
+    whole layer in the backward; ``"selective"`` saves the outputs of the GEMMs and attention (the
+    costly ops) and recomputes only the elementwise ones (norms, rotary, activations, residuals).
+
+    transformers 5.23 renamed ``gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)``
+    (the only spelling of the GPU image's 5.17) to ``activation_checkpointing_enable(...)``."""
     kwargs = {"use_reentrant": False}
+    if policy == "selective":
+        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _saved_ops())
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _saved_ops() -> list:
+    """The ops whose outputs selective checkpointing keeps: matrix products and attention."""
+    aten = torch.ops.aten
+    ops = [aten.mm.default, aten.addmm.default, aten.bmm.default, torch.ops.livecc.varlen_attention_fwd.default]
+    for name in ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                 "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu"):
+        if hasattr(aten, name):
+            ops.append(getattr(aten, name).default)
+    return ops
 
 
 def _cosine(step: int, warmup: int, total: int) -> float:

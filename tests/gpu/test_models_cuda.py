@@ -101,7 +101,7 @@ def test_twenty_training_steps_follow_the_cpu_loss_curve(tmp_path):
     curves = {}
     for device in ("cpu", "cuda"):
         overrides = [f"data=[\"{tmp_path / 'train.jsonl'}\"]", f"video_root=\"{tmp_path}\"", "max_steps=20",
-                     "global_batch_clips=2", "lr=0.001", "gradient_checkpointing=true", "liger=false",
+                     "global_batch_clips=2", "lr=0.001", "gradient_checkpointing=true", "fused_ops=false",
                      f"device=\"{device}\"", f"output_dir=\"{tmp_path / device}\"", "min_pixels=12544",
                      "max_pixels=12544"]
         curves[device] = torch.tensor([m["loss"] for m in Trainer(load_config(None, overrides)).fit()["history"]])

@@ -15,6 +15,9 @@ LEVEL = 1 / 255 / min(VisionSpec().std)  # one uint8 step, in normalised units
     (3, 90, 50, (112, 56)),  # odd frame count, portrait, downscale one axis
     (2, 100, 130, (56, 84)),  # downscale: 4+ taps per axis
     (4, 56, 84, (56, 84)),  # no resize
+    (1, 33, 47, (28, 56)),  # one frame (repeated into its temporal pair), odd sides
+    (5, 61, 131, (84, 28)),  # T not a multiple of 2, odd width, upscale one axis, downscale the other
+    (2, 13, 9, (84, 56)),  # upscale several times: windows narrower than a tile
 ])
 def test_triton_kernel_matches_reference(nan_empty, gen, dtype, t, h, w, size):
     frames = torch.randint(0, 256, (t, h, w, 3), dtype=torch.uint8, generator=gen)

@@ -1,9 +1,13 @@
-"""One Triton pass from uint8 frames to Qwen2-VL ViT patch rows: resize + rescale + normalise + patchify.
+"""One Triton launch from uint8 frames to Qwen2-VL ViT patch rows: resize + rescale + normalise + patchify.
 
 The antialiased bicubic resize is separable; its per-axis taps and weights (``aa_bicubic_taps``)
 reproduce PyTorch's ``interpolate(mode="bicubic", antialias=True)`` (what torchvision's resize
-uses), and the kernel applies both axes at once for each output value, rounds to uint8 as the
-reference path does, then normalises and writes it straight into its place in the patch rows.
+uses). Each program owns one channel of one output tile of one frame and runs both passes as
+matrix products against banded weight tiles gathered from the taps: the horizontal pass's result
+for a strip of input rows stays in registers for the vertical pass, so a frame is read about once
+and never written at full resolution. The result is rounded to uint8 as the reference path does,
+normalised, and stored straight into its place in the patch rows. The products use three-pass TF32
+(about fp32 accuracy) so that the rounding to uint8 lands where the fp32 reference's does.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..dispatch import interpreting
 from .reference import PatchGeometry
 
 __all__ = ["aa_bicubic_taps", "preprocess_frames_fwd"]
@@ -38,57 +43,70 @@ def _taps_cpu(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return first.to(torch.int32), w.to(torch.float32)
 
 
+_DEVICE_TAPS: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def aa_bicubic_taps(in_size: int, out_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """First input index ``[out]`` and weights ``[out, taps]`` of the antialiased bicubic resize."""
-    first, w = _taps_cpu(in_size, out_size)
-    return first.to(device), w.to(device)
+    """First input index ``[out]`` and weights ``[out, taps]`` of the antialiased bicubic resize,
+    computed once per (in size, out size) and kept on each device that asked for them."""
+    key = (in_size, out_size, torch.device(device))
+    if key not in _DEVICE_TAPS:
+        first, w = _taps_cpu(in_size, out_size)
+        _DEVICE_TAPS[key] = (first.to(device), w.to(device))
+    return _DEVICE_TAPS[key]
+
+
+@triton.jit
+def _band(FIRST, W, o, o_mask, i, n_in, TAPS: tl.constexpr):
+    """Weights ``[len(o), len(i)]`` of outputs ``o`` on inputs ``i``: the taps where ``i`` falls in
+    an output's window, zero elsewhere (and past the input's end)."""
+    first = tl.load(FIRST + o, mask=o_mask, other=0)
+    j = i[None, :] - first[:, None]
+    inside = o_mask[:, None] & (j >= 0) & (j < TAPS) & (i[None, :] < n_in)
+    return tl.load(W + o[:, None] * TAPS + j, mask=inside, other=0.0)
 
 
 @triton.jit
 def _preprocess_kernel(
     X, Y, Y0, WY, X0, WX, MEAN, STD,
-    T, H, W, stride_t, stride_h, grid_h, grid_w,
+    T, H, W, OH, OW, stride_t, stride_h, grid_w,
     TP: tl.constexpr, P: tl.constexpr, M: tl.constexpr, KY: tl.constexpr, KX: tl.constexpr,
-    ROW: tl.constexpr, BLOCK: tl.constexpr,
+    BY: tl.constexpr, BX: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    i_r = tl.program_id(0).to(tl.int64)  # one ViT patch row per program
-    # Row order of Qwen2-VL: (t, h-block, w-block, h-in-block, w-in-block).
-    per_t = grid_h * grid_w
-    i_t = i_r // per_t
-    rem = i_r % per_t
-    i_bh = rem // (M * M * (grid_w // M))
-    rem = rem % (M * M * (grid_w // M))
-    i_bw = rem // (M * M)
-    rem = rem % (M * M)
-    py = i_bh * M + rem // M
-    px = i_bw * M + rem % M
-    # Column order: (channel, temporal, y-in-patch, x-in-patch).
-    o_c = tl.arange(0, BLOCK)
-    m_c = o_c < ROW
-    ch = o_c // (TP * P * P)
-    tt = (o_c // (P * P)) % TP
-    y = py * P + (o_c // P) % P
-    x = px * P + o_c % P
-    frame = tl.minimum(i_t * TP + tt, T - 1)  # an odd last frame repeats, as Hugging Face pads
-    y0 = tl.load(Y0 + y, mask=m_c, other=0)
-    x0 = tl.load(X0 + x, mask=m_c, other=0)
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    i_f, i_tile, ch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    n_tx = tl.cdiv(OW, BX)
+    oy = (i_tile // n_tx) * BY + tl.arange(0, BY)
+    ox = (i_tile % n_tx) * BX + tl.arange(0, BX)
+    m_y, m_x = oy < OH, ox < OW
+    # The input window this tile reads: from the first tap of its first output to the last of its last.
+    row_lo = tl.load(Y0 + tl.min(tl.where(m_y, oy, OH - 1)))
+    row_hi = tl.minimum(tl.load(Y0 + tl.max(tl.where(m_y, oy, 0))) + KY, H)
+    col_lo = tl.load(X0 + tl.min(tl.where(m_x, ox, OW - 1)))
+    col_hi = tl.minimum(tl.load(X0 + tl.max(tl.where(m_x, ox, 0))) + KX, W)
+    frame = tl.minimum(i_f, T - 1).to(tl.int64)  # an odd last frame repeats, as Hugging Face pads
     base = X + frame * stride_t + ch
-    for i in range(KY):
-        wy = tl.load(WY + y * KY + i, mask=m_c, other=0.0)
-        yy = tl.minimum(y0 + i, H - 1)
-        row = tl.zeros([BLOCK], dtype=tl.float32)
-        for j in range(KX):
-            wx = tl.load(WX + x * KX + j, mask=m_c, other=0.0)
-            xx = tl.minimum(x0 + j, W - 1)
-            pix = tl.load(base + yy * stride_h + xx * 3, mask=m_c & (wx != 0.0), other=0)
-            row += wx * pix.to(tl.float32)
-        acc += wy * row
+    acc = tl.zeros([BY, BX], dtype=tl.float32)
+    for r0 in range(row_lo, row_hi, KR):
+        rows = r0 + tl.arange(0, KR)
+        strip = tl.zeros([KR, BX], dtype=tl.float32)  # horizontal pass of KR input rows, on-chip
+        for c0 in range(col_lo, col_hi, KC):
+            cols = c0 + tl.arange(0, KC)
+            pix = tl.load(base + rows[:, None] * stride_h + cols[None, :] * 3,
+                          mask=(rows[:, None] < row_hi) & (cols[None, :] < col_hi), other=0)
+            wx = tl.trans(_band(X0, WX, ox, m_x, cols, W, KX))  # [KC, BX]
+            strip = tl.dot(pix.to(tl.float32), wx, strip, input_precision=PRECISION)
+        wy = _band(Y0, WY, oy, m_y, rows, H, KY)  # [BY, KR]
+        acc = tl.dot(wy, strip, acc, input_precision=PRECISION)
     level = tl.minimum(tl.maximum(tl.floor(acc + 0.5), 0.0), 255.0)  # the reference path's uint8 rounding
-    mean = tl.load(MEAN + ch, mask=m_c, other=0.0)
-    std = tl.load(STD + ch, mask=m_c, other=1.0)
-    out = (level * (1.0 / 255.0) - mean) / std
-    tl.store(Y + i_r * ROW + o_c, out.to(Y.dtype.element_ty), mask=m_c)
+    out = (level * (1.0 / 255.0) - tl.load(MEAN + ch)) / tl.load(STD + ch)
+    # Qwen2-VL's patch rows: row (t, h-block, w-block, h-in-block, w-in-block), column
+    # (channel, temporal, y-in-patch, x-in-patch).
+    py, px = oy // P, ox // P
+    row = ((i_f // TP) * (OH // P) * grid_w + ((py // M) * (M * grid_w) + (py % M) * M)[:, None]
+           + ((px // M) * (M * M) + px % M)[None, :])
+    col = ch * (TP * P * P) + (i_f % TP) * (P * P) + ((oy % P) * P)[:, None] + (ox % P)[None, :]
+    tl.store(Y + row.to(tl.int64) * (3 * TP * P * P) + col, out.to(Y.dtype.element_ty),
+             mask=m_y[:, None] & m_x[None, :])
 
 
 def preprocess_frames_fwd(frames: torch.Tensor, size: tuple[int, int], spec: PatchGeometry,
@@ -98,15 +116,18 @@ def preprocess_frames_fwd(frames: torch.Tensor, size: tuple[int, int], spec: Pat
     oh, ow = size
     p, tp, m = spec.patch_size, spec.temporal_patch_size, spec.merge_size
     gt, gh, gw = triton.cdiv(t, tp), oh // p, ow // p
-    frames = frames.contiguous()
+    if frames.stride(3) != 1 or frames.stride(2) != 3:
+        frames = frames.contiguous()
     y0, wy = aa_bicubic_taps(h, oh, frames.device)
     x0, wx = aa_bicubic_taps(w, ow, frames.device)
-    mean = torch.tensor(spec.mean, dtype=torch.float32, device=frames.device)
-    std = torch.tensor(spec.std, dtype=torch.float32, device=frames.device)
-    row = spec.row_size
-    out = torch.empty((gt * gh * gw, row), dtype=dtype, device=frames.device)
-    _preprocess_kernel[(out.shape[0],)](
-        frames, out, y0, wy, x0, wx, mean, std, t, h, w, frames.stride(0), frames.stride(1), gh, gw,
-        TP=tp, P=p, M=m, KY=wy.shape[1], KX=wx.shape[1], ROW=row, BLOCK=triton.next_power_of_2(row),
+    mean = torch.tensor(spec.mean, dtype=torch.float32).to(frames.device, non_blocking=True)
+    std = torch.tensor(spec.std, dtype=torch.float32).to(frames.device, non_blocking=True)
+    out = torch.empty((gt * gh * gw, spec.row_size), dtype=dtype, device=frames.device)
+    tile = 16 if interpreting() else 32
+    grid = (gt * tp, triton.cdiv(oh, tile) * triton.cdiv(ow, tile), 3)
+    _preprocess_kernel[grid](
+        frames, out, y0, wy, x0, wx, mean, std, t, h, w, oh, ow, frames.stride(0), frames.stride(1), gw,
+        TP=tp, P=p, M=m, KY=wy.shape[1], KX=wx.shape[1], BY=tile, BX=tile, KR=tile, KC=tile,
+        PRECISION="tf32x3",
     )
     return out

@@ -1,0 +1,68 @@
+"""The training loader: worker processes and prefetched packs give the packs of a plain loop, a
+corrupt or missing video is counted and written to the rejects, and resuming skips what was used."""
+
+import json
+
+import pytest
+import torch
+
+from livecc.data.packing import PackedLoader, StreamingDataset
+from livecc.data.records import RecordWriter
+from livecc.data.synth import synthesize_clip
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loader")
+    good = [synthesize_clip(root, f"g{i}", seed=10 + i, duration=8.0 + i % 2) for i in range(5)]
+    (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    corrupt = synthesize_clip(root, "tmp", seed=9, duration=8.0)
+    with RecordWriter(root / "mix.jsonl") as w:
+        for i, record in enumerate(good):
+            w.write(record)
+            if i == 1:
+                w.write(corrupt.__class__(**{**corrupt.__dict__, "video": "corrupt.mp4"}))
+            if i == 3:
+                w.write(corrupt.__class__(**{**corrupt.__dict__, "video": "missing.mp4"}))
+    return root
+
+
+def packs_of(loader):
+    return [(p.input_ids, p.pixel_values_videos, p.cu_seqlens) for p in loader]
+
+
+@pytest.mark.parametrize("workers, prefetch", [(2, 3), (0, 1)])
+def test_workers_and_prefetch_give_the_plain_packs_and_count_bad_videos(mixed, processor, tmp_path, workers, prefetch):
+    dataset = StreamingDataset([mixed / "mix.jsonl"], processor, mixed)
+    plain = PackedLoader(dataset, 3000, seed=1)
+    expected = packs_of(plain)
+    loader = PackedLoader(dataset, 3000, seed=1, num_workers=workers, prefetch=prefetch,
+                          rejects=tmp_path / "rejects.jsonl")
+    got = packs_of(loader)
+    assert len(got) == len(expected) > 1
+    for a, b in zip(got, expected):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert sum(loader.errors.values()) == 2 and loader.errors == plain.errors
+    rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert sorted(r["record"].rsplit(" ", 1)[1] for r in rejects) == ["2", "5"]
+    assert all("corrupt.mp4" in r["error"] or "missing.mp4" in r["error"] for r in rejects)
+    stats = loader.stats
+    assert stats.clips == 5 and stats.packs == len(got) and stats.frames > 0 and stats.build_s > 0
+    rates = stats.rates()
+    assert rates["loader_clips_per_s"] > 0 and rates["data_wait_s"] >= 0
+
+
+def test_resume_mid_epoch_with_prefetch(mixed, processor):
+    dataset = StreamingDataset([mixed / "mix.jsonl"], processor, mixed)
+    everything = packs_of(PackedLoader(dataset, 1, seed=2))
+    loader = PackedLoader(dataset, 1, seed=2, prefetch=4)
+    it = iter(loader)
+    first = [next(it) for _ in range(2)]
+    state = loader.state_dict()  # taken while the thread has packs ready beyond the two handed out
+    it.close()
+    resumed = PackedLoader(dataset, 1, seed=2)
+    resumed.load_state_dict(state)
+    rest = packs_of(resumed)
+    assert len(first) + len(rest) == len(everything) == 5
+    assert all(torch.equal(p.input_ids, e[0]) for p, e in zip(first, everything))
+    assert all(torch.equal(r[0], e[0]) for r, e in zip(rest, everything[2:]))
