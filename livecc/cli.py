@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -219,12 +220,20 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, resume=args.resume, restart=args.restart)
     failed = sum(result["summary"]["data_errors"].values())
+    code = 0
     if failed and not cfg.allow_failures:
         print(f"livecc train: {failed} records failed to build, counted once per epoch "
               f"(see {cfg.output_dir}/rejects.rank*.jsonl); "
               "set allow_failures=true to accept that", file=sys.stderr)
-        return 3
-    return 0
+        code = 3
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Everything is written and the process group is gone. A rank that decoded with decord
+        # can still abort in C++ static destructors at interpreter exit under torchrun ("terminate
+        # called without an active exception", about one run in five), failing a finished run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cmd_bench(args) -> int:

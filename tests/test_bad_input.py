@@ -200,10 +200,10 @@ def test_clips_refuse_videos_that_are_not_files_under_the_root(video, error, tmp
 
 
 def test_unsupported_elements_are_errors_naming_the_record(processor):
-    image_chat = [{"role": "user", "content": [{"type": "image", "image": "a.png"}, {"type": "text", "text": "?"}]},
+    audio_chat = [{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}, {"type": "text", "text": "?"}]},
                   {"role": "assistant", "content": "A cat."}]
-    with pytest.raises(RecordError, match="sft.jsonl: record 2: unsupported 'image' element"):
-        build_conversation_sample(image_chat, processor, source="sft.jsonl: record 2")
+    with pytest.raises(RecordError, match="sft.jsonl: record 2: unsupported 'audio' element"):
+        build_conversation_sample(audio_chat, processor, source="sft.jsonl: record 2")
     messages = record_for("v.mp4")
     messages[0]["content"].append({"type": "image", "image": "a.png"})
     with pytest.raises(RecordError, match="record 9: unsupported 'image'"):

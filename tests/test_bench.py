@@ -32,3 +32,13 @@ def test_the_gpu_check_without_a_gpu_says_so_and_skips_with_the_reason(tmp_path)
     text = report.read_text()
     assert "NOT RUN (no CUDA device" in text and "| skipped |" in text and "0 passed" in text
     assert "CUDA is not available" in text  # each skip carries the reason
+
+
+def test_the_training_benchmark_runs_its_variants_on_cpu(tmp_path):
+    assert main(["bench", "train", "--out", str(tmp_path), "--shapes", "tiny", "--packs", "300",
+                 "--variants", "livecc,livecc unfused,reference", "--steps", "1"]) == 0
+    (data,) = [json.loads(p.read_text()) for p in tmp_path.glob("*-train.json")]
+    rows = {r["variant"]: r for r in data["results"]}
+    assert set(rows) == {"livecc", "livecc unfused", "reference"}
+    assert all(r["tokens_per_s"] > 0 and r["tokens"] <= 300 for r in rows.values())
+    assert rows["reference"]["speedup_vs_reference"] == 1.0

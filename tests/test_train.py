@@ -89,7 +89,7 @@ def test_checkpointing_policies_and_the_prefetching_loader_keep_the_losses(recor
 def test_selective_checkpointing_recomputes_no_gemm(processor):
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from livecc.train.trainer import _enable_checkpointing
+    from livecc.train.parallelize import apply_activation_checkpointing
 
     class CountGemms(TorchDispatchMode):
         def __init__(self):
@@ -105,7 +105,7 @@ def test_selective_checkpointing_recomputes_no_gemm(processor):
     for policy in ("none", "selective", "full"):
         model = tiny_qwen2vl(seed=0).train()
         if policy != "none":
-            _enable_checkpointing(model, policy)
+            apply_activation_checkpointing(model, policy)
         with CountGemms() as mode:
             model(input_ids=ids).logits.sum().backward()
         counts[policy] = mode.n
@@ -172,6 +172,46 @@ def test_two_process_fsdp2_matches_one_process(records, tmp_path):
     assert [m["clips"] for m in two] == [m["clips"] for m in one] == [2, 2, 2]
     torch.testing.assert_close(torch.tensor([m["loss"] for m in two]), torch.tensor([m["loss"] for m in one]),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_two_process_run_killed_and_resumed_from_its_shards_gives_the_same_losses(records, tmp_path):
+    import signal
+    import time
+
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not on PATH")
+    common = [f"data={json.dumps([str(records / 'train.jsonl')])}", f"video_root={json.dumps(str(records))}",
+              "global_batch_clips=2", "token_budget=1", "lr=0.001", "max_steps=5", "gradient_checkpointing=false",
+              "save_every=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    run = lambda out, **kw: subprocess.Popen(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "livecc.cli", "train", *common, f"output_dir={out}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kw)
+    whole = run(tmp_path / "whole")
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()[-3000:]
+    killed = run(tmp_path / "killed", start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (tmp_path / "killed" / "checkpoint-2").is_dir():
+        assert killed.poll() is None and time.monotonic() < deadline, killed.stdout.read()[-3000:]
+        time.sleep(0.02)
+    assert killed.poll() is None, "the run ended before it could be killed"
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    shards = sorted(p.name for p in (tmp_path / "killed" / "checkpoint-2").glob("shard.*"))
+    assert shards == ["shard.0-of-2.pt", "shard.1-of-2.pt"]
+    again = run(tmp_path / "killed")  # continues from its latest complete checkpoint
+    out = again.communicate(timeout=600)[0]
+    assert again.returncode == 0 and "resuming from" in out, out[-3000:]
+    losses = {name: [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+              for name in ("whole", "killed")}
+    assert len(losses["killed"]) == len(losses["whole"]) == 5
+    assert losses["killed"] == losses["whole"]
+    # a sharded checkpoint resumes at the world size that wrote it, and says so
+    single = subprocess.run([sys.executable, "-m", "livecc.cli", "train", *common, f"output_dir={tmp_path / 'killed'}",
+                             "max_steps=6"], capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode != 0 and "resumes at the world size that wrote it" in single.stderr
 
 
 @pytest.mark.parametrize("name", ["pretrain-qwen2vl-7b.yaml", "sft-qwen2vl-7b.yaml", "tiny-cpu.json"])

@@ -44,6 +44,7 @@ class TrainConfig:
     global_batch_clips: int = 512  # clips per optimizer step, over all ranks
     token_budget: int = 32768  # tokens per pack (micro-batch)
     grad_clip: float = 1.0
+    replicas: int = 1  # HSDP under torchrun: shard within world/replicas ranks, replicate across groups
     device: str | None = None  # "cuda", "cpu" or null: CUDA when available (a GPU process per rank under torchrun)
     bf16: bool = True  # on GPU; CPU runs in fp32
     freeze_vision: bool = True
@@ -59,6 +60,7 @@ class TrainConfig:
     num_workers: int = 0  # processes decoding and building samples
     prefetch_packs: int = 2  # packs kept ready ahead of the step
     log_every: int = 1
+    wandb_project: str | None = None  # log to Weights & Biases (needs wandb installed)
     save_every: int = 0  # steps; 0 saves only at the end
     stop_after: int | None = None  # end the run after this many steps (the schedule still spans max_steps)
     allow_failures: bool = False  # records that fail to build are skipped either way; this keeps the exit code 0
@@ -71,7 +73,7 @@ class TrainConfig:
 
 
 _POSITIVE = ("epochs", "global_batch_clips", "token_budget", "log_every", "min_pixels", "max_pixels",
-             "prefetch_packs")
+             "prefetch_packs", "replicas")
 _POSITIVE_OR_NONE = ("max_steps", "stop_after")
 _NON_NEGATIVE = ("weight_decay", "num_workers", "save_every")
 _CHOICES = {"engine": ("livecc", "hf"), "checkpoint_policy": ("full", "selective"),

@@ -8,14 +8,11 @@ before clipping. A step whose gradient is not finite is skipped and counted.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
-import pickle
 import random
-import shutil
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -23,16 +20,17 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.utils.checkpoint import create_selective_checkpoint_contexts
 from tqdm import tqdm
 
 from ..data.packing import Pack, PackedLoader, StreamingDataset
 from ..models import TextOnlyHead, load_model, patch, text_only_causal_lm_loss, tiny_qwen2vl
 from ..qwen2vl import PixelBudget, VisionSpec, offline_processor, rope_time_interval
+from .checkpoint import Checkpointer, clear_run, cut_metrics, latest_checkpoint
 from .config import TrainConfig
-from .metrics import peak_flops
+from .metrics import MetricsLog, step_throughput
+from .parallelize import apply_activation_checkpointing, parallelize
 
-__all__ = ["Trainer", "clear_run", "latest_checkpoint", "train"]
+__all__ = ["Trainer", "train"]
 
 log = logging.getLogger("livecc.train")
 
@@ -70,6 +68,7 @@ class Trainer:
         budget = cfg.token_budget if cfg.engine == "livecc" else 1  # "hf": one clip per micro-batch
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        self.checkpointer = Checkpointer(self.out, self.rank, self.world)
         self.loader = PackedLoader(dataset, budget, rank=self.rank, world_size=self.world, seed=cfg.seed,
                                    num_workers=cfg.num_workers, prefetch=cfg.prefetch_packs,
                                    rejects=self.out / f"rejects.rank{self.rank}.jsonl",
@@ -83,8 +82,6 @@ class Trainer:
         self.step, self.skipped_steps = 0, 0
         self.saved_step = None  # the step of the last checkpoint written or resumed from
         self._packs = None
-        self.metrics_file = None
-        self.tb = None
 
     # ------------------------------------------------------------------ setup
 
@@ -104,18 +101,13 @@ class Trainer:
         if cfg.freeze_vision:
             model.model.visual.requires_grad_(False)
         if cfg.gradient_checkpointing:
-            _enable_checkpointing(model, cfg.checkpoint_policy)
+            apply_activation_checkpointing(model, cfg.checkpoint_policy)
         model.to(self.device).train()
         self.head = TextOnlyHead(model.lm_head)
         if self.distributed:
-            from torch.distributed.fsdp import fully_shard
-
-            # Units: each decoder layer, the rest of the decoder + ViT, and the text-only head; the
-            # loss calls model.model and the head, never the whole model's forward.
-            for layer in model.model.language_model.layers:
-                fully_shard(layer)
-            fully_shard(model.model)
-            fully_shard(self.head if self.cfg.engine == "livecc" else model)
+            parallelize(model, self.head, world=self.world, device=self.device,
+                        compute_dtype=next(model.parameters()).dtype, replicas=cfg.replicas,
+                        whole_model=cfg.engine == "hf")
         return model
 
     # ------------------------------------------------------------------ loop
@@ -181,30 +173,20 @@ class Trainer:
         self.step += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
         flops = 6 * self.trainable * tokens + 2 * self.frozen_vision * vision_patches
-        peak = peak_flops(self.device)
         return {
             "step": self.step, "loss": loss_total / max(label_tokens, 1), "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm), "clips": int(clips), "tokens": int(tokens),
             "label_tokens": int(label_tokens),
-            "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "mfu": flops / seconds / (peak * self.world) if peak else None,
-            "max_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else None,
+            **step_throughput(tokens, time.perf_counter() - t0, flops, self.device, self.world),
             "skipped_steps": self.skipped_steps,
             # the loader's pace while it worked, and the part of this step spent waiting on it
             **self.loader.stats.rates(), "data_wait_s": self.loader.stats.wait_s - waited,
         }
 
     def fit(self) -> dict:
-        if self.rank == 0:
-            self.metrics_file = open(self.out / "metrics.jsonl", "a")
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(self.out / "tb"))
-            except ImportError:
-                self.tb = None
+        metrics_log = MetricsLog(self.out, self.rank, self.total_steps, self.cfg.log_every, self.cfg.wandb_project,
+                                 asdict(self.cfg))
         started, history = time.perf_counter(), []
         last = min(self.cfg.stop_after if self.cfg.stop_after is not None else self.total_steps, self.total_steps)
         bar = tqdm(total=last, initial=self.step, desc="train", unit="step", disable=self.rank != 0, leave=False)
@@ -215,10 +197,13 @@ class Trainer:
             history.append(metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-            self._log(metrics)
+            metrics_log.log(metrics)
             if self.cfg.save_every and self.step % self.cfg.save_every == 0:
                 self.save()
         bar.close()
+        if self._packs is not None:  # stop the loader's thread and workers before anything else ends
+            self._packs.close()
+            self._packs = None
         if self.saved_step != self.step:
             self.save()
         elapsed = time.perf_counter() - started
@@ -230,41 +215,10 @@ class Trainer:
         summary["tokens_per_s"] = summary["tokens"] / elapsed if elapsed else None
         if self.rank == 0:
             print("summary: " + json.dumps(summary), flush=True)
-            self.metrics_file.close()
-            if self.tb:
-                self.tb.close()
+        metrics_log.close()
         return {"summary": summary, "history": history}
 
-    def _log(self, m: dict) -> None:
-        if self.rank != 0:
-            return
-        self.metrics_file.write(json.dumps(m) + "\n")
-        self.metrics_file.flush()
-        if self.tb:
-            for k in ("loss", "lr", "grad_norm", "tokens_per_s", "data_wait_s"):
-                self.tb.add_scalar(k, m[k], m["step"])
-        if m["step"] % self.cfg.log_every == 0:
-            mfu = f" mfu={m['mfu']:.1%}" if m["mfu"] is not None else ""
-            mem = f" mem={m['max_memory_gb']:.1f}GB" if m["max_memory_gb"] is not None else ""
-            fed = f" loader={m['loader_clips_per_s']:.2f}clips/s" if m["loader_clips_per_s"] else ""
-            print(f"step {m['step']}/{self.total_steps} loss={m['loss']:.4f} lr={m['lr']:.2e} "
-                  f"gnorm={m['grad_norm']:.3f} clips={m['clips']} tok/s={m['tokens_per_s']:.0f}{mfu}{mem}"
-                  f"{fed} wait={m['data_wait_s']:.2f}s", flush=True)
-
     # ------------------------------------------------------------------ checkpoints
-
-    def _state_dicts(self):
-        if self.distributed:
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                get_model_state_dict,
-                get_optimizer_state_dict,
-            )
-
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            return get_model_state_dict(self.model, options=opts), get_optimizer_state_dict(
-                self.model, self.optimizer, options=opts)
-        return self.model.state_dict(), self.optimizer.state_dict()
 
     def _data_errors(self) -> dict:
         """Records that failed to build, by error type, over all ranks."""
@@ -275,62 +229,19 @@ class Trainer:
         return dict(sum((Counter(g) for g in gathered), Counter()))
 
     def save(self) -> Path:
-        """``output_dir/checkpoint-STEP``: the model in Hugging Face layout (safetensors, loadable by
-        ``from_pretrained``) plus everything to resume, as tensors and plain data only. Written into
-        a hidden directory and renamed when complete, so a checkpoint that exists is whole."""
-        path = self.out / f"checkpoint-{self.step}"
-        partial = self.out / f".checkpoint-{self.step}.partial"
-        model_state, optim_state = self._state_dicts()
-        if self.rank == 0:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-            self.model.save_pretrained(partial, state_dict=model_state)
-            self.processor.save_pretrained(partial)
-            torch.save({"optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "step": self.step,
-                        "skipped_steps": self.skipped_steps, "config": asdict(self.cfg)}, partial / "trainer.pt")
-        if self.distributed:
-            dist.barrier()  # the directory exists for every rank
-        torch.save({"loader": self.loader.state_dict(), "rng_cpu": torch.get_rng_state(),
-                    "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                    "rng_python": random.getstate()}, partial / f"rank{self.rank}.pt")
-        if self.distributed:
-            dist.barrier()
-        if self.rank == 0:
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(partial, path)
-        if self.distributed:
-            dist.barrier()
+        """``output_dir/checkpoint-STEP`` (:mod:`livecc.train.checkpoint`)."""
+        state = {"scheduler": self.scheduler.state_dict(), "step": self.step, "skipped_steps": self.skipped_steps,
+                 "config": asdict(self.cfg)}
+        rank_state = {"loader": self.loader.state_dict(), "rng_cpu": torch.get_rng_state(),
+                      "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                      "rng_python": random.getstate()}
+        path = self.checkpointer.save(self.step, self.model, self.optimizer, self.processor, state, rank_state)
         self.saved_step = self.step
         return path
 
     def resume(self, path: str | Path) -> None:
-        """Continue exactly where ``save`` left off: weights, optimizer, schedule, data position, RNG.
-        Nothing in a checkpoint runs: its files are read as tensors and plain data only."""
-        path = Path(path)
-        if not (path / "trainer.pt").is_file() or not (path / f"rank{self.rank}.pt").is_file():
-            raise FileNotFoundError(f"{path}: not a livecc checkpoint directory (no trainer.pt / rank{self.rank}.pt)")
-        from transformers import AutoModelForImageTextToText
-
-        state, ranked = _load_plain(path / "trainer.pt"), _load_plain(path / f"rank{self.rank}.pt")
-        # Through from_pretrained (safetensors): it maps the checkpoint's key names back to the module's.
-        dtype = next(self.model.parameters()).dtype
-        weights = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True).state_dict()
-        if self.distributed:
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                set_model_state_dict,
-                set_optimizer_state_dict,
-            )
-
-            opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
-            set_model_state_dict(self.model, weights, options=opts)
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
-        else:
-            missing, unexpected = self.model.load_state_dict(weights, strict=False)
-            tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
-            if set(missing) - tied or unexpected:
-                raise ValueError(f"{path}: checkpoint does not match the model ({missing[:3]}, {unexpected[:3]})")
-            self.optimizer.load_state_dict(state["optimizer"])
+        """Continue exactly where ``save`` left off: weights, optimizer, schedule, data position, RNG."""
+        state, ranked = self.checkpointer.load(path, self.model, self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
         self.saved_step = self.step
@@ -341,71 +252,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(ranked["rng_cuda"])
         random.setstate(ranked["rng_python"])
         if self.rank == 0:
-            _cut_metrics(self.out / "metrics.jsonl", self.step)
+            cut_metrics(self.out / "metrics.jsonl", self.step)
         log.info("resumed from %s at step %d", path, self.step)
-
-
-def _load_plain(path: Path) -> dict:
-    """A ``torch.save`` file holding tensors and plain data only; anything that would run code on
-    loading (a pickled object) is refused."""
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: refused: it holds objects other than tensors and plain data, and loading "
-                         f"them could run code ({str(e).splitlines()[0][:200]})") from e
-
-
-def _cut_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past ``step`` (written by a run that went on after the checkpoint)."""
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step in ``output_dir`` (partial ones are hidden)."""
-    found = [(int(p.name.split("-", 1)[1]), p) for p in Path(output_dir).glob("checkpoint-*")
-             if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
-    return max(found)[1] if found else None
-
-
-def clear_run(output_dir: str | Path) -> list[Path]:
-    """Remove a run's checkpoints, metrics and rejects from ``output_dir`` (to start over); return them."""
-    out = Path(output_dir)
-    removed = [p for pattern in ("checkpoint-*", ".checkpoint-*.partial", "metrics.jsonl", "rejects.rank*.jsonl", "tb")
-               for p in out.glob(pattern)]
-    for p in removed:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    return removed
-
-
-def _enable_checkpointing(model, policy: str = "full") -> None:
-    """Non-reentrant activation checkpointing of every decoder layer. ``"full"`` recomputes the
-    whole layer in the backward; ``"selective"`` saves the outputs of the GEMMs and attention (the
-    costly ops) and recomputes only the elementwise ones (norms, rotary, activations, residuals).
-
-    transformers 5.23 renamed ``gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)``
-    (the only spelling of the GPU image's 5.17) to ``activation_checkpointing_enable(...)``."""
-    kwargs = {"use_reentrant": False}
-    if policy == "selective":
-        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _saved_ops())
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def _saved_ops() -> list:
-    """The ops whose outputs selective checkpointing keeps: matrix products and attention."""
-    aten = torch.ops.aten
-    ops = [aten.mm.default, aten.addmm.default, aten.bmm.default, torch.ops.livecc.varlen_attention_fwd.default]
-    for name in ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-                 "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu"):
-        if hasattr(aten, name):
-            ops.append(getattr(aten, name).default)
-    return ops
 
 
 def _cosine(step: int, warmup: int, total: int) -> float:
@@ -433,4 +281,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, restart: bool = Fa
         if trainer.rank == 0:
             print(f"resuming from {resume}", flush=True)
         trainer.resume(resume)
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        if trainer.distributed:  # a process group left to the interpreter's exit can abort it
+            dist.destroy_process_group()

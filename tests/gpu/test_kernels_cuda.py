@@ -10,6 +10,8 @@ from livecc.kernels import (
     paged_decode_attention_reference,
     preprocess_frames,
     preprocess_frames_reference,
+    rotary_qk,
+    rotary_qk_reference,
     text_only_linear_cross_entropy,
     text_only_linear_cross_entropy_reference,
     varlen_attention,
@@ -143,7 +145,8 @@ def test_paged_decode_attention(cuda_gen, dtype, d, hq, hkv):
     assert torch.isfinite(out).all() and rel_err(out, ref) < TOL[dtype]
 
 
-@pytest.mark.parametrize("t, h, w, size", [(2, 1080, 1920, (420, 756)), (3, 90, 50, (112, 56)), (1, 41, 67, (56, 84))])
+@pytest.mark.parametrize("t, h, w, size", [(2, 1080, 1920, (420, 756)), (3, 90, 50, (112, 56)), (1, 41, 67, (56, 84)),
+                                           (5, 13, 9, (84, 56)), (2, 2160, 3840, (448, 784))])
 def test_preprocess_frames(cuda_gen, t, h, w, size):
     frames = torch.randint(0, 256, (t, h, w, 3), dtype=torch.uint8, device="cuda", generator=cuda_gen)
     rows, grid = preprocess_frames(frames, size, dtype=torch.bfloat16)
@@ -152,6 +155,22 @@ def test_preprocess_frames(cuda_gen, t, h, w, size):
     assert torch.equal(grid, ref_grid)
     diff = (rows.float().cpu() - ref).abs()
     assert diff.max() <= level * 1.001 + 0.02 * ref.abs().max() and (diff > 0.02).float().mean() < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("b, length, hq, hk, d", [(1, 4097, 28, 4, 128), (2, 37, 12, 2, 128), (1, 5, 7, 1, 80)])
+def test_rotary_qk(nan_empty, cuda_gen, dtype, b, length, hq, hk, d):
+    q = torch.randn(b, length, hq, d, device="cuda", generator=cuda_gen).to(dtype).transpose(1, 2).requires_grad_()
+    k = torch.randn(b, length, hk, d, device="cuda", generator=cuda_gen).to(dtype).transpose(1, 2).requires_grad_()
+    angles = torch.rand(b, length, d, device="cuda", generator=cuda_gen, dtype=torch.float64) * 100
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    qo, ko = rotary_qk(q, k, cos, sin)
+    q64, k64 = (x.detach().double().requires_grad_() for x in (q, k))
+    rq, rk = rotary_qk_reference(q64, k64, cos.double(), sin.double())
+    assert rel_err(qo, rq) < TOL[dtype] and rel_err(ko, rk) < TOL[dtype]
+    (qo.double().sum() + 2 * ko.double().sum()).backward()
+    (rq.sum() + 2 * rk.sum()).backward()
+    assert rel_err(q.grad, q64.grad) < TOL[dtype] and rel_err(k.grad, k64.grad) < TOL[dtype]
 
 
 def test_inputs_on_two_devices_are_a_clear_error(cuda_gen):

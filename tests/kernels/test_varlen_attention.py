@@ -164,3 +164,20 @@ def test_the_dispatcher_keeps_the_fastest_correct_backend_and_remembers_it(tmp_p
     again = Dispatcher("Some GPU", tmp_path)
     assert again.choose(key, candidates) == "fast" and not calls  # read from disk, nothing probed
     assert Dispatcher("Other GPU", tmp_path).choices == {}  # per device
+
+
+def test_document_block_table(gen):
+    from livecc.kernels import cu_seqlens
+    from livecc.kernels.varlen_attention.triton import BLOCK_SIZES, block_table, programs
+
+    # empty documents, one token, exactly a block, one past it, one long, many short
+    lengths = [0, 1, 16, 17, 300, 0] + torch.randint(1, 40, (70,), generator=gen).tolist()
+    total = sum(lengths)
+    table, size = block_table(cu_seqlens(lengths), total)
+    assert size == programs(total, len(lengths), 16)
+    for row, block in enumerate(BLOCK_SIZES):
+        pairs = [(i, j) for i, n in enumerate(lengths) for j in range(-(-n // block))]
+        assert len(pairs) <= programs(total, len(lengths), block)
+        docs, blocks = table[row].tolist()
+        assert list(zip(docs, blocks))[: len(pairs)] == pairs
+        assert set(docs[len(pairs):]) <= {-1} and set(blocks[len(pairs):]) <= {-1}

@@ -1,7 +1,11 @@
 """Triton varlen flash attention (forward and backward) for packed frame-word sequences.
 
-One program per (block of queries | block of keys, sequence, head); sequences come from
-``cu_seqlens`` so a pack of documents never attends across a boundary and no padding is computed.
+One program per (document, block of queries | keys) pair and head; documents come from
+``cu_seqlens`` so a pack never attends across a boundary and no padding is computed. The pairs are
+read from a table built on the device by one small kernel (``_block_table_kernel``, no host sync),
+so a pack of one long and many short documents launches programs for the blocks it has (plus at
+most one idle program per document, the slack of a size known without reading the offsets),
+rather than the longest document's block count for every document.
 Causal masks are aligned bottom-right, so a new streaming window attends to its KV cache. Every key
 loop runs in two parts: the tiles every query of the block fully sees, with no mask at all, and the
 few on the diagonal or a document's edge, masked. The backward has its own ``delta = rowsum(dO * O)``
@@ -26,7 +30,8 @@ import triton.language as tl
 from ..dispatch import interpreting
 from ..triton_utils import LOG2E, dot, softmax_result, softmax_step
 
-__all__ = ["CONFIGS", "SMEM_LIMIT", "TileConfig", "smem_bytes", "varlen_attention_bwd", "varlen_attention_fwd"]
+__all__ = ["BLOCK_SIZES", "CONFIGS", "SMEM_LIMIT", "TileConfig", "block_table", "programs", "smem_bytes",
+           "varlen_attention_bwd", "varlen_attention_fwd"]
 
 SMEM_LIMIT = 232448  # bytes of shared memory per block on Hopper (227 KB)
 
@@ -118,6 +123,57 @@ def _launch(kernel: str, jitted, tuned, grid, args, meta: dict) -> None:
         tuned[grid](*args, **meta)
 
 
+# ---------------------------------------------------------------- (document, block) tables
+
+BLOCK_SIZES = (16, 32, 64, 128)  # every BM / BN of CONFIGS and of the interpreter
+
+
+@triton.jit
+def _block_table_kernel(CU, TAB, n_seq, size, CHUNK: tl.constexpr):
+    """Row ``r`` (block size ``16 << r``) of ``TAB [4, 2, size]``: the document and the block in it
+    of program ``p`` at ``[r, 0, p]`` and ``[r, 1, p]``, documents in order; -1 past the last."""
+    r = tl.program_id(0)
+    block = 16 << r
+    docs, blocks = TAB + r * 2 * size, TAB + r * 2 * size + size
+    o = tl.arange(0, CHUNK)
+    p = 0
+    for i in range(n_seq):
+        n = tl.cdiv(tl.load(CU + i + 1) - tl.load(CU + i), block)
+        for j0 in range(0, n, CHUNK):
+            m = j0 + o < n
+            tl.store(docs + p + j0 + o, tl.full([CHUNK], 0, tl.int32) + i, mask=m)
+            tl.store(blocks + p + j0 + o, j0 + o, mask=m)
+        p += n
+    for q0 in range(p, size, CHUNK):
+        m = q0 + o < size
+        tl.store(docs + q0 + o, tl.full([CHUNK], -1, tl.int32), mask=m)
+        tl.store(blocks + q0 + o, tl.full([CHUNK], -1, tl.int32), mask=m)
+
+
+def block_table(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, int]:
+    """``(table [4, 2, size] int32, size)`` of the documents of ``cu_seqlens`` (``total`` tokens)
+    for each block size of ``BLOCK_SIZES``; program ``p`` of a grid of ``programs(total, n, B)``
+    reads its (document, block) from row ``BLOCK_SIZES.index(B)``."""
+    n_seq = cu_seqlens.numel() - 1
+    size = programs(total, n_seq, BLOCK_SIZES[0])
+    table = torch.empty((len(BLOCK_SIZES), 2, size), dtype=torch.int32, device=cu_seqlens.device)
+    _block_table_kernel[(len(BLOCK_SIZES),)](cu_seqlens, table, n_seq, size, CHUNK=64)
+    return table, size
+
+
+def programs(total: int, n_seq: int, block: int) -> int:
+    """Programs enough for every (document, block) pair whatever the lengths: sum(ceil(l / B))
+    <= ceil(total / B) + n_seq."""
+    return triton.cdiv(total, block) + n_seq
+
+
+@triton.jit
+def _pair(TAB, size, B: tl.constexpr):
+    """This program's (document, block) for block size ``B`` (document -1: an idle program)."""
+    row = TAB + ((B >= 32) + (B >= 64) + (B >= 128)) * 2 * size + tl.program_id(0)
+    return tl.load(row), tl.load(row + size)
+
+
 # ---------------------------------------------------------------- tile helpers
 
 
@@ -191,15 +247,16 @@ def _fwd_tile(b_q, K, V, k_start, start_n, o_m, o_d, m_m, m_d, k_len, diag, scal
 
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, O, LSE, CU_Q, CU_K, scale_log2,
+    Q, K, V, O, LSE, CU_Q, CU_K, TAB_Q, size_q, scale_log2,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, total_q,
     GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
 ):
-    i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    q_start, q_len = _span(CU_Q, i_b)
-    if i_m * BM >= q_len:
+    i_b, i_m = _pair(TAB_Q, size_q, BM)
+    i_h = tl.program_id(1)
+    if i_b < 0:
         return
+    q_start, q_len = _span(CU_Q, i_b)
     k_start, k_len = _span(CU_K, i_b)
     i_kh = i_h // GROUP
     o_m = i_m * BM + tl.arange(0, BM)
@@ -272,16 +329,17 @@ def _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_dk, b_dv, start_m, q_start, q_len,
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, scale, scale_log2,
+    Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, TAB_K, size_k, scale, scale_log2,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dkt, stride_dkh, stride_dvt, stride_dvh, total_q,
     GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
 ):
-    i_n, i_b, i_kh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    k_start, k_len = _span(CU_K, i_b)
-    if i_n * BN >= k_len:
+    i_b, i_n = _pair(TAB_K, size_k, BN)
+    i_kh = tl.program_id(1)
+    if i_b < 0:
         return
+    k_start, k_len = _span(CU_K, i_b)
     q_start, q_len = _span(CU_Q, i_b)
     o_n = i_n * BN + tl.arange(0, BN)
     o_d = tl.arange(0, BD)
@@ -341,16 +399,17 @@ def _dq_tile(K, V, b_q, b_do, b_lse, b_delta, b_dq, start_n, k_start, k_len, o_m
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, scale, scale_log2,
+    Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, TAB_Q, size_q, scale, scale_log2,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dqt, stride_dqh, total_q,
     GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
 ):
-    i_m, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    q_start, q_len = _span(CU_Q, i_b)
-    if i_m * BM >= q_len:
+    i_b, i_m = _pair(TAB_Q, size_q, BM)
+    i_h = tl.program_id(1)
+    if i_b < 0:
         return
+    q_start, q_len = _span(CU_Q, i_b)
     k_start, k_len = _span(CU_K, i_b)
     i_kh = i_h // GROUP
     o_m = i_m * BM + tl.arange(0, BM)
@@ -393,8 +452,10 @@ def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
     n_seq = cu_seqlens_q.numel() - 1
     if total_q == 0 or n_seq == 0 or max_seqlen_q == 0:
         return out.zero_(), lse.fill_(float("-inf"))
-    grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BM"]), n_seq, hq)
-    args = (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, scale * LOG2E, q.stride(0), q.stride(1), k.stride(0),
+    table, size = block_table(cu_seqlens_q, total_q)
+    grid = lambda meta: (programs(total_q, n_seq, meta["BM"]), hq)
+    args = (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, table, size, scale * LOG2E, q.stride(0), q.stride(1),
+            k.stride(0),
             k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1), total_q)
     _launch("fwd", _fwd_kernel, _fwd_tuned, grid, args, _meta(q, k, causal))
     return out, lse
@@ -416,13 +477,15 @@ def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_
     _delta_kernel[(triton.cdiv(total_q, rows), hq)](out, do, delta, out.stride(0), out.stride(1), do.stride(0),
                                                      do.stride(1), total_q, D=d, BT=rows, BD=meta["BD"])
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1))
-    kv_args = (q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, scale, scale * LOG2E, *strides,
-               dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), total_q)
-    _launch("bwd_kv", _bwd_dkdv_kernel, _dkdv_tuned, lambda m: (triton.cdiv(max_seqlen_k, m["BN"]), n_seq, hkv),
+    total_k = k.shape[0]
+    table_k, size_k = block_table(cu_seqlens_k, total_k)
+    kv_args = (q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, table_k, size_k, scale, scale * LOG2E,
+               *strides, dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), total_q)
+    _launch("bwd_kv", _bwd_dkdv_kernel, _dkdv_tuned, lambda m: (programs(total_k, n_seq, m["BN"]), hkv),
             kv_args, meta)
     if max_seqlen_q > 0:
-        q_args = (q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, scale, scale * LOG2E, *strides,
-                  dq.stride(0), dq.stride(1), total_q)
-        _launch("bwd_q", _bwd_dq_kernel, _dq_tuned, lambda m: (triton.cdiv(max_seqlen_q, m["BM"]), n_seq, hq),
-                q_args, meta)
+        table_q, size_q = block_table(cu_seqlens_q, total_q)
+        q_args = (q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, table_q, size_q, scale, scale * LOG2E,
+                  *strides, dq.stride(0), dq.stride(1), total_q)
+        _launch("bwd_q", _bwd_dq_kernel, _dq_tuned, lambda m: (programs(total_q, n_seq, m["BM"]), hq), q_args, meta)
     return dq, dk, dv
