@@ -65,7 +65,7 @@ def test_after_eviction_logits_equal_a_masked_full_forward(processor, gen):
 
 @pytest.mark.parametrize("static", [False, True], ids=["plain", "static-decode"])
 def test_the_kernel_path_equals_one_full_forward(processor, gen, triton_interpreter, static):
-    """Prefill on the varlen kernel and decode on the paged kernel (interpreted), inside the model;
+    """Prefill on the paged varlen kernel and decode on the paged decode kernel (interpreted), inside the model;
     also with the static decode step, whose kernel reads a padded page-table width."""
     model = tiny_qwen2vl(seed=0, attn_implementation="eager")
     session = StreamingSession(model, processor, max_new_tokens=3, trace=True, page_size=16,

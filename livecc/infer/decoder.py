@@ -1,25 +1,20 @@
 """The Qwen2-VL language model's forward over new tokens of several streams on one ``KVPool``.
 
 Reuses the Hugging Face modules' weights (norms, projections, MLPs, M-RoPE tables). The streams'
-new tokens run as one packed batch through every projection and MLP. Attention: a decode step (one
-token per stream) reads the pages in place with the paged decode op; a prefill gathers each
-stream's pages and runs the varlen op, bottom-right causal over the cache. Both ops run where the
-tensors are (``livecc.kernels.dispatch``).
+new tokens run as one packed batch through every projection and MLP. Attention reads the pages in
+place: a decode step (one token per stream) with the paged decode op, a prefill with the paged
+varlen op (bottom-right causal over each stream's cache). The rotary embedding of q and k is one
+fused op. All run where the tensors are (``livecc.kernels.dispatch``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..kernels import cu_seqlens, paged_decode_attention, varlen_attention
+from ..kernels import cu_seqlens, paged_decode_attention, rotary_qk, varlen_attention_paged
 from .cache import KVPool, StreamKVCache, padded_page_tables
 
 __all__ = ["forward_tokens", "paged_attention", "run_layers"]
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((-b, a), dim=-1)
 
 
 @torch.no_grad()
@@ -41,18 +36,15 @@ def forward_tokens(model, embeds: torch.Tensor, positions: torch.Tensor, caches:
     lengths = [c.length + n for c, n in zip(caches, counts)]
     write = torch.cat([c.slots(torch.arange(c.length, c.length + n)) for c, n in zip(caches, counts)]).to(device)
     scale = lm.layers[0].self_attn.scaling
-    if all(n == 1 for n in counts):  # decode: read the pages in place
-        table = torch.tensor(padded_page_tables(caches), dtype=torch.int32, device=device)
-        lens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    table = torch.tensor(padded_page_tables(caches), dtype=torch.int32, device=device)
+    lens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    if all(n == 1 for n in counts):  # decode
         attend = paged_attention(pool, table, lens, max(lengths), scale)
     else:
-        read = torch.cat([c.slots(torch.arange(end)) for c, end in zip(caches, lengths)]).to(device)
-        cu_q, cu_k = cu_seqlens(counts, device), cu_seqlens(lengths, device)
+        cu_q = cu_seqlens(counts, device)
 
         def attend(i, q):
-            keys, values = (t[read] for t in pool.slot_view(i))
-            return varlen_attention(q, keys, values, cu_q, cu_k, max(counts), max(lengths), causal=True,
-                                    softmax_scale=scale)
+            return varlen_attention_paged(q, pool.keys[i], pool.values[i], table, cu_q, lens, max(counts), scale)
 
     return run_layers(lm, embeds, positions.to(device), pool, write, attend)
 
@@ -72,16 +64,15 @@ def run_layers(lm, embeds: torch.Tensor, positions: torch.Tensor, pool: KVPool, 
     pool ``write`` slots ``[n]``, then ``attend(layer, rotated q [n, Hq, D]) -> [n, Hq, D]``.
     Allocates nothing from the host and never syncs, so a CUDA graph can capture it."""
     cos, sin = lm.rotary_emb(embeds[None], positions[:, None])  # [1, n, D]
-    cos, sin = cos[0, :, None], sin[0, :, None]  # [n, 1, D] broadcast over heads
     n = embeds.shape[0]
     h = embeds
     for i, layer in enumerate(lm.layers):
         attn = layer.self_attn
         x = layer.input_layernorm(h)
-        q = attn.q_proj(x).view(n, -1, attn.head_dim)
-        k = attn.k_proj(x).view(n, -1, attn.head_dim)
+        q = attn.q_proj(x).view(1, n, -1, attn.head_dim).transpose(1, 2)  # [1, H, n, D] as rotary_qk reads
+        k = attn.k_proj(x).view(1, n, -1, attn.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(n, -1, attn.head_dim)
-        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        q, k = (t.transpose(1, 2)[0] for t in rotary_qk(q, k, cos, sin))  # back to [n, H, D]
         keys, values = pool.slot_view(i)
         keys[write], values[write] = k, v
         h = h + attn.o_proj(attend(i, q).reshape(n, -1))

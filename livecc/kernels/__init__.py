@@ -10,7 +10,7 @@ from .paged_decode_attention import paged_decode_attention, paged_decode_attenti
 from .preprocess_frames import PatchGeometry, preprocess_frames, preprocess_frames_reference, resize_frames
 from .rotary import rotary_qk, rotary_qk_reference
 from .text_only_linear_cross_entropy import text_only_linear_cross_entropy, text_only_linear_cross_entropy_reference
-from .varlen_attention import varlen_attention, varlen_attention_reference
+from .varlen_attention import varlen_attention, varlen_attention_paged, varlen_attention_reference
 
 __all__ = [
     "PatchGeometry",
@@ -26,5 +26,6 @@ __all__ = [
     "text_only_linear_cross_entropy_reference",
     "use_triton",
     "varlen_attention",
+    "varlen_attention_paged",
     "varlen_attention_reference",
 ]

@@ -59,3 +59,21 @@ def test_bad_layouts_are_rejected(gen):
                                table, lens, 20)
     with pytest.raises(ValueError, match="power of two"):
         paged_decode_attention(q, k[:, :12], v[:, :12], table, lens, 20)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d, hq, hkv", [(128, 4, 2), (80, 3, 3), (64, 7, 1)])
+def test_paged_prefill_reads_the_pages_in_place(nan_empty, gen, dtype, d, hq, hkv):
+    from livecc.kernels import cu_seqlens, varlen_attention_paged, varlen_attention_reference
+    from livecc.kernels.varlen_attention.paged import gather_pages
+
+    # New tokens per stream after caches of odd lengths: one token, a whole first window, a page edge
+    new, cached = [1, 23, 16, 5], [0, 40, 16, 101]
+    lengths = [n + c for n, c in zip(new, cached)]
+    q = torch.randn(sum(new), hq, d, generator=gen).to(dtype)
+    _, k, v, table, lens = paged(gen, lengths, hq, hkv, d, 16, dtype)
+    out = varlen_attention_paged(q, k, v, table, cu_seqlens(new), lens, max(new))
+    keys, values, cu_k = gather_pages(k.double(), v.double(), table, lens)
+    ref, _ = varlen_attention_reference(q.double(), keys, values, cu_seqlens(new), cu_k, causal=True)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out, ref) < TOL[dtype]

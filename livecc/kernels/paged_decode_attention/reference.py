@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ..varlen_attention.paged import gather_pages
 from ..varlen_attention.reference import varlen_attention_reference
 
 __all__ = ["gather_pages", "paged_decode_attention_reference"]
-
-
-def gather_pages(k_pages: torch.Tensor, v_pages: torch.Tensor, page_table: torch.Tensor, lengths: torch.Tensor):
-    """Each stream's first ``lengths[b]`` cached keys and values, packed: ``(k, v [sum(lengths), Hkv, D],
-    cu_seqlens [B + 1])``. Slot ``j`` of stream ``b`` lives in page ``page_table[b, j // S]`` at ``j % S``."""
-    page = k_pages.shape[1]
-    n = lengths.tolist()
-    pages = [page_table[b, : -(-m // page)].long() for b, m in enumerate(n)]
-    k = torch.cat([k_pages[p].flatten(0, 1)[:m] for p, m in zip(pages, n)]) if n else k_pages[:0, 0]
-    v = torch.cat([v_pages[p].flatten(0, 1)[:m] for p, m in zip(pages, n)]) if n else v_pages[:0, 0]
-    cu = torch.tensor([0, *torch.tensor(n, dtype=torch.long).cumsum(0).tolist()], dtype=torch.int32)
-    return k, v, cu
 
 
 def paged_decode_attention_reference(

@@ -14,10 +14,12 @@ import torch
 
 from ..dispatch import check_devices, use_triton
 from .backends import BACKENDS, Dispatcher, available_backends, shape_class
+from .paged import varlen_attention_paged
 from .reference import varlen_attention_reference
 from .sdpa import varlen_attention_sdpa
 
-__all__ = ["available_backends", "varlen_attention", "varlen_attention_reference", "varlen_attention_sdpa"]
+__all__ = ["available_backends", "varlen_attention", "varlen_attention_paged", "varlen_attention_reference",
+           "varlen_attention_sdpa"]
 
 _dispatchers: dict[str, Dispatcher] = {}
 

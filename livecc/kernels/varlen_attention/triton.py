@@ -199,6 +199,16 @@ def _cols(P, start, o_t, stride_t, i_h, stride_h, o_d, m_t, m_d):
 
 
 @triton.jit
+def _key_rows(TABLE, i_b, stride_tab, k_start, o_n, m_n, PAGE: tl.constexpr):
+    """Rows of keys ``o_n`` of sequence ``i_b``: contiguous from ``k_start``, or (``PAGE > 0``)
+    through the sequence's page table into a pool of ``PAGE``-row pages."""
+    if PAGE == 0:
+        return k_start + o_n
+    page = tl.load(TABLE + i_b * stride_tab + o_n // PAGE, mask=m_n, other=0).to(tl.int64)
+    return page * PAGE + o_n % PAGE
+
+
+@triton.jit
 def _visible(o_m, o_n, m_m, m_n, diag, CAUSAL: tl.constexpr):
     """``[BM, BN]``: query ``i`` sees key ``j`` (both in range; causal: ``j <= i + diag``)."""
     visible = m_m[:, None] & m_n[None, :]
@@ -230,27 +240,28 @@ def _key_ranges(i_m, q_len, k_len, BM: tl.constexpr, BN: tl.constexpr, CAUSAL: t
 
 
 @triton.jit
-def _fwd_tile(b_q, K, V, k_start, start_n, o_m, o_d, m_m, m_d, k_len, diag, scale_log2, stride_kt, stride_vt,
-              i_kh, stride_kh, stride_vh, b_m, b_l, b_acc, MASK: tl.constexpr, CAUSAL: tl.constexpr,
-              DOT_FP32: tl.constexpr, BN: tl.constexpr):
+def _fwd_tile(b_q, K, V, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_m, m_d, k_len, diag, scale_log2,
+              stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc, MASK: tl.constexpr,
+              CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr, BN: tl.constexpr, PAGE: tl.constexpr):
     o_n = start_n + tl.arange(0, BN)
     m_n = o_n < k_len
     if not MASK:
         m_n = tl.full([BN], True, tl.int1)
-    b_kt = _cols(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
+    rows = _key_rows(TABLE, i_b, stride_tab, k_start, o_n, m_n, PAGE)
+    b_kt = _cols(K, 0, rows, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
     b_s = dot(b_q, b_kt, tl.zeros([b_q.shape[0], BN], dtype=tl.float32), DOT_FP32) * scale_log2
     if MASK:
         b_s = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), b_s, float("-inf"))
-    b_v = _rows(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
+    b_v = _rows(V, 0, rows, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
     return softmax_step(b_s, b_v, b_m, b_l, b_acc, DOT_FP32)
 
 
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, O, LSE, CU_Q, CU_K, TAB_Q, size_q, scale_log2,
+    Q, K, V, O, LSE, CU_Q, CU_K, TAB_Q, size_q, TABLE, stride_tab, scale_log2,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, total_q,
     GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PAGE: tl.constexpr = 0,
 ):
     i_b, i_m = _pair(TAB_Q, size_q, BM)
     i_h = tl.program_id(1)
@@ -269,13 +280,13 @@ def _fwd_kernel(
     b_l = tl.zeros([BM], dtype=tl.float32)
     b_acc = tl.zeros([BM, BD], dtype=tl.float32)
     for start_n in range(0, full, BN):
-        b_m, b_l, b_acc = _fwd_tile(b_q, K, V, k_start, start_n, o_m, o_d, m_m, m_d, k_len, diag, scale_log2,
-                                    stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc,
-                                    False, CAUSAL, DOT_FP32, BN)
+        b_m, b_l, b_acc = _fwd_tile(b_q, K, V, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_m, m_d,
+                                    k_len, diag, scale_log2, stride_kt, stride_vt, i_kh, stride_kh, stride_vh,
+                                    b_m, b_l, b_acc, False, CAUSAL, DOT_FP32, BN, PAGE)
     for start_n in range(full, hi, BN):
-        b_m, b_l, b_acc = _fwd_tile(b_q, K, V, k_start, start_n, o_m, o_d, m_m, m_d, k_len, diag, scale_log2,
-                                    stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc,
-                                    True, CAUSAL, DOT_FP32, BN)
+        b_m, b_l, b_acc = _fwd_tile(b_q, K, V, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_m, m_d,
+                                    k_len, diag, scale_log2, stride_kt, stride_vt, i_kh, stride_kh, stride_vh,
+                                    b_m, b_l, b_acc, True, CAUSAL, DOT_FP32, BN, PAGE)
     b_o, b_lse2 = softmax_result(b_m, b_l, b_acc)
     _store_rows(O, b_o, q_start, o_m, stride_ot, i_h, stride_oh, o_d, m_m, m_d)
     tl.store(LSE + i_h * total_q + q_start + o_m, b_lse2 * 0.6931471805599453, mask=m_m)
@@ -440,24 +451,33 @@ _dq_tuned = _tuned("bwd_q", _bwd_dq_kernel)
 
 def _meta(q, k, causal: bool) -> dict:
     # fp32 inputs: IEEE fp32 dots (the interpreter needs fp32 operands for every dtype)
-    return dict(GROUP=q.shape[1] // k.shape[1], D=q.shape[2], CAUSAL=causal,
+    return dict(GROUP=q.shape[1] // k.shape[-2], D=q.shape[2], CAUSAL=causal,
                 DOT_FP32=interpreting() or q.dtype == torch.float32, BD=triton.next_power_of_2(q.shape[2]))
 
 
-def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, causal: bool, scale: float):
-    """``(out [Tq, Hq, D], lse [Hq, Tq] fp32, natural log)``."""
+def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, causal: bool, scale: float,
+                         page_table: torch.Tensor | None = None):
+    """``(out [Tq, Hq, D], lse [Hq, Tq] fp32, natural log)``. With ``page_table [B, pages]``,
+    ``k``/``v`` are pools of pages ``[P, S, Hkv, D]`` and sequence ``b``'s keys are its
+    ``cu_seqlens_k`` length read through row ``b`` of the table (no gather)."""
     total_q, hq, d = q.shape
     out = torch.empty_like(q)
     lse = torch.empty((hq, total_q), device=q.device, dtype=torch.float32)
     n_seq = cu_seqlens_q.numel() - 1
     if total_q == 0 or n_seq == 0 or max_seqlen_q == 0:
         return out.zero_(), lse.fill_(float("-inf"))
+    meta = _meta(q, k, causal)
+    if page_table is None:
+        page_table, page = cu_seqlens_q, 0  # unused
+    else:
+        page = k.shape[1]
+        k, v = k.flatten(0, 1), v.flatten(0, 1)  # pages of rows -> rows
     table, size = block_table(cu_seqlens_q, total_q)
     grid = lambda meta: (programs(total_q, n_seq, meta["BM"]), hq)
-    args = (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, table, size, scale * LOG2E, q.stride(0), q.stride(1),
-            k.stride(0),
-            k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1), total_q)
-    _launch("fwd", _fwd_kernel, _fwd_tuned, grid, args, _meta(q, k, causal))
+    args = (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, table, size, page_table,
+            page_table.stride(0) if page else 0, scale * LOG2E, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+            v.stride(0), v.stride(1), out.stride(0), out.stride(1), total_q)
+    _launch("fwd", _fwd_kernel, _fwd_tuned, grid, args, {**meta, "PAGE": page})
     return out, lse
 
 
