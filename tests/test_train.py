@@ -86,6 +86,14 @@ def test_checkpointing_policies_and_the_prefetching_loader_keep_the_losses(recor
         assert all(m["data_wait_s"] >= 0 and m["loader_clips_per_s"] > 0 for m in run)
 
 
+def test_compiled_decoder_layers_keep_the_losses(records, tmp_path):
+    plain = Trainer(config(records, tmp_path / "plain", max_steps=2)).fit()["history"]
+    compiled = Trainer(config(records, tmp_path / "compiled", max_steps=2, compile=True,
+                              gradient_checkpointing=True, checkpoint_policy="selective")).fit()["history"]
+    torch.testing.assert_close(torch.tensor([m["loss"] for m in compiled]), torch.tensor([m["loss"] for m in plain]),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_selective_checkpointing_recomputes_no_gemm(processor):
     from torch.utils._python_dispatch import TorchDispatchMode
 

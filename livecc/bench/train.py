@@ -8,6 +8,7 @@ the 7B shape (forward + backward), frozen ViT, bf16, at packs of 8k, 16k and 32k
   kernel (+ Liger's RMSNorm / SwiGLU when installed), selective activation checkpointing;
 - ``livecc full-ac`` / ``livecc no-ac``: full or no activation checkpointing instead;
 - ``livecc unfused``: without the fused rotary / norm kernels;
+- ``livecc compiled``: with each decoder layer compiled (regional ``torch.compile``);
 - ``reference``: the Hugging Face model with FlashAttention-2 when installed (else SDPA), Liger's
   kernels and fused linear cross-entropy, full checkpointing, one clip per forward (unpacked).
 MFU counts 6 x trainable LLM parameters x tokens (2x for forward only of the frozen ViT patches).
@@ -27,14 +28,15 @@ import torch
 from ..models import TextOnlyHead, patch, text_only_causal_lm_loss, tiny_qwen2vl
 from ..qwen2vl import mrope_position_ids
 from ..train.metrics import step_throughput
-from ..train.parallelize import apply_activation_checkpointing
+from ..train.parallelize import apply_activation_checkpointing, apply_compile
 from .measure import random_qwen2vl, reference_attention
 from .results import Plot, Sweep, on_gpu
 
 VIDEO_PAD = 151656
-# name -> (fused kernels, activation checkpointing policy or None); "reference" is its own path
-VARIANTS = {"livecc": (True, "selective"), "livecc full-ac": (True, "full"), "livecc no-ac": (True, None),
-            "livecc unfused": (False, "selective"), "reference": (True, "full")}
+# name -> (fused kernels, activation checkpointing policy or None, compiled layers); "reference" is its own path
+VARIANTS = {"livecc": (True, "selective", False), "livecc compiled": (True, "selective", True),
+            "livecc full-ac": (True, "full", False), "livecc no-ac": (True, None, False),
+            "livecc unfused": (False, "selective", False), "reference": (True, "full", False)}
 FULL_FINETUNE = {"qwen2vl-2b": True, "qwen2vl-7b": False, "tiny": True}
 
 
@@ -79,12 +81,14 @@ def measure(variant: str, shape: str, clips: list, steps: int, device: torch.dev
     from ..data.packing import pack_samples
     from ..data.sequence import StreamingSample
 
-    fused, policy = VARIANTS[variant]
+    fused, policy, compiled = VARIANTS[variant]
     reference = variant == "reference"
     model = build(shape, reference_attention() if reference and device.type == "cuda" else "sdpa", device)
     dtype = next(model.parameters()).dtype
     if policy:
         apply_activation_checkpointing(model, policy)
+    if compiled:
+        apply_compile(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5) if FULL_FINETUNE[shape] else None
     if reference:
@@ -106,7 +110,8 @@ def measure(variant: str, shape: str, clips: list, steps: int, device: torch.dev
             opt.step()
         model.zero_grad(set_to_none=True)
 
-    step()  # warm-up: compiles kernels, allocates
+    step()  # warm-up: compiles kernels (and layers), allocates
+    step()
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -52,6 +52,7 @@ class TrainConfig:
     # "full": recompute each decoder layer in the backward; "selective": keep GEMM and attention
     # outputs, recompute the elementwise ops (more memory, less recompute)
     checkpoint_policy: str = "full"
+    compile: bool = False  # torch.compile each decoder layer (regional); the first steps pay the compile time
     fused_ops: bool = True  # on GPU: the fused rotary kernel, and Liger's RMSNorm / SwiGLU when installed
     with_context: bool = False
     min_pixels: int = 100 * 28 * 28  # per frame

@@ -1,5 +1,5 @@
-"""How a model is spread over ranks (FSDP2 with mixed precision, HSDP across nodes) and what it
-keeps for the backward (activation checkpointing, full or selective).
+"""How a model is spread over ranks (FSDP2 with mixed precision, HSDP across nodes), what it
+keeps for the backward (activation checkpointing, full or selective) and which parts are compiled.
 
 Units are each decoder layer, the rest of the model (embeddings, ViT, final norm) and the
 text-only head; the loss calls ``model.model`` and the head, never the whole model's forward.
@@ -16,7 +16,7 @@ import functools
 import torch
 from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-__all__ = ["apply_activation_checkpointing", "parallelize"]
+__all__ = ["apply_activation_checkpointing", "apply_compile", "parallelize"]
 
 
 def parallelize(model, head, *, world: int, device: torch.device, compute_dtype: torch.dtype,
@@ -66,3 +66,13 @@ def _saved_ops() -> list:
         if hasattr(aten, name):
             ops.append(getattr(aten, name).default)
     return ops
+
+
+def apply_compile(model) -> None:
+    """Regional ``torch.compile``: each decoder layer compiled on its own (one graph reused by
+    every layer, so compiling takes one layer's time), fusing its norms, rotary embedding,
+    activation and residual adds. livecc's attention is a custom op with a fake implementation, so
+    the graph runs around it. Applied before sharding, as FSDP2 wants."""
+    for layer in model.model.language_model.layers:
+        layer.compile()
+

@@ -28,7 +28,7 @@ from ..qwen2vl import PixelBudget, VisionSpec, offline_processor, rope_time_inte
 from .checkpoint import Checkpointer, clear_run, cut_metrics, latest_checkpoint
 from .config import TrainConfig
 from .metrics import MetricsLog, step_throughput
-from .parallelize import apply_activation_checkpointing, parallelize
+from .parallelize import apply_activation_checkpointing, apply_compile, parallelize
 
 __all__ = ["Trainer", "train"]
 
@@ -102,6 +102,8 @@ class Trainer:
             model.model.visual.requires_grad_(False)
         if cfg.gradient_checkpointing:
             apply_activation_checkpointing(model, cfg.checkpoint_policy)
+        if cfg.compile:
+            apply_compile(model)
         model.to(self.device).train()
         self.head = TextOnlyHead(model.lm_head)
         if self.distributed:
