@@ -31,12 +31,13 @@ def packs_of(loader):
     return [(p.input_ids, p.pixel_values_videos, p.cu_seqlens) for p in loader]
 
 
-@pytest.mark.parametrize("workers, prefetch", [(2, 3), (0, 1)])
-def test_workers_and_prefetch_give_the_plain_packs_and_count_bad_videos(mixed, processor, tmp_path, workers, prefetch):
+@pytest.mark.parametrize("workers, threads, prefetch", [(2, 0, 3), (0, 0, 1), (0, 3, 2)])
+def test_workers_and_prefetch_give_the_plain_packs_and_count_bad_videos(mixed, processor, tmp_path, workers, threads,
+                                                                        prefetch):
     dataset = StreamingDataset([mixed / "mix.jsonl"], processor, mixed)
     plain = PackedLoader(dataset, 3000, seed=1)
     expected = packs_of(plain)
-    loader = PackedLoader(dataset, 3000, seed=1, num_workers=workers, prefetch=prefetch,
+    loader = PackedLoader(dataset, 3000, seed=1, num_workers=workers, threads=threads, prefetch=prefetch,
                           rejects=tmp_path / "rejects.jsonl")
     got = packs_of(loader)
     assert len(got) == len(expected) > 1
@@ -50,6 +51,11 @@ def test_workers_and_prefetch_give_the_plain_packs_and_count_bad_videos(mixed, p
     assert stats.clips == 5 and stats.packs == len(got) and stats.frames > 0 and stats.build_s > 0
     rates = stats.rates()
     assert rates["loader_clips_per_s"] > 0 and rates["data_wait_s"] >= 0
+
+
+def test_processes_and_threads_do_not_mix(mixed, processor):
+    with pytest.raises(ValueError, match="not both"):
+        PackedLoader(StreamingDataset([mixed / "mix.jsonl"], processor, mixed), 10, num_workers=1, threads=1)
 
 
 def test_resume_mid_epoch_with_prefetch(mixed, processor):

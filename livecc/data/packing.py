@@ -8,6 +8,7 @@ deterministically by rank, builds samples in worker processes, and resumes at a 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -16,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,17 +175,20 @@ class PackedLoader:
     fails is counted by error type and, with ``rejects``, written there with its place
     (``epoch``, ``position`` in this rank's order) and error.
 
-    Samples are built in ``num_workers`` processes, and a thread keeps up to ``prefetch`` packs
-    ready ahead of the step, so decoding and packing overlap training. ``stats`` says how fast the
-    loader delivered (clips/s, frames/s while it worked) and how long its consumer waited on it.
+    Samples are built in ``num_workers`` processes (or ``threads`` threads, for decoding on the
+    GPU), and a thread keeps up to ``prefetch`` packs ready ahead of the step, so decoding and
+    packing overlap training. ``stats`` says how fast the loader delivered (clips/s, frames/s while
+    it worked) and how long its consumer waited on it.
     """
 
     def __init__(self, dataset: StreamingDataset, token_budget: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True, num_workers: int = 0, prefetch: int = 2, epoch: int = 0,
-                 rejects: str | Path | None = None, temporal_patch_size: int = 2):
+                 seed: int = 0, shuffle: bool = True, num_workers: int = 0, threads: int = 0, prefetch: int = 2,
+                 epoch: int = 0, rejects: str | Path | None = None, temporal_patch_size: int = 2):
+        if num_workers and threads:
+            raise ValueError("build samples in worker processes (num_workers) or threads (threads), not both")
         self.dataset, self.token_budget = dataset, token_budget
         self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
-        self.num_workers, self.prefetch = num_workers, prefetch
+        self.num_workers, self.threads, self.prefetch = num_workers, threads, prefetch
         self.epoch, self.consumed = epoch, 0
         self.errors: Counter = Counter()
         self.rejects = None if rejects is None else Path(rejects)
@@ -258,12 +263,9 @@ class PackedLoader:
 
         try:
             indices = self._order()[self.consumed :]
-            loader = torch.utils.data.DataLoader(
-                self.dataset, sampler=indices, batch_size=None, num_workers=self.num_workers,
-                collate_fn=lambda x: x, prefetch_factor=2 if self.num_workers else None)
             pending, size, position, failures = [], 0, self.consumed, []
             t0 = time.perf_counter()
-            for sample in loader:
+            for sample in self._samples(indices):
                 position += 1
                 if isinstance(sample, SampleFailure):
                     failures.append((sample, position - 1))
@@ -284,6 +286,24 @@ class PackedLoader:
                 put(None)
         except BaseException as e:  # raised again in the consumer's thread
             put(e)
+
+    def _samples(self, indices: list[int]) -> Iterator[StreamingSample | SampleFailure]:
+        """The dataset's items in order: from worker processes, or (``threads``) from a pool of
+        threads in this process, which is what decoding on the GPU needs (an NVDEC session and the
+        preprocessing kernel per thread; CUDA does not survive a fork)."""
+        if not self.threads:
+            yield from torch.utils.data.DataLoader(
+                self.dataset, sampler=indices, batch_size=None, num_workers=self.num_workers,
+                collate_fn=lambda x: x, prefetch_factor=2 if self.num_workers else None)
+            return
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="livecc-sample") as pool:
+            ahead: collections.deque = collections.deque()
+            for i in indices:
+                ahead.append(pool.submit(self.dataset.__getitem__, i))
+                if len(ahead) >= 2 * self.threads:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
 
     def _reject(self, failure: SampleFailure, position: int) -> None:
         log.warning("skipped %s: %s", failure.source, failure.error)

@@ -59,6 +59,8 @@ class TrainConfig:
     max_pixels: int = 768 * 28 * 28
     seed: int = 0
     num_workers: int = 0  # processes decoding and building samples
+    decode_device: str = "cpu"  # "cuda": decode with NVDEC and preprocess with the Triton kernel, in threads
+    decode_threads: int = 4  # threads building samples when decode_device is "cuda"
     prefetch_packs: int = 2  # packs kept ready ahead of the step
     log_every: int = 1
     wandb_project: str | None = None  # log to Weights & Biases (needs wandb installed)
@@ -74,11 +76,12 @@ class TrainConfig:
 
 
 _POSITIVE = ("epochs", "global_batch_clips", "token_budget", "log_every", "min_pixels", "max_pixels",
-             "prefetch_packs", "replicas")
+             "prefetch_packs", "replicas", "decode_threads")
 _POSITIVE_OR_NONE = ("max_steps", "stop_after")
 _NON_NEGATIVE = ("weight_decay", "num_workers", "save_every")
 _CHOICES = {"engine": ("livecc", "hf"), "checkpoint_policy": ("full", "selective"),
-            "frame_rule": ("reference", "clip-start"), "device": (None, "cuda", "cpu")}
+            "frame_rule": ("reference", "clip-start"), "device": (None, "cuda", "cpu"),
+            "decode_device": ("cpu", "cuda")}
 
 
 def _check_ranges(cfg: TrainConfig) -> None:

@@ -62,15 +62,20 @@ class Trainer:
         budget = PixelBudget(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
         temporal_patch = VisionSpec.from_processor(self.processor).temporal_patch_size
         interval = rope_time_interval(model.config, temporal_patch)
+        gpu_decode = cfg.decode_device == "cuda"
+        if gpu_decode and self.device.type != "cuda":
+            raise ValueError("config key 'decode_device': cuda needs training on a CUDA device")
         dataset = StreamingDataset(cfg.data, self.processor, cfg.video_root, with_context=cfg.with_context,
                                    budget=budget, time_interval=interval, frame_rule=cfg.frame_rule,
-                                   allow_absolute_paths=cfg.allow_absolute_paths)
+                                   allow_absolute_paths=cfg.allow_absolute_paths,
+                                   device=str(self.device) if gpu_decode else "cpu")
         budget = cfg.token_budget if cfg.engine == "livecc" else 1  # "hf": one clip per micro-batch
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.checkpointer = Checkpointer(self.out, self.rank, self.world)
         self.loader = PackedLoader(dataset, budget, rank=self.rank, world_size=self.world, seed=cfg.seed,
-                                   num_workers=cfg.num_workers, prefetch=cfg.prefetch_packs,
+                                   num_workers=0 if gpu_decode else cfg.num_workers,
+                                   threads=cfg.decode_threads if gpu_decode else 0, prefetch=cfg.prefetch_packs,
                                    rejects=self.out / f"rejects.rank{self.rank}.jsonl",
                                    temporal_patch_size=temporal_patch)
         self.clips_per_rank = max(1, math.ceil(cfg.global_batch_clips / self.world))

@@ -98,15 +98,20 @@ def test_twenty_training_steps_follow_the_cpu_loss_curve(tmp_path):
     with RecordWriter(tmp_path / "train.jsonl") as w:
         for i in range(8):
             w.write(synthesize_clip(tmp_path, f"c{i}", seed=i, duration=8.0, size=(112, 112)))
+    runs = {"cpu": ["device=\"cpu\""], "cuda": ["device=\"cuda\"", "fused_ops=false"],
+            # every optimisation on: GPU decoding in threads, fused kernels, selective checkpointing, compile
+            "cuda, all on": ["device=\"cuda\"", "decode_device=\"cuda\"", "fused_ops=true",
+                             "checkpoint_policy=\"selective\"", "compile=true"]}
     curves = {}
-    for device in ("cpu", "cuda"):
+    for name, options in runs.items():
         overrides = [f"data=[\"{tmp_path / 'train.jsonl'}\"]", f"video_root=\"{tmp_path}\"", "max_steps=20",
-                     "global_batch_clips=2", "lr=0.001", "gradient_checkpointing=true", "fused_ops=false",
-                     f"device=\"{device}\"", f"output_dir=\"{tmp_path / device}\"", "min_pixels=12544",
-                     "max_pixels=12544"]
-        curves[device] = torch.tensor([m["loss"] for m in Trainer(load_config(None, overrides)).fit()["history"]])
-    assert len(curves["cuda"]) == 20 and curves["cuda"][-1] < curves["cuda"][0]
-    torch.testing.assert_close(curves["cuda"], curves["cpu"], rtol=5e-2, atol=5e-2)
+                     "global_batch_clips=2", "lr=0.001", "gradient_checkpointing=true",
+                     f"output_dir=\"{tmp_path / name.replace(', ', '-')}\"", "min_pixels=12544", "max_pixels=12544",
+                     *options]
+        curves[name] = torch.tensor([m["loss"] for m in Trainer(load_config(None, overrides)).fit()["history"]])
+    for name in ("cuda", "cuda, all on"):
+        assert len(curves[name]) == 20 and curves[name][-1] < curves[name][0]
+        torch.testing.assert_close(curves[name], curves["cpu"], rtol=5e-2, atol=5e-2)
 
 
 def test_text_only_loss_on_cuda_equals_hugging_face(processor):
