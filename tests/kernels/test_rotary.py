@@ -71,3 +71,20 @@ def test_a_patched_model_equals_the_unpatched_one(monkeypatch, gen, arch):
         if r.grad is not None:
             assert rel_err(p.grad, r.grad) < 1e-4, name
 
+
+
+def test_the_older_transformers_multimodal_entry_point(gen):
+    """transformers < 5.2x calls apply_multimodal_rotary_pos_emb(q, k, cos, sin, mrope_section) with
+    cos/sin [3, B, L, D] per position axis; the patch picks the sections, then rotates fused."""
+    from livecc.models.patch import _multimodal_rotary
+
+    section = [4, 6, 6]  # head dim 32
+    q, k = torch.randn(1, 3, 11, 32, generator=gen), torch.randn(1, 1, 11, 32, generator=gen)
+    angles = torch.rand(3, 1, 11, 32, generator=gen) * 20
+    cos, sin = angles.cos(), angles.sin()
+    # Hugging Face's formula of those releases
+    pick = lambda x: torch.cat([m[i % 3] for i, m in enumerate(x.split(section * 2, dim=-1))], dim=-1)
+    want = rotary_qk_reference(q, k, pick(cos), pick(sin))
+    for got, ref in zip(_multimodal_rotary(q, k, cos, sin, section), want):
+        assert rel_err(got, ref) < 1e-6
+    assert pick(cos)[0, 0, :4].equal(cos[0, 0, 0, :4]) and pick(cos)[0, 0, 4:10].equal(cos[1, 0, 0, 4:10])
