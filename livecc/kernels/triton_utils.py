@@ -10,7 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["LN2", "LOG2E", "dot", "softmax_result", "softmax_step"]
+__all__ = ["LN2", "LOG2E", "dot", "softmax_result", "softmax_step", "softmax_weights"]
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -26,15 +26,22 @@ def dot(a, b, acc, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
-def softmax_step(b_s, b_v, b_m, b_l, b_acc, DOT_FP32: tl.constexpr):
+def softmax_weights(b_s, b_m, b_l):
     """One key block of the online softmax: scores ``b_s [M, N]`` (log2 units, -inf where hidden)
-    and values ``b_v [N, D]`` update the running row max, sum and output accumulator."""
+    -> the new row max and sum, the block's weights ``p`` and the factor ``alpha`` that rescales
+    the output accumulated so far."""
     m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
     alpha = tl.exp2(b_m - m_safe)
     b_p = tl.exp2(b_s - m_safe[:, None])
-    b_acc = dot(b_p.to(b_v.dtype), b_v, b_acc * alpha[:, None], DOT_FP32)
-    return m_new, b_l * alpha + tl.sum(b_p, axis=1), b_acc
+    return m_new, b_l * alpha + tl.sum(b_p, axis=1), b_p, alpha
+
+
+@triton.jit
+def softmax_step(b_s, b_v, b_m, b_l, b_acc, DOT_FP32: tl.constexpr):
+    """:func:`softmax_weights`, then values ``b_v [N, D]`` into the output accumulator."""
+    m_new, l_new, b_p, alpha = softmax_weights(b_s, b_m, b_l)
+    return m_new, l_new, dot(b_p.to(b_v.dtype), b_v, b_acc * alpha[:, None], DOT_FP32)
 
 
 @triton.jit

@@ -48,6 +48,14 @@ def test_empty_documents_and_queries_that_see_no_key(nan_empty, gen):
     compare(gen, [0, 6, 9], [5, 2, 9], 2, 1, 64, True, torch.float32)  # causal: 4 queries see nothing
 
 
+@pytest.mark.parametrize("d", [48, 72, 96])  # split into two parts, the second masked (72) or not (48, 96)
+def test_head_dims_split_in_two_parts(nan_empty, gen, d):
+    from livecc.kernels.varlen_attention.triton import head_split
+
+    assert head_split(d)[2]
+    compare(gen, [9, 23], [9, 23], 2, 1, d, True, torch.float32)
+
+
 def test_long_document_spans_many_blocks(nan_empty, gen):
     compare(gen, [70, 33], [70, 33], 2, 1, 80, True, torch.float32)
 

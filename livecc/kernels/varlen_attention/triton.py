@@ -11,8 +11,9 @@ loop runs in two parts: the tiles every query of the block fully sees, with no m
 few on the diagonal or a document's edge, masked. The backward has its own ``delta = rowsum(dO * O)``
 kernel, one dK/dV program per key block that walks the query heads of its GQA group and keeps dK/dV
 in registers (no atomics), and one dQ program per query block. Scores are in log2 units so each
-probability is one ``exp2``. Head dims that are not a power of two (the ViT's 80) are padded to the
-next one in registers only. fp32 inputs take IEEE fp32 dot products and their own smaller tiles.
+probability is one ``exp2``. A head dim that is not a power of two runs as two power-of-two parts
+(the ViT's 80 as 64 + 16: two dot products per product, no idle lanes) where that is narrower
+than padding it to the next power of two. fp32 inputs take IEEE fp32 dot products and their own smaller tiles.
 
 Tiles: on GPU ``triton.autotune`` picks among ``CONFIGS`` of the kernel's precision, keyed by head
 dim, causality and GQA group (a new pack length does not re-tune), after dropping any that would
@@ -28,9 +29,9 @@ import triton
 import triton.language as tl
 
 from ..dispatch import interpreting
-from ..triton_utils import LOG2E, dot, softmax_result, softmax_step
+from ..triton_utils import LOG2E, dot, softmax_result, softmax_weights
 
-__all__ = ["BLOCK_SIZES", "CONFIGS", "SMEM_LIMIT", "TileConfig", "block_table", "programs", "smem_bytes",
+__all__ = ["BLOCK_SIZES", "CONFIGS", "SMEM_LIMIT", "TileConfig", "block_table", "head_split", "programs", "smem_bytes",
            "varlen_attention_bwd", "varlen_attention_fwd"]
 
 SMEM_LIMIT = 232448  # bytes of shared memory per block on Hopper (227 KB)
@@ -97,7 +98,8 @@ def _candidates(kernel: str, bits: int, block_d: int) -> list[TileConfig]:
 def _prune(kernel: str):
     def prune(configs, named_args, **kwargs):
         bits = 32 if named_args["Q"].dtype == torch.float32 else 16
-        block_d = kwargs.get("BD", named_args.get("BD"))
+        meta = {**named_args, **kwargs}
+        block_d = meta["BD"] + (meta["BE"] if meta["SPLIT"] else 0)  # lanes of the head dim's parts
         keep = {(c.BM, c.BN, c.num_warps, c.num_stages) for c in _candidates(kernel, bits, block_d)}
         return [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages) in keep]
 
@@ -108,7 +110,7 @@ def _tuned(kernel: str, fn):
     configs = [triton.Config({"BM": c.BM, "BN": c.BN}, num_warps=c.num_warps, num_stages=c.num_stages)
                for c in CONFIGS if c.kernel == kernel]
     prune = {"early_config_prune": _prune(kernel)}
-    return triton.autotune(configs, key=["BD", "CAUSAL", "GROUP"], prune_configs_by=prune)(fn)
+    return triton.autotune(configs, key=["D", "CAUSAL", "GROUP"], prune_configs_by=prune)(fn)
 
 
 def _launch(kernel: str, jitted, tuned, grid, args, meta: dict) -> None:
@@ -240,20 +242,29 @@ def _key_ranges(i_m, q_len, k_len, BM: tl.constexpr, BN: tl.constexpr, CAUSAL: t
 
 
 @triton.jit
-def _fwd_tile(b_q, K, V, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_m, m_d, k_len, diag, scale_log2,
-              stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc, MASK: tl.constexpr,
-              CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr, BN: tl.constexpr, PAGE: tl.constexpr):
+def _fwd_tile(b_q, b_qe, K, V, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_d, o_e, m_e, m_m, k_len, diag,
+              scale_log2, stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc, b_acce,
+              MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr, BN: tl.constexpr,
+              PAGE: tl.constexpr, SPLIT: tl.constexpr):
     o_n = start_n + tl.arange(0, BN)
     m_n = o_n < k_len
     if not MASK:
         m_n = tl.full([BN], True, tl.int1)
     rows = _key_rows(TABLE, i_b, stride_tab, k_start, o_n, m_n, PAGE)
-    b_kt = _cols(K, 0, rows, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
-    b_s = dot(b_q, b_kt, tl.zeros([b_q.shape[0], BN], dtype=tl.float32), DOT_FP32) * scale_log2
+    b_s = dot(b_q, _cols(K, 0, rows, stride_kt, i_kh, stride_kh, o_d, m_n, m_d),
+              tl.zeros([b_q.shape[0], BN], dtype=tl.float32), DOT_FP32)
+    if SPLIT:
+        b_s = dot(b_qe, _cols(K, 0, rows, stride_kt, i_kh, stride_kh, o_e, m_n, m_e), b_s, DOT_FP32)
+    b_s = b_s * scale_log2
     if MASK:
         b_s = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), b_s, float("-inf"))
+    b_m, b_l, b_p, alpha = softmax_weights(b_s, b_m, b_l)
     b_v = _rows(V, 0, rows, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
-    return softmax_step(b_s, b_v, b_m, b_l, b_acc, DOT_FP32)
+    b_acc = dot(b_p.to(b_v.dtype), b_v, b_acc * alpha[:, None], DOT_FP32)
+    if SPLIT:
+        b_ve = _rows(V, 0, rows, stride_vt, i_kh, stride_vh, o_e, m_n, m_e)
+        b_acce = dot(b_p.to(b_ve.dtype), b_ve, b_acce * alpha[:, None], DOT_FP32)
+    return b_m, b_l, b_acc, b_acce
 
 
 @triton.jit
@@ -261,7 +272,8 @@ def _fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K, TAB_Q, size_q, TABLE, stride_tab, scale_log2,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, total_q,
     GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PAGE: tl.constexpr = 0,
+    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, SPLIT: tl.constexpr,
+    PAGE: tl.constexpr = 0,
 ):
     i_b, i_m = _pair(TAB_Q, size_q, BM)
     i_h = tl.program_id(1)
@@ -271,24 +283,33 @@ def _fwd_kernel(
     k_start, k_len = _span(CU_K, i_b)
     i_kh = i_h // GROUP
     o_m = i_m * BM + tl.arange(0, BM)
-    o_d = tl.arange(0, BD)
-    m_m, m_d = o_m < q_len, o_d < D
+    o_d, o_e = tl.arange(0, BD), BD + tl.arange(0, BE)
+    m_m, m_d, m_e = o_m < q_len, o_d < D, o_e < D
     b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
+    b_qe = tl.zeros([BM, BE], dtype=b_q.dtype)
+    if SPLIT:
+        b_qe = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_e, m_m, m_e)
     diag = k_len - q_len  # key j is visible to query i iff j <= i + diag (causal)
     full, hi = _key_ranges(i_m, q_len, k_len, BM, BN, CAUSAL)
     b_m = tl.full([BM], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BM], dtype=tl.float32)
     b_acc = tl.zeros([BM, BD], dtype=tl.float32)
+    b_acce = tl.zeros([BM, BE], dtype=tl.float32)
     for start_n in range(0, full, BN):
-        b_m, b_l, b_acc = _fwd_tile(b_q, K, V, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_m, m_d,
-                                    k_len, diag, scale_log2, stride_kt, stride_vt, i_kh, stride_kh, stride_vh,
-                                    b_m, b_l, b_acc, False, CAUSAL, DOT_FP32, BN, PAGE)
+        b_m, b_l, b_acc, b_acce = _fwd_tile(
+            b_q, b_qe, K, V, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_d, o_e, m_e, m_m, k_len, diag,
+            scale_log2, stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc, b_acce,
+            False, CAUSAL, DOT_FP32, BN, PAGE, SPLIT)
     for start_n in range(full, hi, BN):
-        b_m, b_l, b_acc = _fwd_tile(b_q, K, V, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_m, m_d,
-                                    k_len, diag, scale_log2, stride_kt, stride_vt, i_kh, stride_kh, stride_vh,
-                                    b_m, b_l, b_acc, True, CAUSAL, DOT_FP32, BN, PAGE)
+        b_m, b_l, b_acc, b_acce = _fwd_tile(
+            b_q, b_qe, K, V, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_d, o_e, m_e, m_m, k_len, diag,
+            scale_log2, stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc, b_acce,
+            True, CAUSAL, DOT_FP32, BN, PAGE, SPLIT)
     b_o, b_lse2 = softmax_result(b_m, b_l, b_acc)
     _store_rows(O, b_o, q_start, o_m, stride_ot, i_h, stride_oh, o_d, m_m, m_d)
+    if SPLIT:
+        b_oe, _ = softmax_result(b_m, b_l, b_acce)
+        _store_rows(O, b_oe, q_start, o_m, stride_ot, i_h, stride_oh, o_e, m_m, m_e)
     tl.store(LSE + i_h * total_q + q_start + o_m, b_lse2 * 0.6931471805599453, mask=m_m)
 
 
@@ -317,9 +338,10 @@ def _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m):
 
 
 @triton.jit
-def _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_dk, b_dv, start_m, q_start, q_len, o_n, m_n, o_d, m_d, diag, i_h,
-               total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
-               MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr, BM: tl.constexpr):
+def _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len, o_n, m_n,
+               o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
+               MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr, BM: tl.constexpr,
+               SPLIT: tl.constexpr):
     o_m = start_m + tl.arange(0, BM)
     m_m = o_m < q_len
     if not MASK:
@@ -327,15 +349,26 @@ def _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_dk, b_dv, start_m, q_start, q_len,
     b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
     b_do = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_d, m_m, m_d)
     b_lse, b_delta = _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m)
-    b_s = dot(b_q, tl.trans(b_k), tl.zeros([BM, b_k.shape[0]], dtype=tl.float32), DOT_FP32) * scale_log2
-    b_p = tl.exp2(b_s - b_lse[:, None])
+    b_s = dot(b_q, tl.trans(b_k), tl.zeros([BM, b_k.shape[0]], dtype=tl.float32), DOT_FP32)
+    b_dp = dot(b_do, tl.trans(b_v), tl.zeros([BM, b_k.shape[0]], dtype=tl.float32), DOT_FP32)
+    b_qe = tl.zeros([BM, b_ke.shape[1]], dtype=b_q.dtype)
+    b_doe = tl.zeros([BM, b_ke.shape[1]], dtype=b_do.dtype)
+    if SPLIT:
+        b_qe = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_e, m_m, m_e)
+        b_doe = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_e, m_m, m_e)
+        b_s = dot(b_qe, tl.trans(b_ke), b_s, DOT_FP32)
+        b_dp = dot(b_doe, tl.trans(b_ve), b_dp, DOT_FP32)
+    b_p = tl.exp2(b_s * scale_log2 - b_lse[:, None])
     if MASK:
         b_p = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), b_p, 0.0)
-    b_dv = dot(tl.trans(b_p.to(b_do.dtype)), b_do, b_dv, DOT_FP32)
-    b_dp = dot(b_do, tl.trans(b_v), tl.zeros([BM, b_k.shape[0]], dtype=tl.float32), DOT_FP32)
-    b_ds = b_p * (b_dp - b_delta[:, None])
-    b_dk = dot(tl.trans(b_ds.to(b_q.dtype)), b_q, b_dk, DOT_FP32)
-    return b_dk, b_dv
+    b_pt = tl.trans(b_p.to(b_do.dtype))
+    b_dst = tl.trans((b_p * (b_dp - b_delta[:, None])).to(b_q.dtype))
+    b_dv = dot(b_pt, b_do, b_dv, DOT_FP32)
+    b_dk = dot(b_dst, b_q, b_dk, DOT_FP32)
+    if SPLIT:
+        b_dve = dot(b_pt, b_doe, b_dve, DOT_FP32)
+        b_dke = dot(b_dst, b_qe, b_dke, DOT_FP32)
+    return b_dk, b_dv, b_dke, b_dve
 
 
 @triton.jit
@@ -344,7 +377,7 @@ def _bwd_dkdv_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dkt, stride_dkh, stride_dvt, stride_dvh, total_q,
     GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, SPLIT: tl.constexpr,
 ):
     i_b, i_n = _pair(TAB_K, size_k, BN)
     i_kh = tl.program_id(1)
@@ -353,12 +386,19 @@ def _bwd_dkdv_kernel(
     k_start, k_len = _span(CU_K, i_b)
     q_start, q_len = _span(CU_Q, i_b)
     o_n = i_n * BN + tl.arange(0, BN)
-    o_d = tl.arange(0, BD)
-    m_n, m_d = o_n < k_len, o_d < D
+    o_d, o_e = tl.arange(0, BD), BD + tl.arange(0, BE)
+    m_n, m_d, m_e = o_n < k_len, o_d < D, o_e < D
     b_k = _rows(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
     b_v = _rows(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
+    b_ke = tl.zeros([BN, BE], dtype=b_k.dtype)
+    b_ve = tl.zeros([BN, BE], dtype=b_v.dtype)
+    if SPLIT:
+        b_ke = _rows(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_e, m_n, m_e)
+        b_ve = _rows(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_e, m_n, m_e)
     b_dk = tl.zeros([BN, BD], dtype=tl.float32)
     b_dv = tl.zeros([BN, BD], dtype=tl.float32)
+    b_dke = tl.zeros([BN, BE], dtype=tl.float32)
+    b_dve = tl.zeros([BN, BE], dtype=tl.float32)
     diag = k_len - q_len
     # Query blocks: [lo, mid_lo) straddle the diagonal (masked), [mid_lo, mid_hi) see every key of
     # this block (unmasked), [mid_hi, q_len) hold the document's last, partial rows (masked).
@@ -374,38 +414,53 @@ def _bwd_dkdv_kernel(
     for g in range(GROUP):
         i_h = i_kh * GROUP + g
         for start_m in range(lo, mid_lo, BM):
-            b_dk, b_dv = _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_dk, b_dv, start_m, q_start, q_len, o_n, m_n, o_d,
-                                    m_d, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot,
-                                    stride_doh, True, CAUSAL, DOT_FP32, BM)
+            b_dk, b_dv, b_dke, b_dve = _dkdv_tile(
+                Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len, o_n, m_n,
+                o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
+                True, CAUSAL, DOT_FP32, BM, SPLIT)
         for start_m in range(mid_lo, mid_hi, BM):
-            b_dk, b_dv = _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_dk, b_dv, start_m, q_start, q_len, o_n, m_n, o_d,
-                                    m_d, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot,
-                                    stride_doh, False, CAUSAL, DOT_FP32, BM)
+            b_dk, b_dv, b_dke, b_dve = _dkdv_tile(
+                Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len, o_n, m_n,
+                o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
+                False, CAUSAL, DOT_FP32, BM, SPLIT)
         for start_m in range(mid_hi, q_len, BM):
-            b_dk, b_dv = _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_dk, b_dv, start_m, q_start, q_len, o_n, m_n, o_d,
-                                    m_d, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot,
-                                    stride_doh, True, CAUSAL, DOT_FP32, BM)
+            b_dk, b_dv, b_dke, b_dve = _dkdv_tile(
+                Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len, o_n, m_n,
+                o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
+                True, CAUSAL, DOT_FP32, BM, SPLIT)
     _store_rows(DK, b_dk * scale, k_start, o_n, stride_dkt, i_kh, stride_dkh, o_d, m_n, m_d)
     _store_rows(DV, b_dv, k_start, o_n, stride_dvt, i_kh, stride_dvh, o_d, m_n, m_d)
+    if SPLIT:
+        _store_rows(DK, b_dke * scale, k_start, o_n, stride_dkt, i_kh, stride_dkh, o_e, m_n, m_e)
+        _store_rows(DV, b_dve, k_start, o_n, stride_dvt, i_kh, stride_dvh, o_e, m_n, m_e)
 
 
 @triton.jit
-def _dq_tile(K, V, b_q, b_do, b_lse, b_delta, b_dq, start_n, k_start, k_len, o_m, m_m, o_d, m_d, diag, i_kh,
-             scale_log2, stride_kt, stride_kh, stride_vt, stride_vh,
-             MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr, BN: tl.constexpr):
+def _dq_tile(K, V, b_q, b_do, b_qe, b_doe, b_lse, b_delta, b_dq, b_dqe, start_n, k_start, k_len, o_m, m_m, o_d, m_d,
+             o_e, m_e, diag, i_kh, scale_log2, stride_kt, stride_kh, stride_vt, stride_vh,
+             MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr, BN: tl.constexpr,
+             SPLIT: tl.constexpr):
     o_n = start_n + tl.arange(0, BN)
     m_n = o_n < k_len
     if not MASK:
         m_n = tl.full([BN], True, tl.int1)
     b_kt = _cols(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
     b_vt = _cols(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
-    b_s = dot(b_q, b_kt, tl.zeros([b_q.shape[0], BN], dtype=tl.float32), DOT_FP32) * scale_log2
-    b_p = tl.exp2(b_s - b_lse[:, None])
+    b_s = dot(b_q, b_kt, tl.zeros([b_q.shape[0], BN], dtype=tl.float32), DOT_FP32)
+    b_dp = dot(b_do, b_vt, tl.zeros([b_q.shape[0], BN], dtype=tl.float32), DOT_FP32)
+    b_kte = tl.zeros([b_qe.shape[1], BN], dtype=b_kt.dtype)
+    if SPLIT:
+        b_kte = _cols(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_e, m_n, m_e)
+        b_s = dot(b_qe, b_kte, b_s, DOT_FP32)
+        b_dp = dot(b_doe, _cols(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_e, m_n, m_e), b_dp, DOT_FP32)
+    b_p = tl.exp2(b_s * scale_log2 - b_lse[:, None])
     if MASK:
         b_p = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), b_p, 0.0)
-    b_dp = dot(b_do, b_vt, tl.zeros([b_q.shape[0], BN], dtype=tl.float32), DOT_FP32)
-    b_ds = b_p * (b_dp - b_delta[:, None])
-    return dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), b_dq, DOT_FP32)
+    b_ds = (b_p * (b_dp - b_delta[:, None])).to(b_kt.dtype)
+    b_dq = dot(b_ds, tl.trans(b_kt), b_dq, DOT_FP32)
+    if SPLIT:
+        b_dqe = dot(b_ds, tl.trans(b_kte), b_dqe, DOT_FP32)
+    return b_dq, b_dqe
 
 
 @triton.jit
@@ -414,7 +469,7 @@ def _bwd_dq_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dqt, stride_dqh, total_q,
     GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, SPLIT: tl.constexpr,
 ):
     i_b, i_m = _pair(TAB_Q, size_q, BM)
     i_h = tl.program_id(1)
@@ -424,21 +479,31 @@ def _bwd_dq_kernel(
     k_start, k_len = _span(CU_K, i_b)
     i_kh = i_h // GROUP
     o_m = i_m * BM + tl.arange(0, BM)
-    o_d = tl.arange(0, BD)
-    m_m, m_d = o_m < q_len, o_d < D
+    o_d, o_e = tl.arange(0, BD), BD + tl.arange(0, BE)
+    m_m, m_d, m_e = o_m < q_len, o_d < D, o_e < D
     b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
     b_do = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_d, m_m, m_d)
+    b_qe = tl.zeros([BM, BE], dtype=b_q.dtype)
+    b_doe = tl.zeros([BM, BE], dtype=b_do.dtype)
+    if SPLIT:
+        b_qe = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_e, m_m, m_e)
+        b_doe = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_e, m_m, m_e)
     b_lse, b_delta = _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m)
     b_dq = tl.zeros([BM, BD], dtype=tl.float32)
+    b_dqe = tl.zeros([BM, BE], dtype=tl.float32)
     diag = k_len - q_len
     full, hi = _key_ranges(i_m, q_len, k_len, BM, BN, CAUSAL)
     for start_n in range(0, full, BN):
-        b_dq = _dq_tile(K, V, b_q, b_do, b_lse, b_delta, b_dq, start_n, k_start, k_len, o_m, m_m, o_d, m_d, diag,
-                        i_kh, scale_log2, stride_kt, stride_kh, stride_vt, stride_vh, False, CAUSAL, DOT_FP32, BN)
+        b_dq, b_dqe = _dq_tile(K, V, b_q, b_do, b_qe, b_doe, b_lse, b_delta, b_dq, b_dqe, start_n, k_start, k_len,
+                               o_m, m_m, o_d, m_d, o_e, m_e, diag, i_kh, scale_log2, stride_kt, stride_kh, stride_vt,
+                               stride_vh, False, CAUSAL, DOT_FP32, BN, SPLIT)
     for start_n in range(full, hi, BN):
-        b_dq = _dq_tile(K, V, b_q, b_do, b_lse, b_delta, b_dq, start_n, k_start, k_len, o_m, m_m, o_d, m_d, diag,
-                        i_kh, scale_log2, stride_kt, stride_kh, stride_vt, stride_vh, True, CAUSAL, DOT_FP32, BN)
+        b_dq, b_dqe = _dq_tile(K, V, b_q, b_do, b_qe, b_doe, b_lse, b_delta, b_dq, b_dqe, start_n, k_start, k_len,
+                               o_m, m_m, o_d, m_d, o_e, m_e, diag, i_kh, scale_log2, stride_kt, stride_kh, stride_vt,
+                               stride_vh, True, CAUSAL, DOT_FP32, BN, SPLIT)
     _store_rows(DQ, b_dq * scale, q_start, o_m, stride_dqt, i_h, stride_dqh, o_d, m_m, m_d)
+    if SPLIT:
+        _store_rows(DQ, b_dqe * scale, q_start, o_m, stride_dqt, i_h, stride_dqh, o_e, m_m, m_e)
 
 
 _fwd_tuned = _tuned("fwd", _fwd_kernel)
@@ -449,10 +514,23 @@ _dq_tuned = _tuned("bwd_q", _bwd_dq_kernel)
 # ---------------------------------------------------------------- launchers
 
 
+def head_split(d: int) -> tuple[int, int, bool]:
+    """``(BD, BE, SPLIT)``: a head dim that is not a power of two runs as two power-of-two parts
+    (d80: 64 + 16) when that is narrower than padding it (d80 padded: 128 lanes, 48 of them idle);
+    otherwise one part of ``next_power_of_2(d)`` lanes."""
+    whole = max(16, triton.next_power_of_2(d))
+    first = max(16, whole // 2)
+    rest = max(16, triton.next_power_of_2(d - first)) if d > first else 0
+    if d > first and first + rest < whole:
+        return first, rest, True
+    return whole, 16, False
+
+
 def _meta(q, k, causal: bool) -> dict:
     # fp32 inputs: IEEE fp32 dots (the interpreter needs fp32 operands for every dtype)
+    bd, be, split = head_split(q.shape[2])
     return dict(GROUP=q.shape[1] // k.shape[-2], D=q.shape[2], CAUSAL=causal,
-                DOT_FP32=interpreting() or q.dtype == torch.float32, BD=triton.next_power_of_2(q.shape[2]))
+                DOT_FP32=interpreting() or q.dtype == torch.float32, BD=bd, BE=be, SPLIT=split)
 
 
 def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, causal: bool, scale: float,
@@ -495,7 +573,8 @@ def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_
     delta = torch.empty((hq, total_q), device=q.device, dtype=torch.float32)
     rows = 16 if interpreting() else 64
     _delta_kernel[(triton.cdiv(total_q, rows), hq)](out, do, delta, out.stride(0), out.stride(1), do.stride(0),
-                                                     do.stride(1), total_q, D=d, BT=rows, BD=meta["BD"])
+                                                     do.stride(1), total_q, D=d, BT=rows,
+                                                     BD=triton.next_power_of_2(d))
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1))
     total_k = k.shape[0]
     table_k, size_k = block_table(cu_seqlens_k, total_k)
