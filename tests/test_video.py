@@ -186,3 +186,19 @@ def test_audio_only_file_has_no_video_stream(tmp_path):
         container.mux(stream.encode())
     with pytest.raises(VideoError, match="tone.m4a: no video stream"):
         decode_clip(path, backend="pyav")
+
+
+def test_a_file_nvdec_cannot_take_is_decoded_on_the_cpu(tmp_path, monkeypatch):
+    from livecc.data import video
+
+    def refuses(path, start, device):
+        raise VideoError(f"{path}: cannot decode video on NVDEC (unsupported codec)")
+        yield  # a generator, as every backend
+
+    path = tmp_path / "clip.mp4"
+    write_video(path, [], 3.0, 10, (64, 64))
+    monkeypatch.setitem(video.BACKENDS, "nvdec", refuses)
+    name, stream = video._open("nvdec", str(path), 0.0, "cpu", auto=True)
+    assert name in ("decord", "pyav") and len(list(stream)) == 30
+    with pytest.raises(VideoError, match="unsupported codec"):  # asked for by name: no fallback
+        list(video._open("nvdec", str(path), 0.0, "cpu", auto=False)[1])

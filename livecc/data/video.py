@@ -18,6 +18,7 @@ assignment compares with word end times. Every backend streams its frames throug
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -272,6 +273,23 @@ def _choose_backend(backend: str, device: str) -> str:
     raise VideoError("no video backend installed: pip install 'livecc[video]'")
 
 
+def _open(name: str, source: str, start: float, device: str, auto: bool) -> tuple[str, FrameStream]:
+    """The backend's frame stream, opened. A file NVDEC cannot take (a codec or profile the GPU's
+    decoder lacks) falls back to a CPU backend when the backend was chosen automatically."""
+    stream = BACKENDS[name](source, start, device)
+    if not (auto and name == "nvdec"):
+        return name, stream
+    try:
+        first = next(stream)
+    except StopIteration:
+        return name, iter(())
+    except VideoError as e:
+        cpu = _choose_backend("auto", "cpu")
+        log.warning("%s; decoding on CPU with %s", e, cpu)
+        return cpu, BACKENDS[cpu](source, start, device)
+    return name, itertools.chain([first], stream)
+
+
 def decode_clip(
     path: str | os.PathLike,
     start: float | None = None,
@@ -288,7 +306,7 @@ def decode_clip(
     budget when ``resize``.
 
     ``device="cuda"`` decodes on NVDEC (PyNvVideoCodec, the ``gpu`` extra) when it is installed
-    (else on CPU, with a logged reason) and returns the frames on that device.
+    and takes the file (else on CPU, with a logged reason) and returns the frames on that device.
     """
     source = str(path)
     if not Path(source).is_file():
@@ -298,11 +316,11 @@ def decode_clip(
             raise VideoError(f"{source}: clip {name} is not finite ({value})")
     if start is not None and end is not None and end <= start:
         raise VideoError(f"{source}: empty clip [{start}, {end}]")
-    name = _choose_backend(backend, device)
+    name, stream = _open(_choose_backend(backend, device), source, start or 0.0, device, backend == "auto")
     log.info("decoding %s with %s", source, name)
     sampler = FpsSampler(start, end, fps, budget.max_frames, rule)
     frames, times, exhausted = [], [], True
-    for pts, end_ts, get_frame in BACKENDS[name](source, start or 0.0, device):
+    for pts, end_ts, get_frame in stream:
         count = sampler.take(pts, end_ts)
         if count:
             frame = get_frame()
