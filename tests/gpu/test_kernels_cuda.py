@@ -68,15 +68,22 @@ def test_varlen_attention_queries_after_a_cache(nan_empty, cuda_gen, dtype):
     check_attention(cuda_gen, [5, 1, 200, 0], [370, 9, 200, 40], 28, 4, 128, True, dtype)
 
 
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
 @pytest.mark.parametrize("config", range(len(CONFIGS)))
-def test_every_attention_tile_configuration(cuda_gen, config, monkeypatch):
-    """Each configuration of the tuning space, forced, on one shape of its head dim and dtype."""
+def test_every_attention_tile_configuration(cuda_gen, config, tma, monkeypatch):
+    """Each configuration of the tuning space, forced, on one shape of its head dim and dtype (the
+    forward's also through tensor descriptors where the GPU has TMA)."""
+    from dataclasses import replace
+
     from livecc.kernels.varlen_attention import triton as kernels
 
     cfg = CONFIGS[config]
+    if tma and (cfg.kernel != "fwd" or not kernels.tma_supported()):
+        pytest.skip("tensor descriptors: the forward on a GPU with TMA only")
+    cfg = replace(cfg, tma=tma)
     monkeypatch.setattr(kernels, "FORCED", {cfg.kernel: cfg})
     check_attention(cuda_gen, [300, 77, 1], [300, 77, 1], 8, 2, cfg.head_dim, True, cfg.dtype)
-    if cfg.head_dim == 128:  # the ViT's 80 pads to the same tiles
+    if cfg.head_dim == 128:  # the ViT's 80 runs as 64 + 16 within the same shared memory
         check_attention(cuda_gen, [300, 77], [300, 77], 4, 4, 80, False, cfg.dtype)
 
 

@@ -189,3 +189,15 @@ def test_document_block_table(gen):
         docs, blocks = table[row].tolist()
         assert list(zip(docs, blocks))[: len(pairs)] == pairs
         assert set(docs[len(pairs):]) <= {-1} and set(blocks[len(pairs):]) <= {-1}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [64, 80])
+def test_forward_through_tensor_descriptors(nan_empty, gen, monkeypatch, dtype, d):
+    """The forward with Q, K and V tiles loaded by tensor descriptors (TMA on Hopper), which
+    zero-fill past a document's end: odd lengths, queries after a cache, a document without keys."""
+    from livecc.kernels.varlen_attention import triton as kernels
+
+    monkeypatch.setitem(kernels.FORCED, "fwd", kernels.TileConfig("fwd", 32, 16, 16, 4, 1, tma=True))
+    compare(gen, [1, 17, 40, 3], [1, 17, 40, 3], 3, 1, d, True, dtype)
+    compare(gen, [5, 6, 20], [37, 0, 20], 2, 2, d, False, dtype)

@@ -5,19 +5,21 @@ One program per (document, block of queries | keys) pair and head; documents com
 read from a table built on the device by one small kernel (``_block_table_kernel``, no host sync),
 so a pack of one long and many short documents launches programs for the blocks it has (plus at
 most one idle program per document, the slack of a size known without reading the offsets),
-rather than the longest document's block count for every document.
-Causal masks are aligned bottom-right, so a new streaming window attends to its KV cache. Every key
-loop runs in two parts: the tiles every query of the block fully sees, with no mask at all, and the
-few on the diagonal or a document's edge, masked. The backward has its own ``delta = rowsum(dO * O)``
-kernel, one dK/dV program per key block that walks the query heads of its GQA group and keeps dK/dV
-in registers (no atomics), and one dQ program per query block. Scores are in log2 units so each
-probability is one ``exp2``. A head dim that is not a power of two runs as two power-of-two parts
-(the ViT's 80 as 64 + 16: two dot products per product, no idle lanes) where that is narrower
-than padding it to the next power of two. fp32 inputs take IEEE fp32 dot products and their own smaller tiles.
+rather than the longest document's block count for every document. Causal masks are aligned
+bottom-right, so a new streaming window attends to its KV cache. Every key loop runs in two parts:
+the tiles every query of the block fully sees, with no mask at all, and the few on the diagonal or
+a document's edge, masked. The backward has its own ``delta = rowsum(dO * O)`` kernel, one dK/dV
+program per key block that walks the query heads of its GQA group and keeps dK/dV in registers
+(no atomics), and one dQ program per query block. Scores are in log2 units so each probability is
+one ``exp2``. A head dim that is not a power of two runs as two power-of-two parts (the ViT's 80 as
+64 + 16: two dot products per product, no idle lanes) where that is narrower than padding it to
+the next power of two. fp32 inputs take IEEE fp32 dot products and their own smaller tiles.
 
 Tiles: on GPU ``triton.autotune`` picks among ``CONFIGS`` of the kernel's precision, keyed by head
 dim, causality and GQA group (a new pack length does not re-tune), after dropping any that would
-exceed the device's shared memory; the interpreter runs small fixed tiles; ``FORCED`` (tests) pins them.
+exceed the device's shared memory; on a GPU with TMA the forward also tries each tiling with Q, K
+and V loaded through tensor descriptors (where the tensors are 16-byte aligned and not paged). The
+interpreter runs small fixed tiles; ``FORCED`` (tests) pins them.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ class TileConfig:
     BN: int
     num_warps: int
     num_stages: int
+    tma: bool = False  # forward only: Q, K, V tiles through tensor descriptors (TMA on Hopper)
+
+    @property
+    def tiles(self) -> dict:
+        """The kernel's tile arguments."""
+        return {"BM": self.BM, "BN": self.BN, **({"TMA": self.tma} if self.kernel == "fwd" else {})}
 
     @property
     def dtype(self) -> torch.dtype:
@@ -73,7 +81,7 @@ CONFIGS = [
     TileConfig("bwd_q", 32, 64, 32, 4, 2), TileConfig("bwd_q", 32, 32, 32, 4, 2),
 ]
 FORCED: dict[str, TileConfig] = {}  # kernel -> the tiling to use instead of tuning (tests)
-_INTERPRETER_TILES = {"BM": 16, "BN": 16}
+_INTERPRETER_TILES = {"BM": 16, "BN": 16}  # the interpreter's tiles (pointer loads; tests force TMA)
 
 
 def smem_bytes(cfg: TileConfig, block_d: int) -> int:
@@ -95,34 +103,68 @@ def _candidates(kernel: str, bits: int, block_d: int) -> list[TileConfig]:
     return fit
 
 
+def tma_supported() -> bool:
+    """Tensor descriptors in this Triton and a GPU with TMA (Hopper or newer)."""
+    return (hasattr(tl, "make_tensor_descriptor") and torch.cuda.is_available()
+            and torch.cuda.get_device_capability()[0] >= 9)
+
+
+def _tma_fits(named_args: dict) -> bool:
+    """TMA needs 16-byte aligned tile bases: every start row and head offset of Q, K and V."""
+    for name in ("Q", "K", "V"):
+        t = named_args[name]
+        size = t.element_size()
+        if t.data_ptr() % 16 or (t.stride(0) * size) % 16 or (t.stride(1) * size) % 16:
+            return False
+    return named_args.get("PAGE", 0) == 0
+
+
 def _prune(kernel: str):
     def prune(configs, named_args, **kwargs):
-        bits = 32 if named_args["Q"].dtype == torch.float32 else 16
         meta = {**named_args, **kwargs}
+        bits = 32 if meta["Q"].dtype == torch.float32 else 16
         block_d = meta["BD"] + (meta["BE"] if meta["SPLIT"] else 0)  # lanes of the head dim's parts
         keep = {(c.BM, c.BN, c.num_warps, c.num_stages) for c in _candidates(kernel, bits, block_d)}
-        return [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages) in keep]
+        tma = kernel == "fwd" and _tma_fits(meta)
+        return [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages) in keep
+                and (tma or not c.kwargs.get("TMA", False))]
 
     return prune
 
 
 def _tuned(kernel: str, fn):
-    configs = [triton.Config({"BM": c.BM, "BN": c.BN}, num_warps=c.num_warps, num_stages=c.num_stages)
-               for c in CONFIGS if c.kernel == kernel]
+    """``fn`` autotuned over the tilings of ``kernel``; the forward tries each with and without
+    tensor descriptors where the GPU has TMA."""
+    with_tma = (False, True) if kernel == "fwd" and tma_supported() else (False,)
+    configs = [triton.Config(TileConfig(c.kernel, c.bits, c.BM, c.BN, c.num_warps, c.num_stages, t).tiles,
+                             num_warps=c.num_warps, num_stages=c.num_stages)
+               for c in CONFIGS if c.kernel == kernel for t in with_tma]
     prune = {"early_config_prune": _prune(kernel)}
     return triton.autotune(configs, key=["D", "CAUSAL", "GROUP"], prune_configs_by=prune)(fn)
 
 
 def _launch(kernel: str, jitted, tuned, grid, args, meta: dict) -> None:
     """Run ``jitted`` with the forced tiling, the interpreter's, or ``tuned`` (autotuned) on GPU."""
+    if kernel == "fwd" and not interpreting() and tma_supported():
+        _set_descriptor_allocator()
     if kernel in FORCED:
         cfg = FORCED[kernel]
-        tiles = {"BM": cfg.BM, "BN": cfg.BN}
-        jitted[grid(tiles)](*args, **meta, **tiles, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        jitted[grid(cfg.tiles)](*args, **meta, **cfg.tiles, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif interpreting():
         jitted[grid(_INTERPRETER_TILES)](*args, **meta, **_INTERPRETER_TILES)
     else:
         tuned[grid](*args, **meta)
+
+
+_allocator_set = False
+
+
+def _set_descriptor_allocator() -> None:
+    """Tensor descriptors made on the device need scratch memory from an allocator (once)."""
+    global _allocator_set
+    if not _allocator_set:
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+        _allocator_set = True
 
 
 # ---------------------------------------------------------------- (document, block) tables
@@ -242,29 +284,45 @@ def _key_ranges(i_m, q_len, k_len, BM: tl.constexpr, BN: tl.constexpr, CAUSAL: t
 
 
 @triton.jit
-def _fwd_tile(b_q, b_qe, K, V, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_d, o_e, m_e, m_m, k_len, diag,
-              scale_log2, stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc, b_acce,
-              MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr, BN: tl.constexpr,
-              PAGE: tl.constexpr, SPLIT: tl.constexpr):
+def _fwd_tile(b_q, b_qe, K, V, KE, VE, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_d, o_e, m_e, m_m, k_len,
+              diag, scale_log2, stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc, b_acce,
+              MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+              PAGE: tl.constexpr, SPLIT: tl.constexpr, TMA: tl.constexpr):
+    """One key block. With ``TMA``, ``K``/``V`` (and ``KE``/``VE``, the second head-dim part) are
+    tensor descriptors of the document's rows, which zero-fill rows past its end."""
     o_n = start_n + tl.arange(0, BN)
     m_n = o_n < k_len
     if not MASK:
         m_n = tl.full([BN], True, tl.int1)
-    rows = _key_rows(TABLE, i_b, stride_tab, k_start, o_n, m_n, PAGE)
-    b_s = dot(b_q, _cols(K, 0, rows, stride_kt, i_kh, stride_kh, o_d, m_n, m_d),
-              tl.zeros([b_q.shape[0], BN], dtype=tl.float32), DOT_FP32)
+    if TMA:
+        b_kt, b_v = tl.trans(K.load([start_n, 0])), V.load([start_n, 0])
+    else:
+        rows = _key_rows(TABLE, i_b, stride_tab, k_start, o_n, m_n, PAGE)
+        b_kt = _cols(K, 0, rows, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
+        b_v = _rows(V, 0, rows, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
+    b_s = dot(b_q, b_kt, tl.zeros([b_q.shape[0], BN], dtype=tl.float32), DOT_FP32)
     if SPLIT:
-        b_s = dot(b_qe, _cols(K, 0, rows, stride_kt, i_kh, stride_kh, o_e, m_n, m_e), b_s, DOT_FP32)
+        if TMA:
+            b_kte, b_ve = tl.trans(KE.load([start_n, BD])), VE.load([start_n, BD])
+        else:
+            b_kte = _cols(K, 0, rows, stride_kt, i_kh, stride_kh, o_e, m_n, m_e)
+            b_ve = _rows(V, 0, rows, stride_vt, i_kh, stride_vh, o_e, m_n, m_e)
+        b_s = dot(b_qe, b_kte, b_s, DOT_FP32)
     b_s = b_s * scale_log2
     if MASK:
         b_s = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), b_s, float("-inf"))
     b_m, b_l, b_p, alpha = softmax_weights(b_s, b_m, b_l)
-    b_v = _rows(V, 0, rows, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
     b_acc = dot(b_p.to(b_v.dtype), b_v, b_acc * alpha[:, None], DOT_FP32)
     if SPLIT:
-        b_ve = _rows(V, 0, rows, stride_vt, i_kh, stride_vh, o_e, m_n, m_e)
         b_acce = dot(b_p.to(b_ve.dtype), b_ve, b_acce * alpha[:, None], DOT_FP32)
     return b_m, b_l, b_acc, b_acce
+
+
+@triton.jit
+def _descriptor(P, start, stride_t, i_h, stride_h, rows, D: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    """A tensor descriptor of ``rows`` rows of head ``i_h`` from row ``start``, tiles ``[BR, BC]``."""
+    return tl.make_tensor_descriptor(P + start * stride_t + i_h * stride_h, shape=[tl.maximum(rows, 1), D],
+                                     strides=[stride_t, 1], block_shape=[BR, BC])  # a keyless document: no load
 
 
 @triton.jit
@@ -273,7 +331,7 @@ def _fwd_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, total_q,
     GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, SPLIT: tl.constexpr,
-    PAGE: tl.constexpr = 0,
+    PAGE: tl.constexpr = 0, TMA: tl.constexpr = False,
 ):
     i_b, i_m = _pair(TAB_Q, size_q, BM)
     i_h = tl.program_id(1)
@@ -285,10 +343,21 @@ def _fwd_kernel(
     o_m = i_m * BM + tl.arange(0, BM)
     o_d, o_e = tl.arange(0, BD), BD + tl.arange(0, BE)
     m_m, m_d, m_e = o_m < q_len, o_d < D, o_e < D
-    b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
+    kd, ke, vd, ve = K, K, V, V
+    if TMA:
+        b_q = _descriptor(Q, q_start, stride_qt, i_h, stride_qh, q_len, D, BM, BD).load([i_m * BM, 0])
+        kd = _descriptor(K, k_start, stride_kt, i_kh, stride_kh, k_len, D, BN, BD)
+        vd = _descriptor(V, k_start, stride_vt, i_kh, stride_vh, k_len, D, BN, BD)
+    else:
+        b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
     b_qe = tl.zeros([BM, BE], dtype=b_q.dtype)
     if SPLIT:
-        b_qe = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_e, m_m, m_e)
+        if TMA:
+            b_qe = _descriptor(Q, q_start, stride_qt, i_h, stride_qh, q_len, D, BM, BE).load([i_m * BM, BD])
+            ke = _descriptor(K, k_start, stride_kt, i_kh, stride_kh, k_len, D, BN, BE)
+            ve = _descriptor(V, k_start, stride_vt, i_kh, stride_vh, k_len, D, BN, BE)
+        else:
+            b_qe = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_e, m_m, m_e)
     diag = k_len - q_len  # key j is visible to query i iff j <= i + diag (causal)
     full, hi = _key_ranges(i_m, q_len, k_len, BM, BN, CAUSAL)
     b_m = tl.full([BM], float("-inf"), dtype=tl.float32)
@@ -297,14 +366,14 @@ def _fwd_kernel(
     b_acce = tl.zeros([BM, BE], dtype=tl.float32)
     for start_n in range(0, full, BN):
         b_m, b_l, b_acc, b_acce = _fwd_tile(
-            b_q, b_qe, K, V, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_d, o_e, m_e, m_m, k_len, diag,
-            scale_log2, stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc, b_acce,
-            False, CAUSAL, DOT_FP32, BN, PAGE, SPLIT)
+            b_q, b_qe, kd, vd, ke, ve, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_d, o_e, m_e, m_m, k_len,
+            diag, scale_log2, stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc, b_acce,
+            False, CAUSAL, DOT_FP32, BD, BN, PAGE, SPLIT, TMA)
     for start_n in range(full, hi, BN):
         b_m, b_l, b_acc, b_acce = _fwd_tile(
-            b_q, b_qe, K, V, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_d, o_e, m_e, m_m, k_len, diag,
-            scale_log2, stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc, b_acce,
-            True, CAUSAL, DOT_FP32, BN, PAGE, SPLIT)
+            b_q, b_qe, kd, vd, ke, ve, TABLE, i_b, stride_tab, k_start, start_n, o_m, o_d, m_d, o_e, m_e, m_m, k_len,
+            diag, scale_log2, stride_kt, stride_vt, i_kh, stride_kh, stride_vh, b_m, b_l, b_acc, b_acce,
+            True, CAUSAL, DOT_FP32, BD, BN, PAGE, SPLIT, TMA)
     b_o, b_lse2 = softmax_result(b_m, b_l, b_acc)
     _store_rows(O, b_o, q_start, o_m, stride_ot, i_h, stride_oh, o_d, m_m, m_d)
     if SPLIT:
