@@ -72,3 +72,19 @@ def test_resume_mid_epoch_with_prefetch(mixed, processor):
     assert len(first) + len(rest) == len(everything) == 5
     assert all(torch.equal(p.input_ids, e[0]) for p, e in zip(first, everything))
     assert all(torch.equal(r[0], e[0]) for r, e in zip(rest, everything[2:]))
+
+
+def test_a_pack_keeps_its_pixel_rows_where_they_were_built():
+    """Frames decoded on the GPU beside a text-only sample (whose empty rows sit on the CPU)."""
+    from livecc.data.packing import pack_samples
+    from livecc.data.sequence import StreamingSample
+
+    def sample(rows, grid):
+        ids = torch.arange(5)
+        return StreamingSample(ids, ids, ids.expand(3, 5), rows, grid, [], "")
+
+    on_device = sample(torch.zeros(8, 1176, device="meta", dtype=torch.bfloat16), torch.tensor([[2, 2, 2]]))
+    text_only = sample(torch.zeros(0, 1176), torch.zeros(0, 3, dtype=torch.long))
+    pack = pack_samples([text_only, on_device])
+    assert pack.pixel_values_videos.device.type == "meta" and pack.pixel_values_videos.dtype == torch.bfloat16
+    assert pack.pixel_values_videos.shape == (8, 1176) and pack.pixel_values_images.shape == (0, 1176)

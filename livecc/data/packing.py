@@ -88,12 +88,20 @@ def pack_samples(samples: list[StreamingSample]) -> Pack:
         position_ids=torch.cat([s.position_ids for s in samples], dim=1)[:, None],
         cu_seqlens=cu_seqlens(lengths),
         max_seqlen=max(lengths),
-        pixel_values_videos=torch.cat([s.pixel_values_videos for s in samples]),
+        pixel_values_videos=_cat_rows([s.pixel_values_videos for s in samples]),
         video_grid_thw=torch.cat([s.video_grid_thw for s in samples]),
         n_clips=len(samples),
-        pixel_values_images=torch.cat([s.pixel_values_images.to(s.pixel_values_videos.dtype) for s in samples]),
+        pixel_values_images=_cat_rows([s.pixel_values_images for s in samples]),
         image_grid_thw=torch.cat([s.image_grid_thw for s in samples]),
     )
+
+
+def _cat_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Pixel rows of several samples in one tensor, on the device and in the dtype of the first
+    that has any (a text-only sample's empty rows sit on the CPU even when frames were decoded on
+    the GPU)."""
+    first = next((r for r in rows if r.numel()), rows[0])
+    return torch.cat([r.to(first.device, first.dtype) for r in rows])
 
 
 # Options the conversation builder shares with the streaming one; the rest are streaming-only.

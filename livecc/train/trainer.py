@@ -34,6 +34,7 @@ __all__ = ["Trainer", "train"]
 
 log = logging.getLogger("livecc.train")
 
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
