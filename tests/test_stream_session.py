@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from livecc.infer import KVPool, StreamingSession, step_streams
-from livecc.infer.graphs import DecodeGraphs
+from livecc.infer.graphs import BUCKETS, DecodeGraphs, PrefillGraphs
 from livecc.models import tiny_qwen2vl
 
 
@@ -63,15 +63,17 @@ def test_after_eviction_logits_equal_a_masked_full_forward(processor, gen):
     assert sorted(kept.tolist()) == fed_text[:10].tolist() + fed_text[-40:].tolist()
 
 
-@pytest.mark.parametrize("static", [False, True], ids=["plain", "static-decode"])
+@pytest.mark.parametrize("static", [False, True], ids=["plain", "static"])
 def test_the_kernel_path_equals_one_full_forward(processor, gen, triton_interpreter, static):
-    """Prefill on the paged varlen kernel and decode on the paged decode kernel (interpreted), inside the model;
-    also with the static decode step, whose kernel reads a padded page-table width."""
+    """Prefill on the paged varlen kernel and decode on the paged decode kernel (interpreted), inside
+    the model; also with the static decode step and the static prefill, whose kernels read padded
+    page-table widths, empty documents and the padding's document."""
     model = tiny_qwen2vl(seed=0, attn_implementation="eager")
     session = StreamingSession(model, processor, max_new_tokens=3, trace=True, page_size=16,
                                min_pixels=56 * 56, max_pixels=56 * 56)
     if static:
         session.engine.decode_graphs = DecodeGraphs.of(model, session.cache.pool)
+        session.engine.prefill_graphs = PrefillGraphs.of(model, session.cache.pool)
     for _ in range(2):
         session.step(torch.randint(0, 256, (session.frames_needed, 56, 56, 3), dtype=torch.uint8, generator=gen))
     assert sum(1 for fed, _ in session.trace.logits) >= 4  # two prefills and decode steps
@@ -140,10 +142,10 @@ def test_bad_frames_are_rejected(processor):
         step_streams([session, session], [torch.zeros(6, 56, 56, 3, dtype=torch.uint8)] * 2)
 
 
-def test_static_decode_steps_say_what_the_plain_path_says(processor, gen):
-    """Decode steps from static buffers (what CUDA graphs capture and replay; run eagerly here),
-    across batch sizes, page-table growth and pool reallocation: same tokens, logits equal to one
-    full forward."""
+def test_static_decode_steps_and_prefills_say_what_the_plain_path_says(processor, gen):
+    """Decode steps and prefills from static buffers (what CUDA graphs capture and replay; run
+    eagerly here), across batch sizes, buckets, page-table growth and pool reallocation: same
+    tokens, logits equal to one full forward."""
     model = tiny_qwen2vl(seed=0, attn_implementation="eager")
     options = [dict(query="Who scores?"), dict(query="", temperature=0.8, seed=3), dict(query="Describe it.")]
     frames = [[torch.randint(0, 256, (6 if w == 0 else 2, 56, 56, 3), dtype=torch.uint8, generator=gen)
@@ -156,6 +158,7 @@ def test_static_decode_steps_say_what_the_plain_path_says(processor, gen):
                     for kw in options]
         if static:
             sessions[0].engine.decode_graphs = DecodeGraphs.of(model, pool)
+            sessions[0].engine.prefill_graphs = PrefillGraphs.of(model, pool)
         results = [step_streams(sessions, [f[w] for f in frames], [forced(i, w) for i in range(3)])
                    for w in range(4)]
         return sessions, results, pool
@@ -165,6 +168,7 @@ def test_static_decode_steps_say_what_the_plain_path_says(processor, gen):
     assert [[r.token_ids for r in w] for w in static_results] == [[r.token_ids for r in w] for w in plain_results]
     graphs = pool.decode_graphs
     assert pool.growths > 0 and graphs.width > 4 and graphs.builds > 3
+    assert pool.prefill_graphs.builds >= 2  # rebuilt after the pool grew
     assert len({len(r.token_ids) for r in static_results[1]}) > 1  # the decode batch shrank within a window
     for s in static:
         check_logits(model, s)
@@ -227,10 +231,12 @@ def test_warm_up_sizes_the_pool_and_builds_every_decode_step_before_the_first_wi
                 for _ in range(3)]
     engine = sessions[0].engine
     engine.decode_graphs = DecodeGraphs.of(model, pool)  # the static steps (captured on CUDA), eager here
+    engine.prefill_graphs = PrefillGraphs.of(model, pool)
     engine.warm_up(max_streams=3, max_tokens=400)
-    builds, growths = engine.decode_graphs.builds, pool.growths
-    assert pool.pages >= 3 * 25 and builds == 3
+    builds, growths = (engine.decode_graphs.builds, engine.prefill_graphs.builds), pool.growths
+    assert pool.pages >= 3 * 25 and builds == (3, len(BUCKETS))
     for _ in range(3):
         step_streams(sessions, [torch.randint(0, 256, (s.frames_needed, 56, 56, 3), dtype=torch.uint8, generator=gen)
                                 for s in sessions])
-    assert (engine.decode_graphs.builds, pool.growths) == (builds, growths)  # nothing built or grown mid-stream
+    # nothing built or grown mid-stream
+    assert ((engine.decode_graphs.builds, engine.prefill_graphs.builds), pool.growths) == (builds, growths)

@@ -30,6 +30,7 @@ class KVPool:
         self.free = list(range(pages - 1, -1, -1))  # a stack: the lowest page is lent first
         self.growths = 0  # bumped whenever the buffers are reallocated (captured graphs hold their addresses)
         self.decode_graphs = None  # the CUDA-graph decode steps over this pool, shared by its streams
+        self.prefill_graphs = None  # the CUDA-graph prefills over this pool
         self.engine = None  # the StreamEngine of this pool
 
     @classmethod

@@ -37,7 +37,7 @@ from ..qwen2vl import (
 from .cache import TEXT, VISION, KVPool, StreamKVCache
 from .config import SessionConfig
 from .decoder import forward_tokens
-from .graphs import DecodeGraphs
+from .graphs import DecodeGraphs, PrefillGraphs
 
 __all__ = ["StreamEngine", "StreamState", "Trace", "WindowResult"]
 
@@ -134,8 +134,10 @@ class StreamEngine:
         self.stops = (self.stream_eos, self.ids.im_end)
         self.vocab = model.get_output_embeddings().out_features
         self.pool = pool
-        # Decode steps replay CUDA graphs on GPU; elsewhere they run eagerly through forward_tokens.
-        self.decode_graphs = DecodeGraphs.of(model, pool) if cuda_graphs and self.device.type == "cuda" else None
+        # Decode steps and prefills replay CUDA graphs on GPU; elsewhere they run eagerly through forward_tokens.
+        graphs = cuda_graphs and self.device.type == "cuda"
+        self.decode_graphs = DecodeGraphs.of(model, pool) if graphs else None
+        self.prefill_graphs = PrefillGraphs.of(model, pool) if graphs else None
 
     @classmethod
     def of(cls, model, processor, pool: KVPool | None = None, *, page_size: int = 64,
@@ -149,10 +151,13 @@ class StreamEngine:
 
     def warm_up(self, max_streams: int, max_tokens: int) -> None:
         """Allocate the pool for ``max_streams`` streams of up to ``max_tokens`` cached tokens each and
-        build the decode steps of every batch size up to ``max_streams`` now, so that neither a pool
-        reallocation nor a graph capture lands inside a window (within those bounds)."""
+        build the decode steps of every batch size up to ``max_streams`` and the prefill of every
+        bucket now, so that neither a pool reallocation nor a graph capture lands inside a window
+        (within those bounds)."""
         pages = -(-max_tokens // self.pool.page_size)
-        self.pool.ensure(max_streams * pages)
+        self.pool.ensure(max_streams * pages + 1)  # + the prefill's scratch page
+        if self.prefill_graphs is not None:
+            self.prefill_graphs.prepare(max_streams, pages)
         if self.decode_graphs is not None:
             self.decode_graphs.prepare(max_streams, pages)
 
@@ -230,8 +235,11 @@ class StreamEngine:
                 s.trace.pixel_values.append(pixel_values.cpu())
                 s.trace.grids.append(grid)
         counts = [t.numel() for t in ids]
-        hidden = forward_tokens(self.model, torch.cat(embeds), torch.cat(positions, dim=1),
-                                [s.cache for s in streams], counts)
+        caches, embeds, positions_all = [s.cache for s in streams], torch.cat(embeds), torch.cat(positions, dim=1)
+        if self.prefill_graphs is not None and self.prefill_graphs.fits(counts):
+            hidden = self.prefill_graphs.run(caches, embeds, positions_all, counts)
+        else:
+            hidden = forward_tokens(self.model, embeds, positions_all, caches, counts)
         last = (torch.tensor(counts).cumsum(0) - 1).to(hidden.device)
         logits = self.model.lm_head(hidden[last]).float()
         return ids, self._record(streams, ids, positions, [w.end for w in windows], kinds, logits)
