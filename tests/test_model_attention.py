@@ -80,3 +80,17 @@ def test_cached_decoding_matches_a_full_forward(gen):
         out = ours(input_ids=ids[:, :15], use_cache=True)
         step = ours(input_ids=ids[:, 15:], past_key_values=out.past_key_values, use_cache=True).logits
     torch.testing.assert_close(step, full[:, 15:], atol=1e-5, rtol=1e-5)
+
+
+def test_a_vit_forward_reads_its_longest_frame_group_once(monkeypatch):
+    """Every ViT block gets the same offsets: one host read of the longest document per forward."""
+    from livecc.models import attention, tiny_qwen2vl, use_livecc_attention
+
+    model = tiny_qwen2vl(seed=0, vision_depth=3)
+    use_livecc_attention(model)
+    reads, read = [], attention._lengths_max
+    monkeypatch.setattr(attention, "_lengths_max", lambda cu: reads.append(1) or read(cu))
+    grid = torch.tensor([[1, 4, 8], [1, 6, 6]])
+    with torch.no_grad():
+        model.model.visual(torch.randn(int(grid.prod(-1).sum()), 1176), grid_thw=grid)
+    assert len(reads) == 1

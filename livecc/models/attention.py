@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import types
+import weakref
 
 import torch
 from transformers import AttentionInterface
@@ -36,6 +37,23 @@ def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
 
 def _lengths_max(cu: torch.Tensor) -> int:
     return int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+
+
+_seen_offsets: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _max_length_of(cu: torch.Tensor) -> int:
+    """The longest document of offsets ``cu``, read from the device once per offsets tensor: every
+    block of a ViT forward gets the same ``cu_seqlens`` object, so its 32 blocks cost one host read,
+    not 32."""
+    seen = _seen_offsets.get(id(cu))
+    if seen is not None and seen[0]() is cu:
+        return seen[1]
+    for key in [k for k, (ref, _) in _seen_offsets.items() if ref() is None]:
+        del _seen_offsets[key]
+    longest = _lengths_max(cu)
+    _seen_offsets[id(cu)] = (weakref.ref(cu), longest)
+    return longest
 
 
 def livecc_attention_forward(
@@ -105,8 +123,8 @@ def _vision_attention_forward(self, hidden_states, cu_seqlens, position_embeddin
     q, k, v = self.qkv(hidden_states).reshape(seq_len, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     cos, sin = position_embeddings
     q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    max_len = int(max_seqlen) if max_seqlen is not None else _max_length_of(cu_seqlens)
     cu = cu_seqlens.to(torch.int32)
-    max_len = int(max_seqlen) if max_seqlen is not None else int((cu[1:] - cu[:-1]).max())
     out = varlen_attention(q, k, v, cu, cu, max_len, max_len, causal=False, softmax_scale=self.scaling)
     return self.proj(out.reshape(seq_len, -1))
 
