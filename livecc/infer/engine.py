@@ -227,7 +227,8 @@ class StreamEngine:
             turn, pos = self._prompt(s, window, grid)
             turn_dev = turn.to(self.device)
             e = self.model.get_input_embeddings()(turn_dev)
-            e[turn_dev == self.ids.video_pad] = embeds_v.to(e.dtype)
+            pads = (turn == self.ids.video_pad).nonzero().flatten().to(self.device)  # found on the host: no sync
+            e.index_copy_(0, pads, embeds_v.to(e.dtype))
             ids.append(turn), positions.append(pos), embeds.append(e)
             kinds.append((turn == self.ids.video_pad).to(torch.int8))
             s.seen[turn_dev] = True
