@@ -240,3 +240,15 @@ def test_warm_up_sizes_the_pool_and_builds_every_decode_step_before_the_first_wi
                                 for s in sessions])
     # nothing built or grown mid-stream
     assert ((engine.decode_graphs.builds, engine.prefill_graphs.builds), pool.growths) == (builds, growths)
+
+
+def test_compiled_vision_blocks_encode_what_the_plain_ones_do(processor, gen):
+    model = tiny_qwen2vl(seed=0)
+    plain = StreamingSession(model, processor, min_pixels=56 * 56, max_pixels=112 * 112)
+    frames = [torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8, generator=gen) for h, w in ((56, 56), (84, 112))]
+    engine = plain.engine
+    want = [engine.encode([plain.state], [f])[0][0] for f in frames]
+    engine.compile_vision()
+    got = [engine.encode([plain.state], [f])[0][0] for f in frames]  # two frame sizes: one dynamic graph
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)

@@ -149,11 +149,20 @@ class StreamEngine:
             pool.engine = cls(model, processor, pool, cuda_graphs=cuda_graphs)
         return pool.engine
 
-    def warm_up(self, max_streams: int, max_tokens: int) -> None:
+    def compile_vision(self) -> None:
+        """Compile each ViT block (regional ``torch.compile``, shapes dynamic: one graph serves every
+        frame size and every block), fusing its norms, rotary embedding and MLP around livecc's
+        attention op. The first windows pay the compile time; ``warm_up`` can take it instead."""
+        for block in self.model.model.visual.blocks:
+            block.compile(dynamic=True)
+
+    def warm_up(self, max_streams: int, max_tokens: int, compile_vision: bool = False) -> None:
         """Allocate the pool for ``max_streams`` streams of up to ``max_tokens`` cached tokens each and
         build the decode steps of every batch size up to ``max_streams`` and the prefill of every
         bucket now, so that neither a pool reallocation nor a graph capture lands inside a window
-        (within those bounds)."""
+        (within those bounds). ``compile_vision`` compiles the ViT's blocks too."""
+        if compile_vision:
+            self.compile_vision()
         pages = -(-max_tokens // self.pool.page_size)
         self.pool.ensure(max_streams * pages + 1)  # + the prefill's scratch page
         if self.prefill_graphs is not None:
