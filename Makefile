@@ -2,7 +2,7 @@
 # CPU wheel; a bare `torch` requirement would pull several GB of CUDA packages.
 PY ?= python3
 
-.PHONY: setup browser demo test lint gpu-check
+.PHONY: setup browser demo test lint gpu-check gpu-wheels
 
 setup:
 	$(PY) -m pip install -q torch==2.13.0
@@ -23,10 +23,17 @@ test: setup browser
 lint:
 	ruff check .
 
-# On a GPU machine that has PyTorch: install livecc without touching its torch (and, with no package
-# index there, the wheels carried in wheels/), run the GPU suite and the benchmarks, and write
-# bench/results/<date>-<device>-gpu-check.md.
+# On a GPU machine that has PyTorch and no package index: the wheels carried in wheels/ go to
+# .gpu-site (the image's own packages untouched), then the tier runs, rewriting its report in OUT
+# after every item. `make gpu-check OUT=$OUT` in a lease; TIER=full, ARGS="--budget-s 3000".
+OUT ?= bench/results
+TIER ?= quick
 gpu-check:
-	@if ls wheels/*.whl >/dev/null 2>&1; then $(PY) -m pip install -q --no-index --find-links wheels wheels/*.whl; fi
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
-	$(PY) -m livecc.bench.gpu_check
+	@if ls wheels/*.whl >/dev/null 2>&1; then $(PY) -m pip install -q --no-index --no-deps --no-compile --upgrade \
+		--target .gpu-site wheels/*.whl; fi
+	PYTHONPATH=$(CURDIR)/.gpu-site:$(CURDIR) $(PY) -m livecc.bench.gpu_check --tier $(TIER) --out $(OUT) $(ARGS)
+
+# On a machine with the package index: the wheels the GPU image lacks, into wheels/ (SET=full for all).
+SET ?= quick
+gpu-wheels:
+	$(PY) -m livecc.bench.gpu_wheels --set $(SET) --dest wheels

@@ -19,21 +19,6 @@ def test_a_cpu_benchmark_writes_its_results_and_the_readme(tmp_path, capsys):
     assert "| cross_entropy |" in readme and "P3" in readme
 
 
-def test_the_gpu_check_without_a_gpu_says_so_and_skips_with_the_reason(tmp_path):
-    import pytest
-    import torch
-
-    from livecc.bench.gpu_check import main as gpu_check
-
-    if torch.cuda.is_available():
-        pytest.skip("on a GPU machine the suite runs for real (make gpu-check)")
-    assert gpu_check(["--no-bench", "--out", str(tmp_path)]) == 1
-    (report,) = tmp_path.glob("*-gpu-check.md")
-    text = report.read_text()
-    assert "NOT RUN (no CUDA device" in text and "| skipped |" in text and "0 passed" in text
-    assert "CUDA is not available" in text  # each skip carries the reason
-
-
 def test_the_training_benchmark_runs_its_variants_on_cpu(tmp_path):
     assert main(["bench", "train", "--out", str(tmp_path), "--shapes", "tiny", "--packs", "300",
                  "--variants", "livecc,livecc unfused,reference", "--steps", "1"]) == 0

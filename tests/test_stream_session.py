@@ -193,7 +193,8 @@ def test_a_question_asked_mid_stream_goes_into_the_next_window(processor, gen):
 
 def test_the_decode_loop_reads_the_host_once_per_step_for_all_streams(processor, gen, monkeypatch):
     """Token choice (penalty, argmax, sampling) stays on the device; the engine's decode reads the
-    host once per step however many streams talk, never per stream."""
+    host once per step however many streams talk, never per stream, and copies to the device only
+    the tokens it feeds, once per step."""
     import inspect
 
     from livecc.infer import engine as engine_module
@@ -210,18 +211,30 @@ def test_the_decode_loop_reads_the_host_once_per_step_for_all_streams(processor,
             return __original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
+    copies = []  # tensors made from host data on the device: a host-to-device copy each
+    make = torch.tensor
+
+    def tensor(*args, **kwargs):
+        caller = inspect.currentframe().f_back
+        if kwargs.get("device") is not None and caller.f_code.co_filename == engine_module.__file__ and \
+                caller.f_code.co_name in ("decode", "decode_step", "choose"):
+            copies.append(caller.f_code.co_name)
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", tensor)
     steps = []
     monkeypatch.setattr(engine_module.StreamEngine, "decode_step",
                         lambda self, *a, __f=engine_module.StreamEngine.decode_step: steps.append(1) or __f(self, *a))
     model = tiny_qwen2vl(seed=0)
     for n in (1, 4):
-        reads.clear(), steps.clear()
+        reads.clear(), steps.clear(), copies.clear()
         pool = KVPool.for_model(model, page_size=16)
         sessions = [StreamingSession(model, processor, pool=pool, max_new_tokens=6, temperature=0.7 * (i % 2),
                                      seed=i) for i in range(n)]
         frames = [torch.randint(0, 256, (6, 56, 56, 3), dtype=torch.uint8, generator=gen) for _ in range(n)]
         step_streams(sessions, frames)
         assert reads == ["tolist"] * (len(steps) + 1), (n, reads)  # one per step: the chosen tokens
+        assert copies == ["decode_step"] * len(steps), (n, copies)  # and one back: the tokens fed
 
 
 def test_warm_up_sizes_the_pool_and_builds_every_decode_step_before_the_first_window(processor, gen):

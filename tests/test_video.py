@@ -202,3 +202,25 @@ def test_a_file_nvdec_cannot_take_is_decoded_on_the_cpu(tmp_path, monkeypatch):
     assert name in ("decord", "pyav") and len(list(stream)) == 30
     with pytest.raises(VideoError, match="unsupported codec"):  # asked for by name: no fallback
         list(video._open("nvdec", str(path), 0.0, "cpu", auto=False)[1])
+
+
+def test_what_pynvvideocodec_raises_is_a_video_error_and_falls_back(tmp_path, monkeypatch):
+    """PyNvVideoCodec's decoder raises a bare ``Exception`` for a file it cannot take (one that
+    reports 0 frames, say): that is the file's error, and an automatic choice decodes on the CPU."""
+    import sys
+    import types
+
+    from livecc.data import video
+
+    class SimpleDecoder:
+        def __init__(self, path, **kwargs):
+            raise Exception("Failed to create decoder: the stream reports 0 frames")
+
+    fake = types.SimpleNamespace(SimpleDecoder=SimpleDecoder, OutputColorType=types.SimpleNamespace(RGB=0))
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", fake)
+    path = tmp_path / "clip.mp4"
+    write_video(path, [], 3.0, 10, (64, 64))
+    with pytest.raises(VideoError, match=r"clip.mp4: cannot decode video on NVDEC \(Exception: .*0 frames"):
+        list(video._open("nvdec", str(path), 0.0, "cpu", auto=False)[1])
+    name, stream = video._open("nvdec", str(path), 0.0, "cpu", auto=True)
+    assert name in ("decord", "pyav") and len(list(stream)) == 30

@@ -3,23 +3,24 @@ FlexAttention with a document mask, SDPA per sequence, xformers and flash-attn w
 
 FLOPs (``docs/performance.md``): forward 4 * sum_i(s_i^2) * Hq * D (x0.5 causal), backward 2.5x forward.
 
-    livecc bench attention      # needs a GPU: the Triton kernels do not run on CPU here
+    livecc bench attention [--shapes llm-1x16k,vit-64x1536] [--providers livecc,sdpa_cudnn]   # needs a GPU
 """
 
 from __future__ import annotations
 
-import inspect
+import argparse
 
 import torch
 import torch.nn.functional as F
 
 from ..kernels import cu_seqlens, varlen_attention
-from ..kernels.varlen_attention.backends import BACKENDS
+from ..kernels.varlen_attention.backends import BACKENDS, torch_varlen_call
 from .measure import median_ms
 from .results import Plot, Sweep, on_gpu
 
 # (name, document lengths, q heads, kv heads, head dim, causal)
 SHAPES = [
+    ("llm-1x16k", [16384], 28, 4, 128, True),
     ("llm-1x24k", [24576], 28, 4, 128, True),
     ("llm-2x8k", [8192, 8192], 28, 4, 128, True),
     ("llm-4-mixed", [2048, 6144, 12288, 4096], 28, 4, 128, True),
@@ -49,16 +50,9 @@ def providers(lengths, hq, hkv, d, causal, device):
     try:
         from torch.nn.attention.varlen import varlen_attn
 
-        params = inspect.signature(varlen_attn).parameters
-        kw = {"is_causal": causal} if "is_causal" in params else {"window_size": (-1, 0) if causal else (-1, -1)}
-        gqa = "enable_gqa" in params
-
-        def torch_fa2(q, k, v):
-            if not gqa:
-                k, v = _expand_kv(k, hq), _expand_kv(v, hq)
-            return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kw, **({"enable_gqa": True} if gqa else {}))
-
-        found["torch_varlen_fa2"] = torch_fa2
+        fa2 = torch_varlen_call(varlen_attn)
+        scale = d**-0.5
+        found["torch_varlen_fa2"] = lambda q, k, v: fa2(q, k, v, cu, cu, max_len, max_len, causal, scale)
     except ImportError:
         pass
     try:
@@ -108,7 +102,7 @@ def providers(lengths, hq, hkv, d, causal, device):
     return found
 
 
-def run_shape(name, lengths, hq, hkv, d, causal) -> list[dict]:
+def run_shape(name, lengths, hq, hkv, d, causal, only: list[str] | None = None) -> list[dict]:
     device, dtype = "cuda", torch.bfloat16
     total = sum(lengths)
     g = torch.Generator(device=device).manual_seed(0)
@@ -117,6 +111,8 @@ def run_shape(name, lengths, hq, hkv, d, causal) -> list[dict]:
     v = torch.randn(total, hkv, d, device=device, dtype=dtype, generator=g).requires_grad_()
     do = torch.randn(total, hq, d, device=device, dtype=dtype, generator=g)
     fns = providers(lengths, hq, hkv, d, causal, device)
+    if only:
+        fns = {name: fn for name, fn in fns.items() if name in only or name == "livecc"}
     reference = fns["livecc"](q, k, v).float()
     rows = []
     for provider, fn in fns.items():
@@ -145,12 +141,23 @@ def run_shape(name, lengths, hq, hkv, d, causal) -> list[dict]:
 
 
 def run(argv=()) -> Sweep | None:
+    parser = argparse.ArgumentParser(prog="livecc bench attention", description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default=",".join(s[0] for s in SHAPES), help="of: "
+                        + ", ".join(s[0] for s in SHAPES))
+    parser.add_argument("--providers", default=None, help="the providers to time (default: every one that imports; "
+                        "livecc is always timed)")
+    args = parser.parse_args(list(argv))
+    known = {s[0]: s for s in SHAPES}
+    unknown = [n for n in args.shapes.split(",") if n not in known]
+    if unknown:
+        parser.error(f"unknown shapes {unknown}; choose from {list(known)}")
     if not on_gpu():
         print("attention needs a GPU (the Triton kernels run only in the interpreter on CPU)")
         return None
+    only = args.providers.split(",") if args.providers else None
     rows = []
-    for shape in SHAPES:
-        rows += run_shape(*shape)
+    for name in args.shapes.split(","):
+        rows += run_shape(*known[name], only=only)
         torch.cuda.empty_cache()
     notes = ("bf16. LLM packs: Qwen2-7B heads 28/4, d128, causal. ViT: 16 heads, d80, non-causal frame groups. "
              "*_x_fa2: PyTorch FlashAttention-2 varlen time / livecc time (>1 means livecc is faster).")

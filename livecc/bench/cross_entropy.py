@@ -103,11 +103,16 @@ def run(argv=()) -> Sweep:
     parser.add_argument("--n", type=int, default=16384 if on_gpu() else 1024)
     parser.add_argument("--hidden", type=int, default=3584 if on_gpu() else 256)
     parser.add_argument("--vocab", type=int, default=152064 if on_gpu() else 8192)
-    parser.add_argument("--text-fracs", default="0.01,0.05,0.1,0.3", help="labelled fractions of the pack")
+    parser.add_argument("--text-fracs", default="0.01,0.05,0.1,0.3", help="labelled fractions of the pack "
+                        "(0.05 is the headline)")
+    parser.add_argument("--large-pack", action=argparse.BooleanOptionalAction, default=True,
+                        help="on GPU also a 4x longer pack at 5%% text")
     args = parser.parse_args(list(argv))
+    if 0.05 not in [float(f) for f in args.text_fracs.split(",")]:
+        parser.error("--text-fracs must include 0.05, the headline's fraction")
     dtype = torch.bfloat16 if on_gpu() else torch.float32
     sweep = [(args.n, float(f)) for f in args.text_fracs.split(",")]
-    if on_gpu():
+    if on_gpu() and args.large_pack:
         sweep.append((4 * args.n, 0.05))  # a 64k-row pack
     rows, headline_shape = [], None
     for n, frac in sweep:

@@ -14,6 +14,7 @@ __all__ = ["BENCHMARKS", "main"]
 
 # name -> what it measures (the module livecc.bench.<name> runs it)
 BENCHMARKS = {
+    "ceilings": "the device's copy bandwidth and bf16 matrix rate, which the other figures are read against",
     "attention": "varlen attention (LLM packs, ViT frame groups) against FlashAttention-2, cuDNN, FlexAttention",
     "cross_entropy": "text-only linear cross-entropy against torch, Liger, cut-cross-entropy and the GEMM floor",
     "video": "decode + preprocess to ViT patch rows against decord + Hugging Face's processor",

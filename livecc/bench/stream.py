@@ -140,23 +140,27 @@ def gpu_busy(fn) -> float:
     return busy_us / wall_us
 
 
-def latency(model, processor, n_windows: int, size, device) -> list[dict]:
+RUNS = ("livecc", "livecc, no CUDA graphs", "livecc, ViT compiled", "reference")  # the ViT compiled stays so: last
+
+
+def latency(model, processor, n_windows: int, size, device, runs: tuple = RUNS) -> list[dict]:
     frames = windows(n_windows, size, device)
     query = "Please describe the video."
-    reference = reference_loop(model, processor, frames, query)
+    done = {}
+    if "reference" in runs:  # first: the ViT on the reference's attention
+        done["reference"] = reference_loop(model, processor, frames, query)
     if on_gpu():  # the ViT on livecc's kernel from here on (on CPU that would be the torch oracle)
         use_livecc_attention(model)
-    runs = [("livecc", livecc_loop(model, processor, frames, query))]
-    if on_gpu():  # what replaying the decode steps as CUDA graphs buys
-        runs.append(("livecc, no CUDA graphs", livecc_loop(model, processor, frames, query, cuda_graphs=False)))
-        # last: the ViT's blocks stay compiled for the runs after this one (busy fraction, N streams)
-        runs.append(("livecc, ViT compiled", livecc_loop(model, processor, frames, query, compile_vision=True)))
-    runs.append(("reference", reference))
+    options = {"livecc": {}, "livecc, no CUDA graphs": {"cuda_graphs": False},
+               "livecc, ViT compiled": {"compile_vision": True}}
+    for name in (r for r in RUNS if r in runs and r != "reference"):
+        if name == "livecc" or on_gpu():  # graphs and compiling are GPU matters
+            done[name] = livecc_loop(model, processor, frames, query, **options[name])
     busy = gpu_busy(lambda: livecc_loop(model, processor, frames[:6], query)) if on_gpu() else None
     vit = sum(p.numel() for p in model.model.visual.parameters())
     llm = sum(p.numel() for p in model.parameters()) - vit
     rows = []
-    for name, run in runs:
+    for name, run in ((r, done[r]) for r in RUNS if r in done):
         steady = run[2:]  # the 3 s window and one warm-up window excluded
         row = {"provider": name, "windows": len(steady), "p50_ms": percentile([r["ms"] for r in steady], 0.5),
                "p99_ms": percentile([r["ms"] for r in steady], 0.99),
@@ -173,8 +177,9 @@ def latency(model, processor, n_windows: int, size, device) -> list[dict]:
             row.update({k: statistics.median(f[k] for f in floors) for k in floors[0]})
             row["p50_over_floor"] = row["p50_ms"] / row["floor_ms"]
         rows.append(row)
-    for row in rows[:-1]:
-        row["speedup_vs_reference"] = rows[-1]["p50_ms"] / row["p50_ms"]
+    if "reference" in done:
+        for row in rows[:-1]:
+            row["speedup_vs_reference"] = rows[-1]["p50_ms"] / row["p50_ms"]
     if busy is not None:
         rows[0]["gpu_busy"] = busy
     return rows
@@ -224,46 +229,59 @@ def memory(model, processor, n_windows: int, horizon: float, text_tokens: int, s
 def run(argv=()) -> Sweep:
     parser = argparse.ArgumentParser(prog="livecc bench stream", description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=30)
-    parser.add_argument("--streams", default="1,8,16,32,48,64,96" if on_gpu() else "1,2,4")
-    parser.add_argument("--memory-windows", type=int, default=300 if on_gpu() else 60)
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"latency runs, of: {', '.join(RUNS)}")
+    parser.add_argument("--streams", default="1,8,16,32,48,64,96" if on_gpu() else "1,2,4",
+                        help="stream counts stepped together ('' for none)")
+    parser.add_argument("--memory-windows", type=int, default=300 if on_gpu() else 60, help="0 for no memory run")
     args = parser.parse_args(list(argv))
+    runs = tuple(args.runs.split(","))
+    if "livecc" not in runs or set(runs) - set(RUNS):
+        parser.error(f"--runs takes livecc and any of {', '.join(RUNS)}")
     gpu = on_gpu()
     device = "cuda" if gpu else "cpu"
     size = (360, 640) if gpu else (90, 120)
     processor = offline_processor()
     attn = reference_attention() if gpu else "sdpa"
     model = build(gpu, attn)
-    lat = latency(model, processor, args.windows, size, device)
+    lat = latency(model, processor, args.windows, size, device, runs)
     for row in lat:
         row["reference_attention"] = attn
-    many = streams(model, processor, [int(n) for n in args.streams.split(",")], max(8, args.windows // 3), size,
-                   device)
+    counts = [int(n) for n in args.streams.split(",") if n]
+    many = streams(model, processor, counts, max(8, args.windows // 3), size, device) if counts else []
     horizon, text_tokens = (60.0, 4096) if gpu else (10.0, 512)
-    mem = memory(model, processor, args.memory_windows, horizon, text_tokens, size, device)
-    ref_growth = lat[-1]["final_cache_tokens"] / (args.windows + 2)  # tokens per stream second
-    ref_gib_per_hour = ref_growth * kv_bytes_per_token(model) * 3600 / 2**30
+    mem = memory(model, processor, args.memory_windows, horizon, text_tokens, size, device) \
+        if args.memory_windows else []
     notes = (f"{'7B Qwen2-VL shape, random bf16 weights' if gpu else 'tiny random Qwen2-VL on CPU (ratios only)'}; "
              f"frames {size[0]}x{size[1]}, max_pixels 384*28*28, {args.windows} windows (first two excluded from "
-             f"p50/p99). The reference's cache grows {ref_growth:.0f} tokens per stream second = "
-             f"{ref_gib_per_hour:.1f} GiB per hour (bf16), never evicted. livecc's memory run: "
-             f"visual horizon {horizon:.0f} s, old text capped at {text_tokens} tokens (64 sink), over "
-             f"{args.memory_windows} windows.")
+             "p50/p99).")
+    if "reference" in runs:
+        ref_growth = lat[-1]["final_cache_tokens"] / (args.windows + 2)  # tokens per stream second
+        notes += (f" The reference's cache grows {ref_growth:.0f} tokens per stream second = "
+                  f"{ref_growth * kv_bytes_per_token(model) * 3600 / 2**30:.1f} GiB per hour (bf16), never evicted.")
+    if mem:
+        notes += (f" livecc's memory run: visual horizon {horizon:.0f} s, old text capped at {text_tokens} tokens "
+                  f"(64 sink), over {args.memory_windows} windows.")
     cols = ["provider", "windows", "p50_ms", "p99_ms", "floor_ms", "p50_over_floor", "vision_ms", "vision_floor_ms",
             "prefill_ms", "prefill_floor_ms", "decode_ms_per_token", "decode_floor_ms_per_token", "gpu_busy",
             "new_tokens", "prefill_tokens",
             "speedup_vs_reference", "streams", "round_p50_ms", "round_p99_ms", "real_time", "vs_one_at_a_time",
             "window", "cache_tokens", "held_mb", "pool_mb", "evict_ms"]
     ours = lat[0]
-    real_time = [r["streams"] for r in many if r.get("real_time")]
     headline = [
         {"target": "P6", "goal": "p50 <= 1.3x floor, p99 <= 1.2x p50, >= 5x the reference loop, GPU busy >= 90%",
-         "figure": f"p50 {ours['p50_ms']:.1f} ms, p99 {ours['p99_ms']:.1f} ms, {ours['speedup_vs_reference']:.2f}x "
-                   "reference" + (f", {ours['p50_over_floor']:.2f}x floor" if "p50_over_floor" in ours else "")
-                   + (f", GPU busy {ours['gpu_busy']:.0%}" if "gpu_busy" in ours else "")},
-        {"target": "P7", "goal": ">= 64 real-time streams (H100)",
-         "figure": f"real time up to {max(real_time) if real_time else 0} of {[r['streams'] for r in many]} streams"},
-        {"target": "P8", "goal": "memory flat after the horizon",
-         "figure": f"held {mem[len(mem) // 2]['held_mb']:.2f} -> {mem[-1]['held_mb']:.2f} MB (mid -> last window)"},
-    ]
-    return Sweep("stream", lat + many + mem, cols, notes, Plot("streams", "round_p50_ms", "provider", "round p50, ms"),
-                 headline)
+         "figure": f"p50 {ours['p50_ms']:.1f} ms, p99 {ours['p99_ms']:.1f} ms"
+                   + (f", {ours['speedup_vs_reference']:.2f}x reference" if "speedup_vs_reference" in ours else "")
+                   + (f", floor {ours['floor_ms']:.1f} ms = {ours['p50_over_floor']:.2f}x" if "floor_ms" in ours
+                      else "")
+                   + (f", GPU busy {ours['gpu_busy']:.0%}" if "gpu_busy" in ours else "")}]
+    if many:
+        real_time = [r["streams"] for r in many if r.get("real_time")]
+        headline.append({"target": "P7", "goal": ">= 64 real-time streams (H100)",
+                         "figure": f"real time up to {max(real_time) if real_time else 0} of "
+                                   f"{[r['streams'] for r in many]} streams"})
+    if mem:
+        headline.append({"target": "P8", "goal": "memory flat after the horizon",
+                         "figure": f"held {mem[len(mem) // 2]['held_mb']:.2f} -> {mem[-1]['held_mb']:.2f} MB "
+                                   "(mid -> last window)"})
+    plot = Plot("streams", "round_p50_ms", "provider", "round p50, ms") if many else None
+    return Sweep("stream", lat + many + mem, cols, notes, plot, headline)

@@ -11,7 +11,7 @@ its fraction of the device's HBM bandwidth is given. Each provider is measured t
 latency, and throughput over ``--clips`` clips with N decoders at once (``--decoders``, threads:
 decord, PyAV and NVDEC release the GIL while decoding; each NVDEC thread has its own session).
 
-    livecc bench video
+    livecc bench video [--kernel-only]
 """
 
 from __future__ import annotations
@@ -78,11 +78,9 @@ def livecc_path(path: Path, device: str):
     return rows
 
 
-def kernel_bandwidth(path: Path) -> dict:
-    """Achieved GB/s of the Triton preprocessing kernel alone, frames already on the GPU."""
-    clip = decode_clip(path, resize=False, device="cuda")
-    frames = clip.frames.cuda()
-    size = clip_frame_size(frames.shape[1], frames.shape[2], len(clip.pts))
+def kernel_bandwidth(frames: torch.Tensor) -> dict:
+    """Achieved GB/s of the Triton preprocessing kernel alone on a clip's frames, already on the GPU."""
+    size = clip_frame_size(frames.shape[1], frames.shape[2], frames.shape[0])
     rows, _ = preprocess_frames(frames, size, dtype=torch.bfloat16)
     ref, _ = preprocess_frames_reference(frames.cpu(), size, dtype=torch.float32)
     err = (rows.float().cpu() - ref).abs().max().item()
@@ -101,12 +99,37 @@ def throughput(fn, clips: int, decoders: int) -> float:
         return clips / (time.perf_counter() - t0)
 
 
-def run(argv=()) -> Sweep:
+def kernel_only(seconds: float) -> Sweep:
+    """The preprocessing kernel alone on random uint8 frames of each resolution (a clip's 2 FPS
+    frames): no decoding, no files."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    rows = []
+    for name, (w, h) in RESOLUTIONS.items():
+        frames = torch.randint(0, 256, (int(seconds * 2), h, w, 3), dtype=torch.uint8, device="cuda", generator=g)
+        rows.append({"video": name, "provider": "livecc_gpu kernel", "frames": frames.shape[0],
+                     **kernel_bandwidth(frames)})
+    headline = [{"target": f"P4 kernel {r['video']}", "goal": "the frame-to-patch kernel near HBM bandwidth",
+                 "figure": f"{r['kernel_gbps']:.0f} GB/s = {r['kernel_hbm_fraction']:.0%} of HBM, "
+                           f"{r['kernel_ms']:.3f} ms for {r['frames']} frames"} for r in rows]
+    notes = (f"Random uint8 frames ({seconds:.0f} s at 2 FPS) already on the GPU -> bf16 patch rows at the clip "
+             "budget; GB/s counts uint8 bytes read plus rows written.")
+    return Sweep("video", rows, ["video", "provider", "frames", "kernel_ms", "kernel_gbps", "kernel_hbm_fraction",
+                                 "kernel_max_abs_err"], notes, None, headline)
+
+
+def run(argv=()) -> Sweep | None:
     parser = argparse.ArgumentParser(prog="livecc bench video", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="clip length to encode and decode")
     parser.add_argument("--clips", type=int, default=64 if on_gpu() else 8, help="clips per throughput run")
     parser.add_argument("--decoders", default="1,2,4,8", help="concurrent decoders of the throughput runs")
+    parser.add_argument("--kernel-only", action="store_true", help="the preprocessing kernel's bandwidth alone "
+                        "(GPU), on random frames: no decoders, files or reference")
     args = parser.parse_args(list(argv))
+    if args.kernel_only:
+        if not on_gpu():
+            print("video --kernel-only needs a GPU")
+            return None
+        return kernel_only(args.seconds)
     decoders = [int(n) for n in args.decoders.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +145,7 @@ def run(argv=()) -> Sweep:
                        "frames_per_s": n_frames / ms * 1e3, "speedup_vs_reference": times["reference"] / ms,
                        "frames": n_frames}
                 if provider == "livecc_gpu":
-                    row.update(kernel_bandwidth(path))
+                    row.update(kernel_bandwidth(decode_clip(path, resize=False, device="cuda").frames.cuda()))
                 rows.append(row)
             for n in decoders:
                 rates = {k: throughput(fn, args.clips, n) for k, fn in fns.items()}

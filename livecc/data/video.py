@@ -209,11 +209,13 @@ def _nvdec_frames(path: str, start: float, device: str) -> FrameStream:
             times = pyav_frame_times(stream)
             rate = stream.average_rate or stream.guessed_rate
             spans = [times(_Packet(pts, duration)) for pts, duration in packets]
-        gpu = torch.device(device).index or 0
-        decoder = nvc.SimpleDecoder(path, gpu_id=gpu, use_device_memory=True,
-                                    output_color_type=nvc.OutputColorType.RGB)
     except (av.error.FFmpegError, RuntimeError, ValueError) as e:
         raise VideoError(f"{path}: cannot decode video on NVDEC ({e})") from e
+    try:
+        decoder = nvc.SimpleDecoder(path, gpu_id=torch.device(device).index or 0, use_device_memory=True,
+                                    output_color_type=nvc.OutputColorType.RGB)
+    except Exception as e:  # PyNvVideoCodec raises bare Exceptions (a file of 0 frames, a codec it lacks)
+        raise VideoError(f"{path}: cannot decode video on NVDEC ({type(e).__name__}: {e})") from e
     if len(decoder) != len(spans):
         raise VideoError(f"{path}: NVDEC sees {len(decoder)} frames, the demuxer {len(spans)} (rate {rate})")
     first = max(0, int(np.searchsorted([p for p, _ in spans], start - _EPS)) - 1)

@@ -80,6 +80,7 @@ class StreamState:
     config: SessionConfig
     cache: StreamKVCache
     seen: torch.Tensor  # bool [V] on the device: token ids fed so far, for the repetition penalty
+    penalty: torch.Tensor  # the repetition penalty, a scalar on the device (no copy per decode step)
     generator: torch.Generator
     time_interval: float  # M-RoPE temporal step per frame pair (Qwen2.5-VL spaces them by seconds)
     next_pos: int = 0
@@ -135,9 +136,10 @@ class StreamEngine:
         self.vocab = model.get_output_embeddings().out_features
         self.pool = pool
         # Decode steps and prefills replay CUDA graphs on GPU; elsewhere they run eagerly through forward_tokens.
+        # An fp32 prefill attends through SDPA per stream (host reads of the lengths): not capturable.
         graphs = cuda_graphs and self.device.type == "cuda"
         self.decode_graphs = DecodeGraphs.of(model, pool) if graphs else None
-        self.prefill_graphs = PrefillGraphs.of(model, pool) if graphs else None
+        self.prefill_graphs = PrefillGraphs.of(model, pool) if graphs and self.dtype != torch.float32 else None
 
     @classmethod
     def of(cls, model, processor, pool: KVPool | None = None, *, page_size: int = 64,
@@ -175,7 +177,8 @@ class StreamEngine:
     def open(self, config: SessionConfig = SessionConfig(), trace: bool = False) -> StreamState:
         generator = torch.Generator(device=self.device).manual_seed(config.seed)
         return StreamState(config=config, cache=StreamKVCache(self.pool),
-                           seen=torch.zeros(self.vocab, dtype=torch.bool, device=self.device), generator=generator,
+                           seen=torch.zeros(self.vocab, dtype=torch.bool, device=self.device),
+                           penalty=torch.tensor(config.repetition_penalty, device=self.device), generator=generator,
                            time_interval=rope_time_interval(self.model.config, self.spec.temporal_patch_size,
                                                             config.fps),
                            trace=Trace() if trace else None)
@@ -301,7 +304,7 @@ class StreamEngine:
     def choose(self, streams: list[StreamState], logits: torch.Tensor) -> torch.Tensor:
         """The next token of each stream ``[B]`` (on the device) from its logits ``[B, V]``: the
         repetition penalty over the tokens it has fed, then argmax, or sampling at its temperature."""
-        penalty = torch.tensor([s.config.repetition_penalty for s in streams], device=logits.device)[:, None]
+        penalty = torch.stack([s.penalty for s in streams])[:, None]
         seen = torch.stack([s.seen for s in streams])
         logits = torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
         tokens = logits.argmax(dim=-1)

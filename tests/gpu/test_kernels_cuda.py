@@ -20,6 +20,7 @@ from livecc.kernels import (
 from livecc.kernels.varlen_attention.triton import CONFIGS
 
 TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+DTYPES = pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
 
 
 def rel_err(a, b):
@@ -55,17 +56,45 @@ def check_attention(gen, q_lens, k_lens, hq, hkv, d, causal, dtype, config=None)
         assert torch.isfinite(g).all() and rel_err(g, r) < TOL[dtype], (name, rel_err(g, r))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("d, hq, hkv", [(128, 28, 4), (128, 7, 1), (80, 16, 16), (64, 12, 2)])
-@pytest.mark.parametrize("causal", [True, False])
+@DTYPES
+@pytest.mark.parametrize("d, hq, hkv", [(128, 28, 4), (128, 7, 1), (80, 16, 16), (64, 12, 2)],
+                         ids=["d128-28x4", "d128-7x1", "d80-16x16", "d64-12x2"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 def test_varlen_attention_on_edge_shapes(nan_empty, cuda_gen, dtype, d, hq, hkv, causal):
     lengths = [1, 0, 17, 129, 300, 1000, 63]  # length 1, an empty document, off every tile size
     check_attention(cuda_gen, lengths, lengths, hq, hkv, d, causal, dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_varlen_attention_queries_after_a_cache(nan_empty, cuda_gen, dtype):
     check_attention(cuda_gen, [5, 1, 200, 0], [370, 9, 200, 40], 28, 4, 128, True, dtype)
+
+
+def test_paged_prefill_after_an_unpaged_call_of_the_same_shape(cuda_gen):
+    """An unpaged forward of the 7B's heads tunes first (where TMA may win); the paged prefill of
+    the same head dim, causality and group then reads keys through its page table, autotuned,
+    and must not inherit a tiling that loads contiguous rows."""
+    from livecc.kernels import varlen_attention_paged
+    from livecc.kernels.varlen_attention.paged import gather_pages
+
+    check_attention(cuda_gen, [300, 77, 1], [300, 77, 1], 28, 4, 128, True, torch.bfloat16)
+    new, cached, page = [1, 23, 160, 5], [0, 40, 1000, 101], 64
+    lengths = [n + c for n, c in zip(new, cached)]
+    need = [-(-n // page) for n in lengths]
+    order = torch.randperm(sum(need) + 3, device="cuda", generator=cuda_gen).to(torch.int32)
+    table = torch.zeros((len(lengths), max(need)), dtype=torch.int32, device="cuda")
+    used = 0
+    for b, m in enumerate(need):
+        table[b, :m] = order[used : used + m]
+        used += m
+    k = torch.randn(sum(need) + 3, page, 4, 128, device="cuda", generator=cuda_gen).to(torch.bfloat16)
+    v = torch.randn(sum(need) + 3, page, 4, 128, device="cuda", generator=cuda_gen).to(torch.bfloat16)
+    q = torch.randn(sum(new), 28, 128, device="cuda", generator=cuda_gen).to(torch.bfloat16)
+    lens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    out = varlen_attention_paged(q, k, v, table, cu_seqlens(new, "cuda"), lens, max(new))
+    keys, values, cu_k = gather_pages(k.double(), v.double(), table, lens)
+    ref, _ = varlen_attention_reference(q.double(), keys, values, cu_seqlens(new, "cuda"), cu_k.cuda(), causal=True)
+    assert torch.isfinite(out).all() and rel_err(out, ref) < TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
@@ -108,7 +137,7 @@ def test_every_attention_backend_against_the_reference(cuda_gen, backend, length
         assert rel_err(g, r) < TOL[torch.bfloat16]
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_text_only_linear_cross_entropy(nan_empty, cuda_gen, dtype, reduction):
     n, h, v = 777, 256, 50001  # V off every block size
@@ -131,8 +160,9 @@ def test_text_only_linear_cross_entropy(nan_empty, cuda_gen, dtype, reduction):
     assert text_only_linear_cross_entropy(hidden, weight, ignored).item() == 0.0
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("d, hq, hkv", [(128, 28, 4), (80, 16, 16), (64, 7, 1)])
+@DTYPES
+@pytest.mark.parametrize("d, hq, hkv", [(128, 28, 4), (80, 16, 16), (64, 7, 1)],
+                         ids=["d128-28x4", "d80-16x16", "d64-7x1"])
 def test_paged_decode_attention(cuda_gen, dtype, d, hq, hkv):
     lengths, page = [1, 17, 64, 1001, 0], 64
     need = [-(-n // page) for n in lengths]
@@ -153,7 +183,8 @@ def test_paged_decode_attention(cuda_gen, dtype, d, hq, hkv):
 
 
 @pytest.mark.parametrize("t, h, w, size", [(2, 1080, 1920, (420, 756)), (3, 90, 50, (112, 56)), (1, 41, 67, (56, 84)),
-                                           (5, 13, 9, (84, 56)), (2, 2160, 3840, (448, 784))])
+                                           (5, 13, 9, (84, 56)), (2, 2160, 3840, (448, 784))],
+                         ids=["1080p", "90x50", "41x67", "13x9", "4k"])
 def test_preprocess_frames(cuda_gen, t, h, w, size):
     frames = torch.randint(0, 256, (t, h, w, 3), dtype=torch.uint8, device="cuda", generator=cuda_gen)
     rows, grid = preprocess_frames(frames, size, dtype=torch.bfloat16)
@@ -164,8 +195,9 @@ def test_preprocess_frames(cuda_gen, t, h, w, size):
     assert diff.max() <= level * 1.001 + 0.02 * ref.abs().max() and (diff > 0.02).float().mean() < 1e-3
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("b, length, hq, hk, d", [(1, 4097, 28, 4, 128), (2, 37, 12, 2, 128), (1, 5, 7, 1, 80)])
+@DTYPES
+@pytest.mark.parametrize("b, length, hq, hk, d", [(1, 4097, 28, 4, 128), (2, 37, 12, 2, 128), (1, 5, 7, 1, 80)],
+                         ids=["4097-28x4-d128", "2x37-12x2-d128", "5-7x1-d80"])
 def test_rotary_qk(nan_empty, cuda_gen, dtype, b, length, hq, hk, d):
     q = torch.randn(b, length, hq, d, device="cuda", generator=cuda_gen).to(dtype).transpose(1, 2).requires_grad_()
     k = torch.randn(b, length, hk, d, device="cuda", generator=cuda_gen).to(dtype).transpose(1, 2).requires_grad_()

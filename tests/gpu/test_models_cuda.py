@@ -1,6 +1,9 @@
 """livecc end to end on CUDA: the tiny models on livecc attention against SDPA, streaming sessions
 against one masked full forward, training against the CPU loss curve, and the demo."""
 
+import json
+import math
+
 import pytest
 import torch
 
@@ -23,7 +26,7 @@ def video_doc(n_text=40, groups=3):
     return ids.cuda(), grid.cuda(), torch.randn(groups * 24, 1176, device="cuda"), pos.cuda()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
 def test_logits_and_every_gradient_match_sdpa(arch, dtype):
     ref = tiny_qwen2vl(seed=0, attn_implementation="sdpa", arch=arch).cuda().to(dtype)
@@ -61,8 +64,8 @@ def full_forward_logits(model, trace):
     return out.logits[0].float()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("cuda_graphs", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cuda_graphs", [True, False], ids=["graphs", "eager"])
 def test_streams_stepped_together_equal_one_masked_full_forward(processor, dtype, cuda_graphs):
     model = tiny_qwen2vl(seed=0, attn_implementation="eager").cuda().to(dtype)
     pool = KVPool.for_model(model, page_size=16, pages=2)
@@ -114,6 +117,31 @@ def test_twenty_training_steps_follow_the_cpu_loss_curve(tmp_path):
         torch.testing.assert_close(curves[name], curves["cpu"], rtol=5e-2, atol=5e-2)
 
 
+@pytest.mark.parametrize("policy", ["full", "selective"])
+def test_training_steps_with_activation_checkpointing_and_a_first_probe(tmp_path, monkeypatch, policy):
+    """Every user's first run: no attention choice cached yet, so the dispatcher probes its
+    candidates inside the checkpointed blocks (and their recomputation); five bf16 steps with the
+    fused kernels train, and the probe's choices are on disk."""
+    from livecc.data.records import RecordWriter
+    from livecc.data.synth import synthesize_clip
+    from livecc.kernels import varlen_attention as attention
+    from livecc.train import Trainer, load_config
+
+    monkeypatch.setenv("LIVECC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(attention, "_dispatchers", {})
+    with RecordWriter(tmp_path / "train.jsonl") as w:
+        for i in range(4):
+            w.write(synthesize_clip(tmp_path, f"c{i}", seed=i, duration=6.0, size=(112, 112)))
+    overrides = [f"data=[\"{tmp_path / 'train.jsonl'}\"]", f"video_root=\"{tmp_path}\"", "max_steps=5",
+                 "global_batch_clips=2", "lr=0.001", "gradient_checkpointing=true", f"checkpoint_policy=\"{policy}\"",
+                 "device=\"cuda\"", "fused_ops=true", f"output_dir=\"{tmp_path / 'run'}\"", "min_pixels=12544",
+                 "max_pixels=12544"]
+    losses = [m["loss"] for m in Trainer(load_config(None, overrides)).fit()["history"]]
+    assert len(losses) == 5 and all(math.isfinite(x) for x in losses)
+    probed = list((tmp_path / "cache").glob("attention-*.json"))
+    assert probed and json.loads(probed[0].read_text())
+
+
 def test_text_only_loss_on_cuda_equals_hugging_face(processor):
     model = tiny_qwen2vl(seed=0).cuda()
     use_livecc_attention(model)
@@ -129,7 +157,7 @@ def test_text_only_loss_on_cuda_equals_hugging_face(processor):
 def test_the_demo_runs_on_the_gpu(tmp_path, capsys):
     from livecc.demo import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(out=str(tmp_path), train_clips=32, test_clips=2, steps=120, realtime=False))
+    result = run_demo(DemoConfig(out=str(tmp_path), train_clips=8, test_clips=1, steps=40, realtime=False))
     printed = capsys.readouterr().out
     assert torch.cuda.get_device_name() in printed  # it says where it ran
     scores = result["scores"]

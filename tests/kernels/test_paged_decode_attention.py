@@ -77,3 +77,43 @@ def test_paged_prefill_reads_the_pages_in_place(nan_empty, gen, dtype, d, hq, hk
     ref, _ = varlen_attention_reference(q.double(), keys, values, cu_seqlens(new), cu_k, causal=True)
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert rel_err(out, ref) < TOL[dtype]
+
+
+def test_a_paged_prefill_never_takes_a_tensor_descriptor_tiling(gen, monkeypatch):
+    """A paged call's keys are rows of pages: a TMA tiling (which loads contiguous rows) would read
+    the wrong keys. Such calls tune among pointer tilings only, tuned apart from unpaged calls
+    (paging is in the key), and a TMA tiling forced on one is refused, not run."""
+    from livecc.kernels import cu_seqlens, varlen_attention_paged
+    from livecc.kernels.varlen_attention import triton as kernels
+
+    q = torch.randn(5, 4, 64, generator=gen)
+    _, k, v, table, lens = paged(gen, [9], 4, 2, 64, 16, torch.float32)
+    assert not kernels.tma_fits(q, k.flatten(0, 1), v.flatten(0, 1), page=16)
+    plain, with_tma = kernels._FWD
+    assert not any(c.kwargs.get("TMA") for c in plain.configs) and any(c.kwargs.get("TMA") for c in with_tma.configs)
+    assert "PAGE" in plain.keys and "PAGE" in with_tma.keys
+    monkeypatch.setitem(kernels.FORCED, "fwd", kernels.TileConfig("fwd", 32, 16, 16, 4, 1, tma=True))
+    with pytest.raises(ValueError, match="tensor descriptors"):
+        varlen_attention_paged(q, k, v, table, cu_seqlens([5]), lens, 5)
+
+
+def test_the_descriptor_allocator_is_set_in_every_thread_that_launches():
+    """Triton keeps its scratch allocator per thread (a context variable): a TMA launch from the
+    serve engine's or a loader's thread must find one there too."""
+    import threading
+
+    from triton.runtime import _allocation
+
+    from livecc.kernels.varlen_attention import triton as kernels
+
+    found = []
+
+    def launcher():
+        kernels._ensure_descriptor_allocator()
+        found.append(_allocation._allocator.get())
+
+    for _ in range(2):
+        t = threading.Thread(target=launcher)
+        t.start()
+        t.join()
+    assert found == [kernels._descriptor_scratch] * 2

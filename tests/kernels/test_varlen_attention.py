@@ -1,6 +1,9 @@
+import functools
+
 import pytest
 import torch
 from kernel_checks import TOL, rel_err
+from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
 from livecc.kernels import cu_seqlens as cu
 from livecc.kernels import varlen_attention, varlen_attention_reference
@@ -116,16 +119,16 @@ def test_tiles_of_unequal_sides_split_the_diagonal_right(nan_empty, gen, monkeyp
 
 
 def test_every_tiling_fits_shared_memory():
-    """No configuration the tuner may pick exceeds 227 KB of shared memory, for any dtype and head
-    dim, and every (kernel, precision, head dim) keeps at least one (fp32 d128 among them)."""
-    from livecc.kernels.varlen_attention.triton import CONFIGS, SMEM_LIMIT, TileConfig, _candidates, smem_bytes
+    """No configuration the tuner may pick exceeds 227 KB of shared memory at any head dim, and every
+    (kernel, head dim) of 16-bit inputs keeps at least one; fp32 has none (a GPU serves it with SDPA)."""
+    from livecc.kernels.varlen_attention.triton import SMEM_LIMIT, TileConfig, _candidates, smem_bytes
 
     for kernel in ("fwd", "bwd_kv", "bwd_q"):
-        for bits in (16, 32):
-            for block_d in (64, 128):  # d80 pads to 128
-                fit = _candidates(kernel, bits, block_d)
-                assert fit and all(smem_bytes(c, block_d) <= SMEM_LIMIT for c in fit)
-    assert all(smem_bytes(c, 128) <= SMEM_LIMIT for c in CONFIGS if c.bits == 32)
+        for block_d in (64, 80, 96, 128):  # d80 runs as 64 + 16 lanes, d96 as 64 + 32
+            fit = _candidates(kernel, 16, block_d)
+            assert fit and all(smem_bytes(c, block_d) <= SMEM_LIMIT for c in fit)
+        with pytest.raises(ValueError, match=f"no {kernel} tiling of 32-bit inputs"):
+            _candidates(kernel, 32, 128)
     # The count agrees with Triton's refusal of the old fp32 tiling on an H100 (Required: 262144).
     assert smem_bytes(TileConfig("fwd", 32, 128, 64, 8, 3), 128) == 262144
 
@@ -174,6 +177,37 @@ def test_the_dispatcher_keeps_the_fastest_correct_backend_and_remembers_it(tmp_p
     assert Dispatcher("Other GPU", tmp_path).choices == {}  # per device
 
 
+@pytest.mark.parametrize("policy", ["full", "selective"])
+def test_the_dispatcher_probes_inside_an_activation_checkpointed_forward(tmp_path, gen, policy):
+    """The first call of a shape class probes with a forward and backward of its own; in training
+    that call sits inside a checkpointed block (and again in its recomputation): the probe must
+    neither disturb the checkpoint nor fail in it, under either policy the trainer offers."""
+    from livecc.kernels.varlen_attention.backends import Dispatcher
+    from livecc.train.parallelize import _saved_ops
+
+    x = torch.randn(64, 4, 16, generator=gen, requires_grad=True)
+    dispatcher = Dispatcher("Some GPU", tmp_path)
+
+    def candidate():
+        a = x.detach().requires_grad_()
+        out = torch.mm(a.flatten(1), a.flatten(1).T).sin()
+        out.backward(torch.ones_like(out))
+        return out.detach()
+
+    def block(x):
+        dispatcher.choose("key", {"triton": candidate, "other": candidate}, timer=lambda fn: (fn(), 1.0)[1])
+        return torch.mm(x.flatten(1), x.flatten(1).T).sin()
+
+    options = {}
+    if policy == "selective":
+        options["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _saved_ops())
+    checkpoint(block, x, use_reentrant=False, **options).sum().backward()
+    plain = x.detach().requires_grad_()
+    expected = torch.autograd.grad(block(plain).sum(), plain)[0]
+    assert dispatcher.choices["key"]["backend"] in ("triton", "other") and not dispatcher.choices["key"]["errors"]
+    torch.testing.assert_close(x.grad, expected)
+
+
 def test_document_block_table(gen):
     from livecc.kernels import cu_seqlens
     from livecc.kernels.varlen_attention.triton import BLOCK_SIZES, block_table, programs
@@ -201,3 +235,36 @@ def test_forward_through_tensor_descriptors(nan_empty, gen, monkeypatch, dtype, 
     monkeypatch.setitem(kernels.FORCED, "fwd", kernels.TileConfig("fwd", 32, 16, 16, 4, 1, tma=True))
     compare(gen, [1, 17, 40, 3], [1, 17, 40, 3], 3, 1, d, True, dtype)
     compare(gen, [5, 6, 20], [37, 0, 20], 2, 2, d, False, dtype)
+
+
+def test_torch_varlen_is_called_as_each_release_spells_it(gen):
+    """torch 2.10 takes ``is_causal``, later releases ``window_size``; ``enable_gqa`` exists only in
+    some: without it the key heads are repeated, never passed a keyword it rejects."""
+    from livecc.kernels.varlen_attention.backends import torch_varlen_call
+
+    seen = {}
+
+    def v210(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, is_causal=False, return_aux=None, scale=None):
+        seen.update(heads=key.shape[1], causal=is_causal, scale=scale)
+        return query
+
+    def v211(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+             window_size=(-1, -1)):
+        seen.update(heads=key.shape[1], window=window_size, scale=scale)
+        return query
+
+    def v213(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+             window_size=(-1, -1), enable_gqa=False):
+        seen.update(heads=key.shape[1], window=window_size, gqa=enable_gqa)
+        return query
+
+    q, k = torch.randn(5, 8, 16, generator=gen), torch.randn(5, 2, 16, generator=gen)
+    c = cu([5])
+    torch_varlen_call(v210)(q, k, k, c, c, 5, 5, True, 0.25)
+    assert seen == {"heads": 8, "causal": True, "scale": 0.25}
+    seen.clear()
+    torch_varlen_call(v211)(q, k, k, c, c, 5, 5, False, 0.25)
+    assert seen == {"heads": 8, "window": (-1, -1), "scale": 0.25}
+    seen.clear()
+    torch_varlen_call(v213)(q, k, k, c, c, 5, 5, True, 0.25)
+    assert seen == {"heads": 2, "window": (-1, 0), "gqa": True}

@@ -18,7 +18,7 @@ from ..triton_utils import LOG2E, dot, softmax_result, softmax_step
 __all__ = ["paged_decode_attention_fwd"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["pages_per_split", "n_splits", "stride_tb"])  # they grow with the cache
 def _split_kernel(
     Q, K, V, TABLE, LENS, O_PART, LSE_PART, scale_log2, pages_per_split, n_splits,
     stride_qb, stride_qh, stride_kp, stride_ks, stride_kh, stride_vp, stride_vs, stride_vh, stride_tb,
@@ -53,7 +53,7 @@ def _split_kernel(
     tl.store(LSE_PART + rows, b_lse2, mask=m_g)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_splits"])
 def _combine_kernel(O_PART, LSE_PART, O, LSE, n_splits, stride_ob, stride_oh,
                     HQ: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr):
     i_b, i_h = tl.program_id(0), tl.program_id(1)

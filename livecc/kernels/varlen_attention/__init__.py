@@ -3,8 +3,10 @@
 ``varlen_attention`` runs where its inputs are (``livecc.kernels.dispatch``): on CUDA the fastest
 of livecc's Triton kernels and the attention PyTorch ships (``backends``: probed once per shape
 class, cached per device), the Triton kernels in Triton's interpreter under ``TRITON_INTERPRET=1``,
-PyTorch's SDPA per document on CPU. The Triton path is a pair of ``torch.library`` custom ops with
-fake implementations and an autograd formula, so ``torch.compile`` and FSDP see through them.
+PyTorch's SDPA per document on CPU. fp32 inputs on a GPU take PyTorch's SDPA too (logged once):
+the kernel's fp32 products run on CUDA cores, not tensor cores, and spill registers on Hopper.
+The Triton path is a pair of ``torch.library`` custom ops with fake implementations and an
+autograd formula, so ``torch.compile`` and FSDP see through them.
 ``varlen_attention_reference`` is the oracle.
 """
 
@@ -12,14 +14,14 @@ from __future__ import annotations
 
 import torch
 
-from ..dispatch import check_devices, use_triton
-from .backends import BACKENDS, Dispatcher, available_backends, shape_class
+from ..dispatch import check_devices
+from .backends import BACKENDS, Dispatcher, available_backends, kernel_serves, shape_class
 from .paged import varlen_attention_paged
 from .reference import varlen_attention_reference
 from .sdpa import varlen_attention_sdpa
 
-__all__ = ["available_backends", "varlen_attention", "varlen_attention_paged", "varlen_attention_reference",
-           "varlen_attention_sdpa"]
+__all__ = ["available_backends", "kernel_serves", "varlen_attention", "varlen_attention_paged",
+           "varlen_attention_reference", "varlen_attention_sdpa"]
 
 _dispatchers: dict[str, Dispatcher] = {}
 
@@ -124,7 +126,7 @@ def varlen_attention(
     """
     _check(q, k, v, cu_seqlens_q, cu_seqlens_k)
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
-    if use_triton(q):
+    if kernel_serves(q):
         cu_q, cu_k = cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32)
         args = (q, k, v, cu_q, cu_k, int(max_seqlen_q), int(max_seqlen_k), bool(causal), scale)
         if backend == "auto":

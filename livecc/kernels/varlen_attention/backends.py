@@ -9,24 +9,47 @@ ViT), not a window appended to a cache.
 ``backend="auto"`` times each candidate once per shape class (causality, head dim, dtype, heads,
 pack and document length buckets) on the first call of that class, keeps the fastest whose output
 agrees with the Triton kernel's, logs the choice with every timing, and caches it on disk per device
-(``$LIVECC_CACHE``, default ``~/.cache/livecc``), so a process never probes a class twice.
+(``$LIVECC_CACHE``, default ``~/.cache/livecc``), so a process never probes a class twice. The
+probe runs its forward and backward passes in a thread of its own: the caller may be inside an
+activation-checkpointed forward (whose saved-tensor hooks and dispatch modes are thread-local and
+must not see the probe's autograd graph) or its recomputation.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BACKENDS", "Dispatcher", "available_backends", "shape_class"]
+from ..dispatch import use_triton
+
+__all__ = ["BACKENDS", "Dispatcher", "available_backends", "kernel_serves", "shape_class", "torch_varlen_call"]
 
 log = logging.getLogger("livecc.attention")
+_fp32_logged = False
+
+
+def kernel_serves(q: torch.Tensor) -> bool:
+    """Whether livecc's Triton kernel (compiled, or in the interpreter) serves attention on ``q``:
+    not for fp32 on a GPU, which takes PyTorch's SDPA instead."""
+    global _fp32_logged
+    if not use_triton(q):
+        return False
+    if q.is_cuda and q.dtype == torch.float32:
+        if not _fp32_logged:
+            log.warning("fp32 attention on %s runs PyTorch's SDPA: livecc's kernel computes fp32 on CUDA cores "
+                        "and spills registers; use bf16 or fp16 for its speed", torch.cuda.get_device_name(q.device))
+            _fp32_logged = True
+        return False
+    return True
 
 
 def _sdpa_backend(kind: str):
@@ -55,11 +78,33 @@ def _sdpa_backend(kind: str):
     return attend
 
 
+def torch_varlen_call(varlen_attn: Callable) -> Callable:
+    """PyTorch's varlen op called as the other backends are, whatever its release's signature:
+    causality as ``is_causal`` (2.10) or ``window_size`` (later), and GQA through ``enable_gqa``
+    where it exists, else with the key heads repeated."""
+    params = inspect.signature(varlen_attn).parameters
+
+    def attend(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale):
+        kw = {"is_causal": causal} if "is_causal" in params else {"window_size": (-1, 0) if causal else (-1, -1)}
+        if "scale" in params:
+            kw["scale"] = scale
+        elif scale != q.shape[-1] ** -0.5:
+            raise ValueError("this torch's varlen_attn takes no softmax scale")
+        if q.shape[1] != k.shape[1]:
+            if "enable_gqa" in params:
+                kw["enable_gqa"] = True
+            else:
+                group = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
+
+    return attend
+
+
 def _torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale):
     from torch.nn.attention.varlen import varlen_attn
 
-    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=(-1, 0) if causal else (-1, -1),
-                       enable_gqa=q.shape[1] != k.shape[1])
+    return torch_varlen_call(varlen_attn)(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale)
 
 
 def _flash_attn(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale):
@@ -114,7 +159,22 @@ class Dispatcher:
         agrees with ``reference``'s; probed on the first call of ``key`` only."""
         if key in self.choices and self.choices[key]["backend"] in candidates:
             return self.choices[key]["backend"]
-        timer = timer or _median_ms
+        timings, errors = _in_own_thread(lambda: self._probe(candidates, reference, timer or _median_ms))
+        if not timings:
+            raise RuntimeError(f"attention {key}: no backend could serve it: {errors}")
+        best = min(timings, key=timings.get)
+        self.choices[key] = {"backend": best, "ms": {k: round(v, 4) for k, v in timings.items()}, "errors": errors}
+        log.warning("attention %s: %s (%s)", key, best,
+                    ", ".join(f"{k} {v:.3g} ms" for k, v in sorted(timings.items(), key=lambda kv: kv[1])))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.choices, indent=1))
+        os.replace(tmp, self.path)
+        return best
+
+
+    @staticmethod
+    def _probe(candidates: dict, reference: str, timer: Callable) -> tuple[dict, dict]:
         expected = candidates[reference]().float()
         timings, errors = {}, {}
         for name, run in candidates.items():
@@ -127,15 +187,33 @@ class Dispatcher:
                 timings[name] = timer(run)
             except Exception as e:  # a backend that cannot serve this class says why, and sits out
                 errors[name] = f"{type(e).__name__}: {str(e)[:120]}"
-        best = min(timings, key=timings.get)
-        self.choices[key] = {"backend": best, "ms": {k: round(v, 4) for k, v in timings.items()}, "errors": errors}
-        log.warning("attention %s: %s (%s)", key, best,
-                    ", ".join(f"{k} {v:.3g} ms" for k, v in sorted(timings.items(), key=lambda kv: kv[1])))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.choices, indent=1))
-        os.replace(tmp, self.path)
-        return best
+        return timings, errors
+
+
+def _in_own_thread(fn: Callable):
+    """``fn()`` on a fresh thread: no saved-tensor hooks, dispatch modes or grad mode of the caller
+    (thread-local all), on the caller's CUDA device, after the caller's stream has produced the inputs."""
+    device = torch.cuda.current_device() if torch.cuda.is_available() else None
+    if device is not None:
+        torch.cuda.current_stream().synchronize()
+    result: list = []
+
+    def target():
+        try:
+            if device is not None:
+                torch.cuda.set_device(device)
+            with torch.enable_grad():
+                result.append(("ok", fn()))
+        except BaseException as e:  # handed back to the caller's thread
+            result.append(("error", e))
+
+    thread = threading.Thread(target=target, name="livecc-attention-probe")
+    thread.start()
+    thread.join()
+    kind, value = result[0]
+    if kind == "error":
+        raise value
+    return value
 
 
 def _median_ms(fn: Callable[[], object], repeat: int = 5) -> float:

@@ -1,13 +1,15 @@
 """Varlen attention of new tokens over KV caches kept in pages of a shared pool, read in place:
 the prefill of several streams at once (each stream's new tokens attend, bottom-right causal, to
 its cache and themselves). Inference only: a ``torch.library`` op with a fake implementation and
-no backward. On CPU the pages are gathered for SDPA per stream (``gather_pages``)."""
+no backward. On CPU (and for fp32 on a GPU, as ``varlen_attention``) the pages are gathered for
+SDPA per stream (``gather_pages``)."""
 
 from __future__ import annotations
 
 import torch
 
-from ..dispatch import check_devices, use_triton
+from ..dispatch import check_devices
+from .backends import kernel_serves
 from .sdpa import varlen_attention_sdpa
 
 __all__ = ["gather_pages", "varlen_attention_paged"]
@@ -40,7 +42,7 @@ def varlen_attention_paged(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torc
                   cu_seqlens_q=cu_seqlens_q, seqlens_k=seqlens_k)
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
     cu_k = torch.nn.functional.pad(seqlens_k.to(torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
-    if use_triton(q):
+    if kernel_serves(q):
         return _fwd(q, k_pages, v_pages, page_table.to(torch.int32), cu_seqlens_q.to(torch.int32), cu_k,
                     int(max_seqlen_q), scale)
     k, v, cu_k = gather_pages(k_pages, v_pages, page_table, seqlens_k)

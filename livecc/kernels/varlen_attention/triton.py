@@ -16,10 +16,13 @@ one ``exp2``. A head dim that is not a power of two runs as two power-of-two par
 the next power of two. fp32 inputs take IEEE fp32 dot products and their own smaller tiles.
 
 Tiles: on GPU ``triton.autotune`` picks among ``CONFIGS`` of the kernel's precision, keyed by head
-dim, causality and GQA group (a new pack length does not re-tune), after dropping any that would
-exceed the device's shared memory; on a GPU with TMA the forward also tries each tiling with Q, K
-and V loaded through tensor descriptors (where the tensors are 16-byte aligned and not paged). The
-interpreter runs small fixed tiles; ``FORCED`` (tests) pins them.
+dim, causality, GQA group and paging (a new pack length neither re-tunes nor recompiles: the
+lengths and table sizes are not specialised on), after dropping any that would exceed the
+device's shared memory. On a GPU with TMA a forward whose Q, K and V are 16-byte aligned and not
+paged has a tuner of its own that also tries each tiling with the tiles loaded through tensor
+descriptors; every other forward (a paged prefill, say) is tuned among pointer tilings only, so
+a TMA tiling is never reused where it would read the wrong rows. The interpreter runs small fixed
+tiles; ``FORCED`` (tests) pins them.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from ..dispatch import interpreting
 from ..triton_utils import LOG2E, dot, softmax_result, softmax_weights
 
 __all__ = ["BLOCK_SIZES", "CONFIGS", "SMEM_LIMIT", "TileConfig", "block_table", "head_split", "programs", "smem_bytes",
-           "varlen_attention_bwd", "varlen_attention_fwd"]
+           "tma_fits", "tuning_space", "varlen_attention_bwd", "varlen_attention_fwd"]
 
 SMEM_LIMIT = 232448  # bytes of shared memory per block on Hopper (227 KB)
 
@@ -67,18 +70,16 @@ class TileConfig:
         return max(d for d in (64, 128) if smem_bytes(self, d) <= SMEM_LIMIT)
 
 
-# Known-good Hopper tilings (FlashAttention-2 / Triton tutorial / FlexAttention templates) and
-# smaller ones, in each precision.
+# Hopper tilings that compile for sm_90 without spilling registers at head dims 64, 80 (64 + 16),
+# 96 and 128, GQA groups 1-7 (``python -m livecc.kernels.aot`` reads the compiled cubins). bf16
+# and fp16 only: fp32 on a GPU takes PyTorch's SDPA (``backends.kernel_serves``).
 CONFIGS = [
     TileConfig("fwd", 16, 128, 64, 8, 3), TileConfig("fwd", 16, 128, 128, 8, 2),
-    TileConfig("fwd", 16, 64, 64, 4, 4), TileConfig("fwd", 16, 128, 32, 4, 4),
-    TileConfig("bwd_kv", 16, 64, 128, 8, 3), TileConfig("bwd_kv", 16, 32, 128, 4, 5),
-    TileConfig("bwd_kv", 16, 64, 64, 4, 3),
-    TileConfig("bwd_q", 16, 128, 64, 8, 3), TileConfig("bwd_q", 16, 128, 32, 4, 5),
-    TileConfig("bwd_q", 16, 64, 64, 4, 3),
-    TileConfig("fwd", 32, 64, 32, 4, 2), TileConfig("fwd", 32, 32, 32, 4, 3),
-    TileConfig("bwd_kv", 32, 32, 64, 4, 2), TileConfig("bwd_kv", 32, 32, 32, 4, 2),
-    TileConfig("bwd_q", 32, 64, 32, 4, 2), TileConfig("bwd_q", 32, 32, 32, 4, 2),
+    TileConfig("fwd", 16, 64, 64, 4, 4), TileConfig("fwd", 16, 128, 32, 8, 4),
+    TileConfig("bwd_kv", 16, 32, 128, 8, 3), TileConfig("bwd_kv", 16, 32, 128, 8, 4),
+    TileConfig("bwd_kv", 16, 64, 64, 8, 3), TileConfig("bwd_kv", 16, 32, 64, 8, 3),
+    TileConfig("bwd_q", 16, 128, 64, 8, 3), TileConfig("bwd_q", 16, 64, 64, 4, 3),
+    TileConfig("bwd_q", 16, 128, 32, 8, 4),
 ]
 FORCED: dict[str, TileConfig] = {}  # kernel -> the tiling to use instead of tuning (tests)
 _INTERPRETER_TILES = {"BM": 16, "BN": 16}  # the interpreter's tiles (pointer loads; tests force TMA)
@@ -109,14 +110,16 @@ def tma_supported() -> bool:
             and torch.cuda.get_device_capability()[0] >= 9)
 
 
-def _tma_fits(named_args: dict) -> bool:
-    """TMA needs 16-byte aligned tile bases: every start row and head offset of Q, K and V."""
-    for name in ("Q", "K", "V"):
-        t = named_args[name]
+def tma_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, page: int) -> bool:
+    """Whether a forward may load its tiles through tensor descriptors: contiguous rows (not pages)
+    and 16-byte aligned tile bases, every start row and head offset of Q, K and V."""
+    if page:
+        return False
+    for t in (q, k, v):
         size = t.element_size()
         if t.data_ptr() % 16 or (t.stride(0) * size) % 16 or (t.stride(1) * size) % 16:
             return False
-    return named_args.get("PAGE", 0) == 0
+    return True
 
 
 def _prune(kernel: str):
@@ -125,46 +128,59 @@ def _prune(kernel: str):
         bits = 32 if meta["Q"].dtype == torch.float32 else 16
         block_d = meta["BD"] + (meta["BE"] if meta["SPLIT"] else 0)  # lanes of the head dim's parts
         keep = {(c.BM, c.BN, c.num_warps, c.num_stages) for c in _candidates(kernel, bits, block_d)}
-        tma = kernel == "fwd" and _tma_fits(meta)
-        return [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages) in keep
-                and (tma or not c.kwargs.get("TMA", False))]
+        return [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages) in keep]
 
     return prune
 
 
-def _tuned(kernel: str, fn):
-    """``fn`` autotuned over the tilings of ``kernel``; the forward tries each with and without
-    tensor descriptors where the GPU has TMA."""
-    with_tma = (False, True) if kernel == "fwd" and tma_supported() else (False,)
-    configs = [triton.Config(TileConfig(c.kernel, c.bits, c.BM, c.BN, c.num_warps, c.num_stages, t).tiles,
-                             num_warps=c.num_warps, num_stages=c.num_stages)
-               for c in CONFIGS if c.kernel == kernel for t in with_tma]
-    prune = {"early_config_prune": _prune(kernel)}
-    return triton.autotune(configs, key=["D", "CAUSAL", "GROUP"], prune_configs_by=prune)(fn)
+def tuning_space(kernel: str, tma: bool = False) -> list[TileConfig]:
+    """The tilings one tuner of ``kernel`` tries: each of ``CONFIGS``, and with ``tma`` (the
+    forward's tuner for aligned, unpaged calls) each forward tiling through descriptors as well."""
+    return [TileConfig(c.kernel, c.bits, c.BM, c.BN, c.num_warps, c.num_stages, t)
+            for c in CONFIGS if c.kernel == kernel for t in ((False, True) if tma else (False,))]
 
 
-def _launch(kernel: str, jitted, tuned, grid, args, meta: dict) -> None:
-    """Run ``jitted`` with the forced tiling, the interpreter's, or ``tuned`` (autotuned) on GPU."""
-    if kernel == "fwd" and not interpreting() and tma_supported():
-        _set_descriptor_allocator()
+def _tuned(kernel: str, fn, tma: bool = False):
+    """``fn`` autotuned over ``tuning_space(kernel, tma)``."""
+    configs = [triton.Config(c.tiles, num_warps=c.num_warps, num_stages=c.num_stages)
+               for c in tuning_space(kernel, tma)]
+    key = ["D", "CAUSAL", "GROUP", "PAGE"] if kernel == "fwd" else ["D", "CAUSAL", "GROUP"]
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _prune(kernel)})(fn)
+
+
+def _launch(kernel: str, jitted, tuners: tuple, grid, args, meta: dict, tma: bool = False) -> None:
+    """Run ``jitted`` with the forced tiling, the interpreter's, or its tuner on GPU: ``tuners`` is
+    (pointer tilings, with descriptors too); the second only where ``tma`` (the call fits TMA)."""
+    use_tma = tma and not interpreting() and tma_supported()
     if kernel in FORCED:
         cfg = FORCED[kernel]
+        if cfg.tma and not tma:
+            raise ValueError(f"forced tiling {cfg} loads through tensor descriptors, which this call cannot take "
+                             "(paged or unaligned K/V)")
+        if cfg.tma:
+            _ensure_descriptor_allocator()
         jitted[grid(cfg.tiles)](*args, **meta, **cfg.tiles, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif interpreting():
         jitted[grid(_INTERPRETER_TILES)](*args, **meta, **_INTERPRETER_TILES)
+    elif use_tma:
+        _ensure_descriptor_allocator()
+        tuners[1][grid](*args, **meta)
     else:
-        tuned[grid](*args, **meta)
+        tuners[0][grid](*args, **meta)
 
 
-_allocator_set = False
+def _descriptor_scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
-def _set_descriptor_allocator() -> None:
-    """Tensor descriptors made on the device need scratch memory from an allocator (once)."""
-    global _allocator_set
-    if not _allocator_set:
-        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
-        _allocator_set = True
+def _ensure_descriptor_allocator() -> None:
+    """Tensor descriptors made on the device need scratch memory from an allocator. Triton keeps it
+    in a context variable, so each thread that launches (a loader's, a server's engine thread)
+    needs its own: set it wherever none is."""
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_descriptor_scratch)
 
 
 # ---------------------------------------------------------------- (document, block) tables
@@ -172,7 +188,7 @@ def _set_descriptor_allocator() -> None:
 BLOCK_SIZES = (16, 32, 64, 128)  # every BM / BN of CONFIGS and of the interpreter
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_seq", "size"])
 def _block_table_kernel(CU, TAB, n_seq, size, CHUNK: tl.constexpr):
     """Row ``r`` (block size ``16 << r``) of ``TAB [4, 2, size]``: the document and the block in it
     of program ``p`` at ``[r, 0, p]`` and ``[r, 1, p]``, documents in order; -1 past the last."""
@@ -325,7 +341,7 @@ def _descriptor(P, start, stride_t, i_h, stride_h, rows, D: tl.constexpr, BR: tl
                                      strides=[stride_t, 1], block_shape=[BR, BC])  # a keyless document: no load
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["size_q", "stride_tab", "total_q"])
 def _fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K, TAB_Q, size_q, TABLE, stride_tab, scale_log2,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, total_q,
@@ -333,6 +349,7 @@ def _fwd_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, SPLIT: tl.constexpr,
     PAGE: tl.constexpr = 0, TMA: tl.constexpr = False,
 ):
+    tl.static_assert(not (TMA and PAGE > 0), "tensor descriptors cannot read K/V through a page table")
     i_b, i_m = _pair(TAB_Q, size_q, BM)
     i_h = tl.program_id(1)
     if i_b < 0:
@@ -385,7 +402,7 @@ def _fwd_kernel(
 # ---------------------------------------------------------------- backward
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["total_q"])
 def _delta_kernel(O, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, total_q,
                   D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
     """``delta[h, t] = sum_d O[t, h, d] * dO[t, h, d]`` in fp32."""
@@ -411,6 +428,9 @@ def _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve
                o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
                MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr, BM: tl.constexpr,
                SPLIT: tl.constexpr):
+    """One query block into a key block's dK/dV, key-major: every product has the keys as rows
+    (``S^T = K Q^T``, ``dV += P^T dO``, ``dP^T = V dO^T``, ``dK += dS^T Q``), so the scores never
+    change layout between products (no transposes of register tiles)."""
     o_m = start_m + tl.arange(0, BM)
     m_m = o_m < q_len
     if not MASK:
@@ -418,20 +438,23 @@ def _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve
     b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
     b_do = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_d, m_m, m_d)
     b_lse, b_delta = _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m)
-    b_s = dot(b_q, tl.trans(b_k), tl.zeros([BM, b_k.shape[0]], dtype=tl.float32), DOT_FP32)
-    b_dp = dot(b_do, tl.trans(b_v), tl.zeros([BM, b_k.shape[0]], dtype=tl.float32), DOT_FP32)
+    b_st = dot(b_k, tl.trans(b_q), tl.zeros([b_k.shape[0], BM], dtype=tl.float32), DOT_FP32)
+    b_dpt = dot(b_v, tl.trans(b_do), tl.zeros([b_k.shape[0], BM], dtype=tl.float32), DOT_FP32)
     b_qe = tl.zeros([BM, b_ke.shape[1]], dtype=b_q.dtype)
     b_doe = tl.zeros([BM, b_ke.shape[1]], dtype=b_do.dtype)
     if SPLIT:
         b_qe = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_e, m_m, m_e)
         b_doe = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_e, m_m, m_e)
-        b_s = dot(b_qe, tl.trans(b_ke), b_s, DOT_FP32)
-        b_dp = dot(b_doe, tl.trans(b_ve), b_dp, DOT_FP32)
-    b_p = tl.exp2(b_s * scale_log2 - b_lse[:, None])
+        b_st = dot(b_ke, tl.trans(b_qe), b_st, DOT_FP32)
+        b_dpt = dot(b_ve, tl.trans(b_doe), b_dpt, DOT_FP32)
+    b_pt = tl.exp2(b_st * scale_log2 - b_lse[None, :])
     if MASK:
-        b_p = tl.where(_visible(o_m, o_n, m_m, m_n, diag, CAUSAL), b_p, 0.0)
-    b_pt = tl.trans(b_p.to(b_do.dtype))
-    b_dst = tl.trans((b_p * (b_dp - b_delta[:, None])).to(b_q.dtype))
+        visible = m_n[:, None] & m_m[None, :]
+        if CAUSAL:
+            visible = visible & (o_n[:, None] <= o_m[None, :] + diag)
+        b_pt = tl.where(visible, b_pt, 0.0)
+    b_dst = (b_pt * (b_dpt - b_delta[None, :])).to(b_q.dtype)
+    b_pt = b_pt.to(b_do.dtype)
     b_dv = dot(b_pt, b_do, b_dv, DOT_FP32)
     b_dk = dot(b_dst, b_q, b_dk, DOT_FP32)
     if SPLIT:
@@ -440,7 +463,7 @@ def _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve
     return b_dk, b_dv, b_dke, b_dve
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["size_k", "total_q"])
 def _bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, TAB_K, size_k, scale, scale_log2,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
@@ -449,7 +472,8 @@ def _bwd_dkdv_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, SPLIT: tl.constexpr,
 ):
     i_b, i_n = _pair(TAB_K, size_k, BN)
-    i_kh = tl.program_id(1)
+    i_h = tl.program_id(1)  # a query head: its own dK/dV, summed over the GQA group afterwards
+    i_kh = i_h // GROUP
     if i_b < 0:
         return
     k_start, k_len = _span(CU_K, i_b)
@@ -480,28 +504,26 @@ def _bwd_dkdv_kernel(
     mid_hi = tl.maximum(q_len // BM * BM, mid_lo)
     if i_n * BN + BN > k_len:  # a partial key block: every tile needs the key mask
         mid_hi = mid_lo
-    for g in range(GROUP):
-        i_h = i_kh * GROUP + g
-        for start_m in range(lo, mid_lo, BM):
-            b_dk, b_dv, b_dke, b_dve = _dkdv_tile(
-                Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len, o_n, m_n,
-                o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
-                True, CAUSAL, DOT_FP32, BM, SPLIT)
-        for start_m in range(mid_lo, mid_hi, BM):
-            b_dk, b_dv, b_dke, b_dve = _dkdv_tile(
-                Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len, o_n, m_n,
-                o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
-                False, CAUSAL, DOT_FP32, BM, SPLIT)
-        for start_m in range(mid_hi, q_len, BM):
-            b_dk, b_dv, b_dke, b_dve = _dkdv_tile(
-                Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len, o_n, m_n,
-                o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
-                True, CAUSAL, DOT_FP32, BM, SPLIT)
-    _store_rows(DK, b_dk * scale, k_start, o_n, stride_dkt, i_kh, stride_dkh, o_d, m_n, m_d)
-    _store_rows(DV, b_dv, k_start, o_n, stride_dvt, i_kh, stride_dvh, o_d, m_n, m_d)
+    for start_m in range(lo, mid_lo, BM):
+        b_dk, b_dv, b_dke, b_dve = _dkdv_tile(
+            Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len, o_n, m_n,
+            o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
+            True, CAUSAL, DOT_FP32, BM, SPLIT)
+    for start_m in range(mid_lo, mid_hi, BM):
+        b_dk, b_dv, b_dke, b_dve = _dkdv_tile(
+            Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len, o_n, m_n,
+            o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
+            False, CAUSAL, DOT_FP32, BM, SPLIT)
+    for start_m in range(mid_hi, q_len, BM):
+        b_dk, b_dv, b_dke, b_dve = _dkdv_tile(
+            Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len, o_n, m_n,
+            o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
+            True, CAUSAL, DOT_FP32, BM, SPLIT)
+    _store_rows(DK, b_dk * scale, k_start, o_n, stride_dkt, i_h, stride_dkh, o_d, m_n, m_d)
+    _store_rows(DV, b_dv, k_start, o_n, stride_dvt, i_h, stride_dvh, o_d, m_n, m_d)
     if SPLIT:
-        _store_rows(DK, b_dke * scale, k_start, o_n, stride_dkt, i_kh, stride_dkh, o_e, m_n, m_e)
-        _store_rows(DV, b_dve, k_start, o_n, stride_dvt, i_kh, stride_dvh, o_e, m_n, m_e)
+        _store_rows(DK, b_dke * scale, k_start, o_n, stride_dkt, i_h, stride_dkh, o_e, m_n, m_e)
+        _store_rows(DV, b_dve, k_start, o_n, stride_dvt, i_h, stride_dvh, o_e, m_n, m_e)
 
 
 @triton.jit
@@ -532,7 +554,7 @@ def _dq_tile(K, V, b_q, b_do, b_qe, b_doe, b_lse, b_delta, b_dq, b_dqe, start_n,
     return b_dq, b_dqe
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["size_q", "total_q"])
 def _bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, TAB_Q, size_q, scale, scale_log2,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
@@ -575,9 +597,9 @@ def _bwd_dq_kernel(
         _store_rows(DQ, b_dqe * scale, q_start, o_m, stride_dqt, i_h, stride_dqh, o_e, m_m, m_e)
 
 
-_fwd_tuned = _tuned("fwd", _fwd_kernel)
-_dkdv_tuned = _tuned("bwd_kv", _bwd_dkdv_kernel)
-_dq_tuned = _tuned("bwd_q", _bwd_dq_kernel)
+_FWD = (_tuned("fwd", _fwd_kernel), _tuned("fwd", _fwd_kernel, tma=True))
+_DKDV = (_tuned("bwd_kv", _bwd_dkdv_kernel),)
+_DQ = (_tuned("bwd_q", _bwd_dq_kernel),)
 
 
 # ---------------------------------------------------------------- launchers
@@ -624,20 +646,26 @@ def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
     args = (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, table, size, page_table,
             page_table.stride(0) if page else 0, scale * LOG2E, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             v.stride(0), v.stride(1), out.stride(0), out.stride(1), total_q)
-    _launch("fwd", _fwd_kernel, _fwd_tuned, grid, args, {**meta, "PAGE": page})
+    _launch("fwd", _fwd_kernel, _FWD, grid, args, {**meta, "PAGE": page}, tma=tma_fits(q, k, v, page))
     return out, lse
 
 
 def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int,
                          causal: bool, scale: float):
-    """``(dq, dk, dv)`` with dK/dV summed over each KV head's query-head group."""
+    """``(dq, dk, dv)`` with dK/dV summed over each KV head's query-head group: one program per
+    key block and query head writes that head's share (in the inputs' dtype, as FlashAttention-2
+    does for GQA), summed over the group afterwards. A program walking the whole group itself
+    carries dK/dV through nested loops and spills registers on Hopper."""
     total_q, hq, d = q.shape
     hkv = k.shape[1]
+    group = hq // hkv
     do = do.contiguous() if do.stride(-1) != 1 else do
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq = torch.empty_like(q)
     n_seq = cu_seqlens_q.numel() - 1
     if n_seq == 0 or total_q == 0 or max_seqlen_k == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_()
+        return dq.zero_(), torch.zeros_like(k), torch.zeros_like(v)
+    shape = k.shape if group == 1 else (k.shape[0], hq, d)  # per query head, summed below
+    dk, dv = (torch.empty(shape, device=k.device, dtype=k.dtype) for _ in range(2))
     meta = _meta(q, k, causal)
     delta = torch.empty((hq, total_q), device=q.device, dtype=torch.float32)
     rows = 16 if interpreting() else 64
@@ -649,11 +677,12 @@ def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_
     table_k, size_k = block_table(cu_seqlens_k, total_k)
     kv_args = (q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, table_k, size_k, scale, scale * LOG2E,
                *strides, dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), total_q)
-    _launch("bwd_kv", _bwd_dkdv_kernel, _dkdv_tuned, lambda m: (programs(total_k, n_seq, m["BN"]), hkv),
-            kv_args, meta)
+    _launch("bwd_kv", _bwd_dkdv_kernel, _DKDV, lambda m: (programs(total_k, n_seq, m["BN"]), hq), kv_args, meta)
+    if group > 1:
+        dk, dv = (x.view(total_k, hkv, group, d).sum(2) for x in (dk, dv))
     if max_seqlen_q > 0:
         table_q, size_q = block_table(cu_seqlens_q, total_q)
         q_args = (q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, table_q, size_q, scale, scale * LOG2E,
                   *strides, dq.stride(0), dq.stride(1), total_q)
-        _launch("bwd_q", _bwd_dq_kernel, _dq_tuned, lambda m: (programs(total_q, n_seq, m["BM"]), hq), q_args, meta)
+        _launch("bwd_q", _bwd_dq_kernel, _DQ, lambda m: (programs(total_q, n_seq, m["BM"]), hq), q_args, meta)
     return dq, dk, dv

@@ -1,0 +1,312 @@
+"""Every Triton kernel compiled ahead of its first launch, through its real launcher, without
+running it: for a Hopper GPU that is not here (a driver that reports sm_90 to Triton), or for the
+GPU that is (to fill Triton's cache in parallel processes before anything is timed).
+
+A *launch* is one launcher call with one tiling forced (``FORCED``) on small tensors of the real
+dtype, head counts and strides: the same constexprs, options and argument specialisations as the
+launches of training and streaming (lengths and table sizes are not specialised on), so the
+compiled kernels land under the cache keys a GPU run looks up. ``resources`` reads a compiled
+kernel's shared memory, registers and spills from its cubin with the ``cuobjdump`` that Triton's
+wheel carries.
+
+    python -m livecc.kernels.aot --scope quick --jobs 2 [--target sm90] [--table resources.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+__all__ = ["Launch", "compile_only", "launches", "resources"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One kernel family, one shape, one tiling (``config``: a ``TileConfig`` or a label)."""
+
+    kernel: str  # fwd, fwd_paged, bwd, decode, ce, rotary, preprocess
+    shape: str
+    dtype: str
+    config: tuple = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.kernel} {self.shape} {self.dtype} {self.config}"
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# label -> (q heads, kv heads, head dim, causal): the decoder of the 7B and 2B, the ViT, and others
+ATTENTION = {"llm7b": (28, 4, 128, True), "llm2b": (12, 2, 128, True), "vit": (16, 16, 80, False),
+             "d64": (8, 2, 64, True)}
+
+
+def launches(scope: str = "all") -> list[Launch]:
+    """``quick``: the bf16 launches of the 7B/2B decoder, the ViT and the streaming engine;
+    ``all``: every dtype and head dim the package supports, every tiling of every tuner."""
+    from .varlen_attention.triton import tuning_space
+
+    dtypes = ("bf16",) if scope == "quick" else ("bf16", "fp16", "fp32")
+    shapes = ("llm7b", "llm2b", "vit") if scope == "quick" else tuple(ATTENTION)
+    out = []
+    for dt in dtypes:
+        bits = 32 if dt == "fp32" else 16
+        for shape in shapes:
+            for cfg in tuning_space("fwd", tma=True):
+                if cfg.bits == bits:
+                    out.append(Launch("fwd", shape, dt, _cfg(cfg)))
+            kv = [c for c in tuning_space("bwd_kv") if c.bits == bits]
+            dq = [c for c in tuning_space("bwd_q") if c.bits == bits]
+            for i in range(max(len(kv), len(dq))):
+                out.append(Launch("bwd", shape, dt, (_cfg(kv[i % len(kv)]), _cfg(dq[i % len(dq)]))))
+        for cfg in tuning_space("fwd"):
+            if cfg.bits == bits:
+                out.append(Launch("fwd_paged", "llm7b", dt, _cfg(cfg)))
+        for page in (16, 64):
+            out.append(Launch("decode", "llm7b", dt, (page,)))
+        out += [Launch("ce", "7b", dt, (grad,)) for grad in (False, True)]
+        out += [Launch("rotary", shape, dt, (inverse,)) for shape in ("llm7b", "vit") for inverse in (False, True)]
+    out += [Launch("preprocess", f"{h}x{w}", "bf16", ()) for h, w in ((360, 640), (1080, 1920))]
+    return out
+
+
+def _cfg(c) -> tuple:
+    return (c.kernel, c.bits, c.BM, c.BN, c.num_warps, c.num_stages, c.tma)
+
+
+def run_launch(launch: Launch, device: str) -> None:
+    """Drive the launcher of ``launch`` once (inside :func:`compile_only` it compiles, no more)."""
+    from . import cu_seqlens
+    from .varlen_attention import triton as attention
+
+    dt = DTYPES[launch.dtype]
+    g = torch.Generator().manual_seed(0)
+    rand = lambda *shape, dtype=dt: torch.randn(*shape, generator=g).to(dtype).to(device)
+    if launch.kernel in ("fwd", "fwd_paged", "bwd"):
+        hq, hkv, d, causal = ATTENTION[launch.shape]
+        lengths = [300, 1000, 77]
+        cu = cu_seqlens(lengths, device)
+        q, k, v = rand(sum(lengths), hq, d), rand(sum(lengths), hkv, d), rand(sum(lengths), hkv, d)
+        scale = d**-0.5
+        with _forced(attention, launch):
+            if launch.kernel == "fwd":
+                attention.varlen_attention_fwd(q, k, v, cu, cu, max(lengths), causal, scale)
+            elif launch.kernel == "fwd_paged":
+                page = 64
+                pool = rand(64, page, hkv, d)
+                table = torch.arange(60, dtype=torch.int32, device=device).view(3, 20)
+                cu_k = cu_seqlens([m + 200 for m in lengths], device)
+                attention.varlen_attention_fwd(q, pool, pool, cu, cu_k, max(lengths), True, scale, table)
+            else:
+                out, lse = torch.empty_like(q), torch.zeros(hq, q.shape[0], device=device)
+                attention.varlen_attention_bwd(rand(*q.shape), q, k, v, out, lse, cu, cu, max(lengths),
+                                               max(lengths), causal, scale)
+    elif launch.kernel == "decode":
+        from .paged_decode_attention.triton import paged_decode_attention_fwd
+
+        hq, hkv, d, _ = ATTENTION[launch.shape]
+        (page,) = launch.config
+        pool = rand(8, page, hkv, d)
+        table = torch.zeros(2, 8, dtype=torch.int32, device=device)
+        lengths = torch.full((2,), 5 * page, dtype=torch.int32, device=device)
+        paged_decode_attention_fwd(rand(2, hq, d), pool, pool, table, lengths, 5 * page, d**-0.5, num_splits=5)
+    elif launch.kernel == "ce":
+        from .text_only_linear_cross_entropy.triton import text_only_linear_cross_entropy_fwd
+
+        (grad,) = launch.config
+        logits, labels = rand(4, 152064), torch.zeros(4, dtype=torch.int64, device=device)
+        text_only_linear_cross_entropy_fwd(logits, labels, 0.0, torch.ones(4, device=device) if grad else None)
+    elif launch.kernel == "rotary":
+        from .rotary.triton import rotary_qk_fwd
+
+        hq, hkv, d, _ = ATTENTION[launch.shape]
+        q, k = rand(1, 37, hq, d).transpose(1, 2), rand(1, 37, hkv, d).transpose(1, 2)
+        cos = rand(1, 37, d)
+        rotary_qk_fwd(q, k, cos, cos, launch.config[0])
+    elif launch.kernel == "preprocess":
+        from .preprocess_frames.reference import PatchGeometry
+        from .preprocess_frames.triton import preprocess_frames_fwd
+
+        h, w = (int(x) for x in launch.shape.split("x"))
+        frames = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8).to(device)
+        preprocess_frames_fwd(frames, (h // 28 * 28, w // 28 * 28), PatchGeometry(), DTYPES[launch.dtype])
+    else:
+        raise ValueError(f"unknown kernel family {launch.kernel!r}")
+
+
+@contextlib.contextmanager
+def _forced(attention, launch: Launch) -> Iterator[None]:
+    saved = dict(attention.FORCED)
+    configs = launch.config if launch.kernel == "bwd" else (launch.config,)
+    for c in configs:
+        cfg = attention.TileConfig(*c)
+        attention.FORCED[cfg.kernel] = cfg
+    try:
+        yield
+    finally:
+        attention.FORCED.clear()
+        attention.FORCED.update(saved)
+
+
+class _Sm90Driver:
+    """Just enough of a Triton driver to compile for a Hopper GPU on a machine without one."""
+
+    def __init__(self, arch: int):
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def is_active(self):
+        return True
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def compile_only(arch: int | None = None) -> Iterator[list]:
+    """Within: every Triton launch compiles (into Triton's cache) and returns without running; the
+    compiled kernels are appended to the yielded list as ``(name, kernel, ptxas log)``. With ``arch``
+    (90: Hopper) Triton compiles for that GPU whatever this machine has."""
+    from triton.runtime.driver import driver
+    from triton.runtime.jit import JITFunction
+
+    compiled: list = []
+    run = JITFunction.run
+    previous = driver._active  # None until first used; there is no default to return to without a GPU
+
+    def compile_instead(self, *args, grid, warmup, **kwargs):
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        compiled.append((self.fn.__name__, kernel, log.getvalue()))
+        return kernel
+
+    if arch is not None:
+        driver.set_active(_Sm90Driver(arch))
+    JITFunction.run = compile_instead
+    try:
+        yield compiled
+    finally:
+        JITFunction.run = run
+        driver._active = previous
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+
+
+def resources(kernel, ptxas_log: str = "") -> dict:
+    """Shared memory, registers and spills of a compiled kernel (from its cubin), and whether its
+    matrix products are Hopper's ``wgmma`` and its loads the tensor copy engine's."""
+    ptx = kernel.asm.get("ptx", "")
+    out = {"shared": kernel.metadata.shared, "num_warps": kernel.metadata.num_warps,
+           "num_stages": kernel.metadata.num_stages, "wgmma": "wgmma.mma_async" in ptx,
+           "tma": "cp.async.bulk.tensor" in ptx}
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", str(cubin)], capture_output=True,
+                               text=True).stdout
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage)
+    if m:
+        out.update(registers=int(m.group(1)), stack=int(m.group(2)), local=int(m.group(3)))
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptxas_log)
+    out["spill_bytes"] = int(spill.group(1)) + int(spill.group(2)) if spill else None
+    out["spill_instructions"] = len(re.findall(r"\b(?:STL|LDL)(?:\.\w+)*\s", sass))
+    out["spills"] = bool(out.get("local") or out["spill_instructions"] or out["spill_bytes"])
+    return out
+
+
+def _compile_one(launch: Launch, arch: int | None, device: str, analyse: bool) -> dict:
+    t0 = time.perf_counter()
+    try:
+        with compile_only(arch) as compiled:
+            run_launch(launch, device)
+        rows = [{"kernel": name, **(resources(k, log) if analyse else {})} for name, k, log in compiled]
+        return {"launch": dataclasses.asdict(launch), "ok": True, "kernels": rows,
+                "seconds": time.perf_counter() - t0}
+    except Exception as e:  # one launch that does not compile is a row saying why, not the end of the run
+        return {"launch": dataclasses.asdict(launch), "ok": False, "error": f"{type(e).__name__}: {e}"[:2000],
+                "seconds": time.perf_counter() - t0}
+
+
+def _worker_init(arch: int | None) -> None:
+    if arch is not None:
+        try:  # ptxas -v's report (spill bytes) on stdout, which compile_only captures
+            import triton
+
+            triton.knobs.nvidia.dump_ptxas_log = True
+        except AttributeError:
+            pass
+
+
+def compile_all(selected: list[Launch], arch: int | None, jobs: int, analyse: bool,
+                progress: Callable[[dict], None] = lambda row: None) -> list[dict]:
+    """Compile ``selected`` in ``jobs`` processes (each its own launches); one row per launch."""
+    device = "cpu" if arch is not None else "cuda"
+    ctx = get_context("spawn" if device == "cuda" else "fork")
+    rows = []
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(arch,)) as pool:
+        for row in pool.map(_compile_one, selected, [arch] * len(selected), [device] * len(selected),
+                            [analyse] * len(selected)):
+            rows.append(row)
+            progress(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m livecc.kernels.aot", description=__doc__.splitlines()[0])
+    parser.add_argument("--scope", choices=("quick", "all"), default="quick")
+    parser.add_argument("--target", choices=("sm90", "device"), default="sm90",
+                        help="sm90: a Hopper GPU, from any machine; device: this machine's GPU")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--only", default=None, help="a regular expression over the launches' names")
+    parser.add_argument("--table", default=None, help="write every compiled kernel's resources to this JSON")
+    args = parser.parse_args(argv)
+    os.environ.pop("TRITON_INTERPRET", None)
+    arch = 90 if args.target == "sm90" else None
+    selected = [x for x in launches(args.scope) if args.only is None or re.search(args.only, x.name)]
+    t0 = time.perf_counter()
+
+    def progress(row):
+        state = "ok" if row["ok"] else "FAILED " + row["error"].splitlines()[0][:160]
+        print(f"{row['seconds']:6.1f} s  {Launch(**row['launch']).name}: {state}", flush=True)
+
+    rows = compile_all(selected, arch, max(1, args.jobs), args.table is not None, progress)
+    failed = [r for r in rows if not r["ok"]]
+    print(f"{len(rows)} launches compiled for {args.target} in {time.perf_counter() - t0:.0f} s "
+          f"({args.jobs} processes), {len(failed)} failed; cache {os.environ.get('TRITON_CACHE_DIR', '~/.triton')}")
+    if args.table:
+        Path(args.table).write_text(json.dumps(rows, indent=1) + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
