@@ -9,7 +9,11 @@ compiled kernels land under the cache keys a GPU run looks up. ``resources`` rea
 kernel's shared memory, registers and spills from its cubin with the ``cuobjdump`` that Triton's
 wheel carries.
 
-    python -m livecc.kernels.aot --scope quick --jobs 2 [--target sm90] [--table resources.json]
+The same run is the Hopper gate the test suite runs on every machine: it fails when a launch
+does not compile, when a kernel needs more shared memory than an H100/H200 block has, or when a
+bf16/fp16 kernel spills registers.
+
+    python -m livecc.kernels.aot --scope all --jobs 2 [--target sm90|device] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Launch", "compile_only", "launches", "resources"]
+__all__ = ["Launch", "compile_only", "launches", "problems", "resources"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,18 +68,13 @@ def launches(scope: str = "all") -> list[Launch]:
     shapes = ("llm7b", "llm2b", "vit") if scope == "quick" else tuple(ATTENTION)
     out = []
     for dt in dtypes:
-        bits = 32 if dt == "fp32" else 16
-        for shape in shapes:
-            for cfg in tuning_space("fwd", tma=True):
-                if cfg.bits == bits:
-                    out.append(Launch("fwd", shape, dt, _cfg(cfg)))
-            kv = [c for c in tuning_space("bwd_kv") if c.bits == bits]
-            dq = [c for c in tuning_space("bwd_q") if c.bits == bits]
-            for i in range(max(len(kv), len(dq))):
-                out.append(Launch("bwd", shape, dt, (_cfg(kv[i % len(kv)]), _cfg(dq[i % len(dq)]))))
-        for cfg in tuning_space("fwd"):
-            if cfg.bits == bits:
-                out.append(Launch("fwd_paged", "llm7b", dt, _cfg(cfg)))
+        if dt != "fp32":  # fp32 attention on a GPU is PyTorch's SDPA: the kernel has no fp32 tilings
+            for shape in shapes:
+                out += [Launch("fwd", shape, dt, _cfg(cfg)) for cfg in tuning_space("fwd", tma=True)]
+                kv, dq = tuning_space("bwd_kv"), tuning_space("bwd_q")
+                out += [Launch("bwd", shape, dt, (_cfg(kv[i % len(kv)]), _cfg(dq[i % len(dq)])))
+                        for i in range(max(len(kv), len(dq)))]
+            out += [Launch("fwd_paged", "llm7b", dt, _cfg(cfg)) for cfg in tuning_space("fwd")]
         for page in (16, 64):
             out.append(Launch("decode", "llm7b", dt, (page,)))
         out += [Launch("ce", "7b", dt, (grad,)) for grad in (False, True)]
@@ -85,7 +84,7 @@ def launches(scope: str = "all") -> list[Launch]:
 
 
 def _cfg(c) -> tuple:
-    return (c.kernel, c.bits, c.BM, c.BN, c.num_warps, c.num_stages, c.tma)
+    return (c.kernel, c.BM, c.BN, c.num_warps, c.num_stages, c.tma)
 
 
 def run_launch(launch: Launch, device: str) -> None:
@@ -244,12 +243,12 @@ def resources(kernel, ptxas_log: str = "") -> dict:
     return out
 
 
-def _compile_one(launch: Launch, arch: int | None, device: str, analyse: bool) -> dict:
+def _compile_one(launch: Launch, arch: int | None, device: str) -> dict:
     t0 = time.perf_counter()
     try:
         with compile_only(arch) as compiled:
             run_launch(launch, device)
-        rows = [{"kernel": name, **(resources(k, log) if analyse else {})} for name, k, log in compiled]
+        rows = [{"kernel": name, **resources(k, log)} for name, k, log in compiled]
         return {"launch": dataclasses.asdict(launch), "ok": True, "kernels": rows,
                 "seconds": time.perf_counter() - t0}
     except Exception as e:  # one launch that does not compile is a row saying why, not the end of the run
@@ -267,18 +266,60 @@ def _worker_init(arch: int | None) -> None:
             pass
 
 
-def compile_all(selected: list[Launch], arch: int | None, jobs: int, analyse: bool,
+def compile_all(selected: list[Launch], arch: int | None, jobs: int,
                 progress: Callable[[dict], None] = lambda row: None) -> list[dict]:
     """Compile ``selected`` in ``jobs`` processes (each its own launches); one row per launch."""
     device = "cpu" if arch is not None else "cuda"
     ctx = get_context("spawn" if device == "cuda" else "fork")
     rows = []
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(arch,)) as pool:
-        for row in pool.map(_compile_one, selected, [arch] * len(selected), [device] * len(selected),
-                            [analyse] * len(selected)):
+        for row in pool.map(_compile_one, selected, [arch] * len(selected), [device] * len(selected)):
             rows.append(row)
             progress(row)
     return rows
+
+
+def problems(rows: list[dict], limit: int) -> list[str]:
+    """What fails the gate: a launch that does not compile, a kernel over ``limit`` bytes of shared
+    memory, and a spill in a 16-bit (bf16/fp16) launch, every one a training or streaming hot path."""
+    found = []
+    for row in rows:
+        name = Launch(**row["launch"]).name
+        if not row["ok"]:
+            found.append(f"{name}: does not compile ({row['error'].splitlines()[0][:200]})")
+            continue
+        for k in row["kernels"]:
+            if k.get("shared", 0) > limit:
+                found.append(f"{name}: {k['kernel']} needs {k['shared']} bytes of shared memory (limit {limit})")
+            if k.get("spills") and row["launch"]["dtype"] != "fp32":
+                found.append(f"{name}: {k['kernel']} spills registers ({k.get('spill_bytes')} bytes, "
+                             f"{k['spill_instructions']} local loads/stores)")
+    return found
+
+
+def write_table(rows: list[dict], stem: Path, header: str, found: list[str]) -> None:
+    """``stem.json`` (every row) and ``stem.md`` (one line per compiled kernel, then the problems)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{stem}.json").write_text(json.dumps({"header": header, "problems": found, "rows": rows}, indent=1)
+                                         + "\n")
+    lines = [f"# {header}", "", f"{len(rows)} launches; {len(found)} problems.", "",
+             "| launch | shape | dtype | tiling | kernel | shared B | registers | spill B / local ld+st | wgmma | TMA "
+             "|",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        launch = row["launch"]
+        tiling = " ".join(str(c) for c in launch["config"]) if launch["config"] else "-"
+        if not row["ok"]:
+            lines.append(f"| {launch['kernel']} | {launch['shape']} | {launch['dtype']} | {tiling} | "
+                         f"does not compile | | | | | |")
+            continue
+        for k in row["kernels"]:
+            spill = f"{k.get('spill_bytes') if k.get('spill_bytes') is not None else '?'} / {k['spill_instructions']}"
+            lines.append(f"| {launch['kernel']} | {launch['shape']} | {launch['dtype']} | {tiling} | {k['kernel']} | "
+                         f"{k['shared']} | {k.get('registers', '?')} | {spill} | {'yes' if k['wgmma'] else '-'} | "
+                         f"{'yes' if k['tma'] else '-'} |")
+    lines += ["", "Problems:" if found else "No problems.", *[f"- {p}" for p in found]]
+    Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,9 +329,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="sm90: a Hopper GPU, from any machine; device: this machine's GPU")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--only", default=None, help="a regular expression over the launches' names")
-    parser.add_argument("--table", default=None, help="write every compiled kernel's resources to this JSON")
+    parser.add_argument("--out", default=None, help="write the resources table (.md, .json) into this folder")
     args = parser.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+
     arch = 90 if args.target == "sm90" else None
     selected = [x for x in launches(args.scope) if args.only is None or re.search(args.only, x.name)]
     t0 = time.perf_counter()
@@ -299,13 +342,24 @@ def main(argv: list[str] | None = None) -> int:
         state = "ok" if row["ok"] else "FAILED " + row["error"].splitlines()[0][:160]
         print(f"{row['seconds']:6.1f} s  {Launch(**row['launch']).name}: {state}", flush=True)
 
-    rows = compile_all(selected, arch, max(1, args.jobs), args.table is not None, progress)
-    failed = [r for r in rows if not r["ok"]]
-    print(f"{len(rows)} launches compiled for {args.target} in {time.perf_counter() - t0:.0f} s "
-          f"({args.jobs} processes), {len(failed)} failed; cache {os.environ.get('TRITON_CACHE_DIR', '~/.triton')}")
-    if args.table:
-        Path(args.table).write_text(json.dumps(rows, indent=1) + "\n")
-    return 1 if failed else 0
+    rows = compile_all(selected, arch, max(1, args.jobs), progress)
+    elapsed = time.perf_counter() - t0
+    from .varlen_attention.triton import SMEM_LIMIT, _smem_limit
+
+    found = problems(rows, SMEM_LIMIT if arch else _smem_limit(torch.device("cuda")))
+    target = "sm_90" if arch else torch.cuda.get_device_name()
+    print(f"{len(rows)} launches compiled for {target} with Triton {triton.__version__} in {elapsed:.0f} s "
+          f"({args.jobs} processes); {len(found)} problems")
+    for problem in found:
+        print(f"  {problem}")
+    if args.out:
+        date = time.strftime("%Y-%m-%d", time.gmtime())
+        label = "sm90" if arch else "".join(c if c.isalnum() else "-" for c in target.lower())
+        stem = Path(args.out) / f"{date}-{label}-triton-{triton.__version__}-kernels"
+        write_table(rows, stem, f"Kernels compiled for {target} with Triton {triton.__version__} ({args.scope} scope)",
+                    found)
+        print(f"wrote {stem}.md")
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

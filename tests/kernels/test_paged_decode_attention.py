@@ -92,7 +92,7 @@ def test_a_paged_prefill_never_takes_a_tensor_descriptor_tiling(gen, monkeypatch
     plain, with_tma = kernels._FWD
     assert not any(c.kwargs.get("TMA") for c in plain.configs) and any(c.kwargs.get("TMA") for c in with_tma.configs)
     assert "PAGE" in plain.keys and "PAGE" in with_tma.keys
-    monkeypatch.setitem(kernels.FORCED, "fwd", kernels.TileConfig("fwd", 32, 16, 16, 4, 1, tma=True))
+    monkeypatch.setitem(kernels.FORCED, "fwd", kernels.TileConfig("fwd", 16, 16, 4, 1, tma=True))
     with pytest.raises(ValueError, match="tensor descriptors"):
         varlen_attention_paged(q, k, v, table, cu_seqlens([5]), lens, 5)
 

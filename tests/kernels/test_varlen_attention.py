@@ -112,25 +112,10 @@ def test_tiles_of_unequal_sides_split_the_diagonal_right(nan_empty, gen, monkeyp
     tiles of every loop still cover each visible pair once."""
     from livecc.kernels.varlen_attention import triton as kernels
 
-    forced = {k: kernels.TileConfig(k, 32, bm, bn, 4, 1) for k in ("fwd", "bwd_kv", "bwd_q")}
+    forced = {k: kernels.TileConfig(k, bm, bn, 4, 1) for k in ("fwd", "bwd_kv", "bwd_q")}
     monkeypatch.setattr(kernels, "FORCED", forced)
     compare(gen, [70, 5, 129], [70, 40, 129], 4, 2, 64, True, torch.float32)
     compare(gen, [70, 33], [70, 33], 3, 3, 80, False, torch.bfloat16)
-
-
-def test_every_tiling_fits_shared_memory():
-    """No configuration the tuner may pick exceeds 227 KB of shared memory at any head dim, and every
-    (kernel, head dim) of 16-bit inputs keeps at least one; fp32 has none (a GPU serves it with SDPA)."""
-    from livecc.kernels.varlen_attention.triton import SMEM_LIMIT, TileConfig, _candidates, smem_bytes
-
-    for kernel in ("fwd", "bwd_kv", "bwd_q"):
-        for block_d in (64, 80, 96, 128):  # d80 runs as 64 + 16 lanes, d96 as 64 + 32
-            fit = _candidates(kernel, 16, block_d)
-            assert fit and all(smem_bytes(c, block_d) <= SMEM_LIMIT for c in fit)
-        with pytest.raises(ValueError, match=f"no {kernel} tiling of 32-bit inputs"):
-            _candidates(kernel, 32, 128)
-    # The count agrees with Triton's refusal of the old fp32 tiling on an H100 (Required: 262144).
-    assert smem_bytes(TileConfig("fwd", 32, 128, 64, 8, 3), 128) == 262144
 
 
 def test_rejects_bad_head_counts():
@@ -232,7 +217,7 @@ def test_forward_through_tensor_descriptors(nan_empty, gen, monkeypatch, dtype, 
     zero-fill past a document's end: odd lengths, queries after a cache, a document without keys."""
     from livecc.kernels.varlen_attention import triton as kernels
 
-    monkeypatch.setitem(kernels.FORCED, "fwd", kernels.TileConfig("fwd", 32, 16, 16, 4, 1, tma=True))
+    monkeypatch.setitem(kernels.FORCED, "fwd", kernels.TileConfig("fwd", 16, 16, 4, 1, tma=True))
     compare(gen, [1, 17, 40, 3], [1, 17, 40, 3], 3, 1, d, True, dtype)
     compare(gen, [5, 6, 20], [37, 0, 20], 2, 2, d, False, dtype)
 

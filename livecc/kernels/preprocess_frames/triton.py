@@ -57,7 +57,7 @@ def aa_bicubic_taps(in_size: int, out_size: int, device) -> tuple[torch.Tensor, 
 
 
 @triton.jit
-def _band(FIRST, W, o, o_mask, i, n_in, TAPS: tl.constexpr):
+def _band(FIRST, W, o, o_mask, i, n_in, TAPS):
     """Weights ``[len(o), len(i)]`` of outputs ``o`` on inputs ``i``: the taps where ``i`` falls in
     an output's window, zero elsewhere (and past the input's end)."""
     first = tl.load(FIRST + o, mask=o_mask, other=0)
@@ -66,11 +66,13 @@ def _band(FIRST, W, o, o_mask, i, n_in, TAPS: tl.constexpr):
     return tl.load(W + o[:, None] * TAPS + j, mask=inside, other=0.0)
 
 
-@triton.jit
+# Sizes and tap counts are run-time values, not specialised on: one compiled kernel serves every
+# frame size and resize ratio a stream or a loader meets.
+@triton.jit(do_not_specialize=["T", "H", "W", "OH", "OW", "stride_t", "stride_h", "grid_w", "KY", "KX"])
 def _preprocess_kernel(
     X, Y, Y0, WY, X0, WX, MEAN, STD,
-    T, H, W, OH, OW, stride_t, stride_h, grid_w,
-    TP: tl.constexpr, P: tl.constexpr, M: tl.constexpr, KY: tl.constexpr, KX: tl.constexpr,
+    T, H, W, OH, OW, stride_t, stride_h, grid_w, KY, KX,
+    TP: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
     BY: tl.constexpr, BX: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
 ):
     i_f, i_tile, ch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -127,7 +129,7 @@ def preprocess_frames_fwd(frames: torch.Tensor, size: tuple[int, int], spec: Pat
     grid = (gt * tp, triton.cdiv(oh, tile) * triton.cdiv(ow, tile), 3)
     _preprocess_kernel[grid](
         frames, out, y0, wy, x0, wx, mean, std, t, h, w, oh, ow, frames.stride(0), frames.stride(1), gw,
-        TP=tp, P=p, M=m, KY=wy.shape[1], KX=wx.shape[1], BY=tile, BX=tile, KR=tile, KC=tile,
+        wy.shape[1], wx.shape[1], TP=tp, P=p, M=m, BY=tile, BX=tile, KR=tile, KC=tile,
         PRECISION="tf32x3",
     )
     return out

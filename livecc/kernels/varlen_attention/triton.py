@@ -9,25 +9,27 @@ rather than the longest document's block count for every document. Causal masks 
 bottom-right, so a new streaming window attends to its KV cache. Every key loop runs in two parts:
 the tiles every query of the block fully sees, with no mask at all, and the few on the diagonal or
 a document's edge, masked. The backward has its own ``delta = rowsum(dO * O)`` kernel, one dK/dV
-program per key block that walks the query heads of its GQA group and keeps dK/dV in registers
-(no atomics), and one dQ program per query block. Scores are in log2 units so each probability is
+program per key block and query head (key-major products, dK/dV in registers, no atomics; a GQA
+group's shares summed afterwards), and one dQ program per query block. Scores are in log2 units so each probability is
 one ``exp2``. A head dim that is not a power of two runs as two power-of-two parts (the ViT's 80 as
 64 + 16: two dot products per product, no idle lanes) where that is narrower than padding it to
-the next power of two. fp32 inputs take IEEE fp32 dot products and their own smaller tiles.
+the next power of two. In the interpreter fp32 inputs take IEEE fp32 dot products; a GPU serves
+fp32 with PyTorch's SDPA (``backends.kernel_serves``).
 
-Tiles: on GPU ``triton.autotune`` picks among ``CONFIGS`` of the kernel's precision, keyed by head
-dim, causality, GQA group and paging (a new pack length neither re-tunes nor recompiles: the
-lengths and table sizes are not specialised on), after dropping any that would exceed the
-device's shared memory. On a GPU with TMA a forward whose Q, K and V are 16-byte aligned and not
-paged has a tuner of its own that also tries each tiling with the tiles loaded through tensor
-descriptors; every other forward (a paged prefill, say) is tuned among pointer tilings only, so
-a TMA tiling is never reused where it would read the wrong rows. The interpreter runs small fixed
-tiles; ``FORCED`` (tests) pins them.
+Tiles: on GPU ``triton.autotune`` picks among ``CONFIGS``, keyed by head dim, causality, GQA group
+and paging (a new pack length neither re-tunes nor recompiles: the lengths and table sizes are
+not specialised on), after dropping any whose compiled kernel asks for more shared memory than
+the device has (the compiler's own count, not an estimate). On a GPU with TMA a forward whose Q,
+K and V are 16-byte aligned and not paged has a tuner of its own that also tries each tiling with
+the tiles loaded through tensor descriptors; every other forward (a paged prefill, say) is tuned
+among pointer tilings only, so a TMA tiling is never reused where it would read the wrong rows.
+The interpreter runs small fixed tiles; ``FORCED`` (tests) pins them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import triton
@@ -36,10 +38,10 @@ import triton.language as tl
 from ..dispatch import interpreting
 from ..triton_utils import LOG2E, dot, softmax_result, softmax_weights
 
-__all__ = ["BLOCK_SIZES", "CONFIGS", "SMEM_LIMIT", "TileConfig", "block_table", "head_split", "programs", "smem_bytes",
-           "tma_fits", "tuning_space", "varlen_attention_bwd", "varlen_attention_fwd"]
+__all__ = ["BLOCK_SIZES", "CONFIGS", "SMEM_LIMIT", "TileConfig", "block_table", "head_split", "programs", "tma_fits",
+           "tuning_space", "varlen_attention_bwd", "varlen_attention_fwd"]
 
-SMEM_LIMIT = 232448  # bytes of shared memory per block on Hopper (227 KB)
+SMEM_LIMIT = 232448  # bytes of shared memory a block may have on Hopper (227 KB), where no device is asked
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,6 @@ class TileConfig:
     walking query blocks of ``BM``) or ``bwd_q`` (a program per query block of ``BM``)."""
 
     kernel: str
-    bits: int  # 16 (bf16/fp16) or 32
     BM: int
     BN: int
     num_warps: int
@@ -60,48 +61,20 @@ class TileConfig:
         """The kernel's tile arguments."""
         return {"BM": self.BM, "BN": self.BN, **({"TMA": self.tma} if self.kernel == "fwd" else {})}
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.bits == 16 else torch.float32
-
-    @property
-    def head_dim(self) -> int:
-        """The largest head dim (power of two) this tiling fits in shared memory, for the tests."""
-        return max(d for d in (64, 128) if smem_bytes(self, d) <= SMEM_LIMIT)
-
 
 # Hopper tilings that compile for sm_90 without spilling registers at head dims 64, 80 (64 + 16),
-# 96 and 128, GQA groups 1-7 (``python -m livecc.kernels.aot`` reads the compiled cubins). bf16
-# and fp16 only: fp32 on a GPU takes PyTorch's SDPA (``backends.kernel_serves``).
+# 96 and 128, GQA groups 1-7, in bf16 and fp16, with Triton 3.6 and 3.9 (``python -m
+# livecc.kernels.aot`` reads the compiled cubins; the test suite runs it).
 CONFIGS = [
-    TileConfig("fwd", 16, 128, 64, 8, 3), TileConfig("fwd", 16, 128, 128, 8, 2),
-    TileConfig("fwd", 16, 64, 64, 4, 4), TileConfig("fwd", 16, 128, 32, 8, 4),
-    TileConfig("bwd_kv", 16, 32, 128, 8, 3), TileConfig("bwd_kv", 16, 32, 128, 8, 4),
-    TileConfig("bwd_kv", 16, 64, 64, 8, 3), TileConfig("bwd_kv", 16, 32, 64, 8, 3),
-    TileConfig("bwd_q", 16, 128, 64, 8, 3), TileConfig("bwd_q", 16, 64, 64, 4, 3),
-    TileConfig("bwd_q", 16, 128, 32, 8, 4),
+    TileConfig("fwd", 128, 64, 8, 3), TileConfig("fwd", 128, 128, 8, 2),
+    TileConfig("fwd", 64, 64, 4, 4), TileConfig("fwd", 128, 32, 8, 4),
+    TileConfig("bwd_kv", 16, 128, 8, 3), TileConfig("bwd_kv", 16, 128, 8, 4),
+    TileConfig("bwd_kv", 32, 64, 8, 3), TileConfig("bwd_kv", 32, 64, 8, 4),
+    TileConfig("bwd_q", 128, 64, 8, 3), TileConfig("bwd_q", 64, 64, 4, 3),
+    TileConfig("bwd_q", 128, 32, 8, 4),
 ]
 FORCED: dict[str, TileConfig] = {}  # kernel -> the tiling to use instead of tuning (tests)
 _INTERPRETER_TILES = {"BM": 16, "BN": 16}  # the interpreter's tiles (pointer loads; tests force TMA)
-
-
-def smem_bytes(cfg: TileConfig, block_d: int) -> int:
-    """Shared memory a tiling asks for at padded head dim ``block_d``: the operand tiles resident
-    for the whole program plus ``num_stages`` copies of those streamed through the loop (Triton's
-    own count: fp32 d128 forward at (128, 64), 3 stages, is 262144 bytes)."""
-    elem = cfg.bits // 8
-    if cfg.kernel == "fwd":  # Q resident; K and V streamed
-        return elem * block_d * (cfg.BM + cfg.num_stages * 2 * cfg.BN)
-    if cfg.kernel == "bwd_kv":  # K and V resident; Q and dO streamed
-        return elem * block_d * (2 * cfg.BN + cfg.num_stages * 2 * cfg.BM)
-    return elem * block_d * (2 * cfg.BM + cfg.num_stages * 2 * cfg.BN)  # bwd_q: Q, dO resident; K, V streamed
-
-
-def _candidates(kernel: str, bits: int, block_d: int) -> list[TileConfig]:
-    fit = [c for c in CONFIGS if c.kernel == kernel and c.bits == bits and smem_bytes(c, block_d) <= SMEM_LIMIT]
-    if not fit:
-        raise ValueError(f"no {kernel} tiling of {bits}-bit inputs fits head dim {block_d} in shared memory")
-    return fit
 
 
 def tma_supported() -> bool:
@@ -122,13 +95,27 @@ def tma_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, page: int) -> bo
     return True
 
 
-def _prune(kernel: str):
+@lru_cache(maxsize=8)
+def _smem_limit(device: torch.device) -> int:
+    if device.type == "cuda":
+        return triton.runtime.driver.active.utils.get_device_properties(device.index or 0)["max_shared_mem"]
+    return SMEM_LIMIT  # compiling for a Hopper GPU from a machine without one (livecc.kernels.aot)
+
+
+def _prune(fn):
+    """Keep the tilings whose kernel, compiled for these arguments (the compile the tuner makes next
+    anyway), fits the device's shared memory."""
+
     def prune(configs, named_args, **kwargs):
-        meta = {**named_args, **kwargs}
-        bits = 32 if meta["Q"].dtype == torch.float32 else 16
-        block_d = meta["BD"] + (meta["BE"] if meta["SPLIT"] else 0)  # lanes of the head dim's parts
-        keep = {(c.BM, c.BN, c.num_warps, c.num_stages) for c in _candidates(kernel, bits, block_d)}
-        return [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages) in keep]
+        if named_args["Q"].dtype == torch.float32:
+            raise ValueError("the attention kernel has no fp32 tilings for a GPU (varlen_attention serves fp32 "
+                             "with PyTorch's SDPA there)")
+        limit = _smem_limit(named_args["Q"].device)
+        fit = [c for c in configs
+               if fn.warmup(grid=(1,), **named_args, **kwargs, **c.all_kwargs()).metadata.shared <= limit]
+        if not fit:
+            raise ValueError(f"{fn.__name__}: no tiling fits {limit} bytes of shared memory at head dim {kwargs['D']}")
+        return fit
 
     return prune
 
@@ -136,7 +123,7 @@ def _prune(kernel: str):
 def tuning_space(kernel: str, tma: bool = False) -> list[TileConfig]:
     """The tilings one tuner of ``kernel`` tries: each of ``CONFIGS``, and with ``tma`` (the
     forward's tuner for aligned, unpaged calls) each forward tiling through descriptors as well."""
-    return [TileConfig(c.kernel, c.bits, c.BM, c.BN, c.num_warps, c.num_stages, t)
+    return [TileConfig(c.kernel, c.BM, c.BN, c.num_warps, c.num_stages, t)
             for c in CONFIGS if c.kernel == kernel for t in ((False, True) if tma else (False,))]
 
 
@@ -145,7 +132,7 @@ def _tuned(kernel: str, fn, tma: bool = False):
     configs = [triton.Config(c.tiles, num_warps=c.num_warps, num_stages=c.num_stages)
                for c in tuning_space(kernel, tma)]
     key = ["D", "CAUSAL", "GROUP", "PAGE"] if kernel == "fwd" else ["D", "CAUSAL", "GROUP"]
-    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _prune(kernel)})(fn)
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _prune(fn)})(fn)
 
 
 def _launch(kernel: str, jitted, tuners: tuple, grid, args, meta: dict, tma: bool = False) -> None:
