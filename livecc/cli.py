@@ -81,13 +81,12 @@ def cmd_words(args) -> int:
 
 def cmd_stream(args) -> int:
     """Comment on a video file or live stream in real time; end with a latency summary (also on Ctrl-C)."""
-    from .infer import SessionConfig, StreamingSession, iter_windows, run_stream
+    from .infer import StreamingSession, iter_windows, run_stream
     from .models import load_model
     from .serve.vtt import VttWriter
 
     model, processor = load_model(args.model, args.device)
-    config = SessionConfig(query=args.query, max_new_tokens=args.max_new_tokens,
-                           repetition_penalty=args.repetition_penalty, horizon=args.horizon)
+    config = _session_config(model, args, query=args.query)
     session = StreamingSession(model, processor, config, cuda_graphs=not args.no_cuda_graphs)
     out = open(args.jsonl, "w") if args.jsonl else None
     subtitles = VttWriter(args.vtt) if args.vtt else None
@@ -103,7 +102,7 @@ def cmd_stream(args) -> int:
     source = "pipe:0" if args.source == "-" else args.source
     timeout = args.timeout if args.timeout > 0 else None
     try:
-        report = run_stream(session, iter_windows(source, format=args.format, timeout=timeout),
+        report = run_stream(session, iter_windows(source, config.plan, format=args.format, timeout=timeout),
                             realtime=not args.fast, max_lag=args.max_lag, on_result=show)
     finally:
         if out:
@@ -112,6 +111,33 @@ def cmd_stream(args) -> int:
             subtitles.close()
     print("summary: " + " ".join(f"{k}={v}" for k, v in report.summary().items()))
     return 130 if report.interrupted else 0
+
+
+def _session_config(model, args, **more):
+    """The model's own streaming settings (as it was trained: window plan, pixel bounds), with
+    what the command line sets."""
+    from .infer import SessionConfig
+
+    given = {k: getattr(args, k) for k in _SESSION_FLAGS if getattr(args, k, None) is not None}
+    return SessionConfig.for_model(model, **given, **more)
+
+
+def _session_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that override a stream's settings; unset ones come from the checkpoint or SessionConfig."""
+    from .infer import SessionConfig
+
+    d = SessionConfig()
+    parser.add_argument("--max-new-tokens", type=int, default=None, help=f"per window (default {d.max_new_tokens})")
+    parser.add_argument("--repetition-penalty", type=float, default=None, help=f"default {d.repetition_penalty}")
+    parser.add_argument("--horizon", type=float, default=None,
+                        help=f"seconds of video kept in the KV cache (default {d.horizon:g})")
+    parser.add_argument("--min-pixels", type=int, default=None, help="pixels per frame at least (default: the "
+                        f"checkpoint's, else {d.min_pixels})")
+    parser.add_argument("--max-pixels", type=int, default=None, help="pixels per frame at most (default: the "
+                        f"checkpoint's, else {d.max_pixels})")
+
+
+_SESSION_FLAGS = ("max_new_tokens", "repetition_penalty", "horizon", "min_pixels", "max_pixels")
 
 
 def _failures_exit(command: str, failed: int, allow: bool, where: str) -> int:
@@ -125,22 +151,26 @@ def _failures_exit(command: str, failed: int, allow: bool, where: str) -> int:
 
 def cmd_serve(args) -> int:
     """Serve live commentary: a page at / and an HTTP API, every stream stepped together on one engine."""
-    import tempfile
-
     import uvicorn
 
-    from .infer import SessionConfig
     from .models import load_model
     from .serve import Hub, create_app
+    from .serve.sources import SourcePolicy
 
+    if args.api_key is not None and not args.api_key:
+        print("livecc serve: --api-key '' would let anyone in; give a key, or leave the option out", file=sys.stderr)
+        return 2
     model, processor = load_model(args.model, args.device)
-    config = SessionConfig(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
-                           horizon=args.horizon)
-    upload_dir = args.upload_dir or tempfile.mkdtemp(prefix="livecc-uploads-")
-    hub = Hub(model, processor, max_streams=args.max_streams, config=config, upload_dir=upload_dir)
-    app = create_app(hub, api_key=args.api_key, max_upload_bytes=args.max_upload_mb << 20)
-    print(f"livecc serve: http://{args.host}:{args.port}/ ({args.max_streams} streams at most, uploads in "
-          f"{upload_dir})", flush=True)
+    config = _session_config(model, args)
+    hub = Hub(model, processor, max_streams=args.max_streams, config=config, upload_dir=args.upload_dir,
+              max_viewers=args.max_viewers)
+    origins = tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()) if args.allowed_origins else ()
+    app = create_app(hub, api_key=args.api_key, max_upload_bytes=args.max_upload_mb << 20,
+                     policy=SourcePolicy(allow_private=args.allow_private_sources), allowed_origins=origins)
+    key = f"?key={args.api_key}" if args.api_key else ""
+    print(f"livecc serve: http://{args.host}:{args.port}/{key} ({args.max_streams} streams at most, uploads in "
+          f"{hub.upload_dir}; frames at {config.min_pixels}-{config.max_pixels} pixels, windows of "
+          f"{config.plan.initial_frames} then {config.plan.frames_per_window} frames)", flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
@@ -340,9 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--vtt", default=None, help="also write the commentary as WebVTT subtitles here")
     stream.add_argument("--fast", action="store_true", help="as fast as possible instead of real-time pace")
     stream.add_argument("--format", default=None, help="container format for pipes (e.g. mpegts)")
-    stream.add_argument("--max-new-tokens", type=int, default=16)
-    stream.add_argument("--repetition-penalty", type=float, default=1.05)
-    stream.add_argument("--horizon", type=float, default=240.0, help="seconds of video kept in the KV cache")
+    _session_flags(stream)
     stream.add_argument("--max-lag", type=float, default=1.0, help="seconds behind real time before dropping")
     stream.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for the source to open and for each read (0: forever)")
@@ -356,11 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-streams", type=int, default=8, help="streams served at once (more: HTTP 429)")
     serve.add_argument("--api-key", default=None, help="require this key (Authorization: Bearer KEY)")
-    serve.add_argument("--upload-dir", default=None, help="where uploads are kept (default: a new temp dir)")
+    serve.add_argument("--upload-dir", default=None, help="where uploads are kept while their stream runs "
+                       "(default: a new temporary directory, removed at exit)")
     serve.add_argument("--max-upload-mb", type=int, default=512)
-    serve.add_argument("--max-new-tokens", type=int, default=16)
-    serve.add_argument("--repetition-penalty", type=float, default=1.05)
-    serve.add_argument("--horizon", type=float, default=240.0, help="seconds of video kept in the KV cache")
+    serve.add_argument("--max-viewers", type=int, default=16, help="viewers of one stream at once")
+    serve.add_argument("--allow-private-sources", action="store_true", help="read URLs on loopback, private and "
+                       "link-local addresses too (a trusted network only: the server fetches what it is given)")
+    serve.add_argument("--allowed-origins", default=None, help="comma-separated web origins, besides the page's "
+                       "own, that may drive the server from a browser (e.g. https://app.example)")
+    _session_flags(serve)
     serve.add_argument("--device", default=None)
     serve.set_defaults(func=cmd_serve)
 

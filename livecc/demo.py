@@ -21,10 +21,13 @@ from tqdm import tqdm
 from .data.records import ClipRecord, RecordWriter
 from .data.synth import background, synthesize_clip
 from .data.video import decode_clip
+from .data.windows import pace
 from .data.words import Word
-from .infer import SessionConfig, StreamingSession, step_through
+from .infer import SessionConfig, StreamingSession
 
 __all__ = ["DemoConfig", "run_demo", "word_f1"]
+
+DEMO_DECODING = "--max-new-tokens 8 --repetition-penalty 1.0"  # how the demo streams, as command-line flags
 
 TINY = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, vision_depth=2, vision_dim=64, vision_heads=4,
             tie_word_embeddings=True)
@@ -76,33 +79,33 @@ def _synthesize(root: Path, cfg: DemoConfig) -> tuple[Path, list[ClipRecord]]:
     return train_file, tests
 
 
-def _stream(model, processor, root: Path, record: ClipRecord, blank: bool, realtime: bool, show: bool) -> list[Word]:
+def _stream(model, processor, config: SessionConfig, root: Path, record: ClipRecord, blank: bool, realtime: bool,
+            show: bool) -> list[Word]:
     """Comment on a held-out clip window by window. Each word is stamped with the time of its
     window's last frame: a window answers the words spoken up to that frame (``docs/spec.md`` section 4)."""
-    config = SessionConfig(max_new_tokens=8, repetition_penalty=1.0, min_pixels=FRAME * FRAME, max_pixels=FRAME * FRAME)
     session = StreamingSession(model, processor, config)
     frames = decode_clip(root / record.video, record.video_start, record.video_end, resize=False).frames
     if blank:  # the empty field: no shapes at all
         frames = torch.from_numpy(background(tuple(frames.shape[1:3]))).expand_as(frames).clone()
-    words, start = [], time.monotonic()
-    for result in step_through(session, frames):
-        if realtime and (wait := start + result.end - time.monotonic()) > 0:
-            time.sleep(wait)  # a live viewer sees each comment when its window has played
-        said = result.end - 1 / session.fps
+    words = []
+    for window, _ in pace(config.plan.windows(frames), realtime=realtime):  # a live viewer's pace
+        result = session.step(window)
+        said = result.end - 1 / config.plan.fps
         words += [Word(said, said, w) for w in result.text.split()]
         if show and result.text:
             print(f"  [{result.start:5.1f}-{result.end:5.1f}s] {result.text}", flush=True)
     return words
 
 
-def _score(model, processor, root: Path, tests: list[ClipRecord], blank=False, realtime=False, show=False) -> dict:
+def _score(model, processor, config: SessionConfig, root: Path, tests: list[ClipRecord], blank=False,
+           realtime=False, show=False) -> dict:
     predicted, truth = [], []
     for k, record in enumerate(tests):
         if show:
             print(f"{record.video}: truth = {' '.join(w.text for w in record.words)}")
         shift = k * 1000.0  # keep clips apart on one time axis for matching
         predicted += [Word(w.start + shift, w.end + shift, w.text)
-                      for w in _stream(model, processor, root, record, blank, realtime, show)]
+                      for w in _stream(model, processor, config, root, record, blank, realtime, show)]
         truth += [Word(w.start + shift, w.end + shift, w.text) for w in record.words]
     return word_f1(predicted, truth)
 
@@ -132,13 +135,15 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     print("\nheld-out clips, streamed at real-time pace" if cfg.realtime else "\nheld-out clips")
     t0 = time.perf_counter()
-    trained = _score(model, processor, root, tests, realtime=cfg.realtime, show=True)
+    # as it was trained to stream (its recorded window plan and 112x112 frames), for all three runs
+    config = SessionConfig.for_model(model, max_new_tokens=8, repetition_penalty=1.0)  # = DEMO_DECODING
+    trained = _score(model, processor, config, root, tests, realtime=cfg.realtime, show=True)
     t_stream = time.perf_counter() - t0
     # On the device and dtype of the trained model: the kernels of one process run on one device.
     param = next(model.parameters())
     baseline = tiny_qwen2vl(seed=cfg.seed, **TINY).to(device=param.device, dtype=param.dtype).eval()
-    untrained = _score(baseline, processor, root, tests)
-    blanked = _score(model, processor, root, tests, blank=True)
+    untrained = _score(baseline, processor, config, root, tests)
+    blanked = _score(model, processor, config, root, tests, blank=True)
 
     rows = {"trained": trained, "untrained": untrained, "trained, blank frames": blanked}
     print("\n| model | precision | recall | F1 | words said | words true |\n|---|---|---|---|---|---|")
@@ -148,4 +153,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     timings = {"synthesize_s": round(t_synth, 1), "train_s": round(t_train, 1), "stream_s": round(t_stream, 1),
                "total_s": round(time.perf_counter() - started, 1)}
     print("\ntimings: " + " ".join(f"{k}={v}" for k, v in timings.items()))
-    return {"scores": rows, "timings": timings}
+    checkpoint = root / "run" / f"checkpoint-{trainer.step}"
+    clip = root / tests[-1].video if tests else root / "test000.mp4"
+    print(f"\nthe trained model: {checkpoint} (it streams as it was trained: windows of {config.plan.initial_frames} "
+          f"then {config.plan.frames_per_window} frames, {config.min_pixels} pixels a frame). Try it:\n"
+          f"  livecc stream {clip} --model {checkpoint} {DEMO_DECODING}\n"
+          f"  livecc serve --model {checkpoint} {DEMO_DECODING}    # then open http://127.0.0.1:8000/, "
+          f"choose {clip}, Start")
+    return {"scores": rows, "timings": timings, "checkpoint": str(checkpoint)}

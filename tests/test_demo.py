@@ -1,4 +1,8 @@
+import json
+from pathlib import Path
 
+from livecc.cli import main
+from livecc.data.records import ClipRecord, read_records
 from livecc.data.words import Word
 from livecc.demo import DemoConfig, run_demo, word_f1
 
@@ -21,3 +25,19 @@ def test_shortened_demo_learns_from_the_pixels(tmp_path, capsys):
     assert trained["f1"] > blank["f1"]  # with the frames blanked it falls back to its prior
     printed = capsys.readouterr().out
     assert "| trained |" in printed and "timings:" in printed
+    # The printed command streams a held-out clip as the demo did: the checkpoint carries the
+    # window plan and pixel budget it was trained with, so the same words come out.
+    command = next(line.split()[1:] for line in printed.splitlines() if line.strip().startswith("livecc stream"))
+    clip = command[1]
+    demo_said = printed.split(f"{Path(clip).name}: truth = ")[1].split("\n", 1)[1].split(".mp4: truth")[0]
+    demo_texts = [line.split("] ", 1)[1] for line in demo_said.splitlines() if line.strip().startswith("[")]
+    out = tmp_path / "said.jsonl"
+    assert main([*command, "--fast", "--jsonl", str(out)]) == 0
+    said = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in said if r["text"]] == demo_texts and demo_texts
+    records = (ClipRecord.from_messages(raw, "test.jsonl") for raw in read_records(tmp_path / "test.jsonl"))
+    record = next(r for r in records if r.video == Path(clip).name)
+    words = [Word(r["end"] - 0.5, r["end"] - 0.5, w) for r in said for w in r["text"].split()]
+    score = word_f1(words, record.words)
+    print(f"livecc stream on {Path(clip).name}: F1 {score['f1']:.3f} against the truth")
+    assert score["f1"] > 0

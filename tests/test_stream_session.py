@@ -57,7 +57,7 @@ def test_after_eviction_logits_equal_a_masked_full_forward(processor, gen):
     assert sum(r.evicted_tokens for r in results) > 0 and session.trace.evictions
     check_logits(model, session)
     # Text kept: the 10 sink tokens and the 40 most recent, in the order they were fed.
-    fed_text = (torch.cat(session.trace.ids) != session.engine.ids.video_pad).nonzero().flatten()
+    fed_text = (torch.cat(session.trace.ids) != session.engine.policy.ids.video_pad).nonzero().flatten()
     cache = session.cache
     kept = cache.origin[: cache.length][cache.kind[: cache.length] == 0]
     assert sorted(kept.tolist()) == fed_text[:10].tolist() + fed_text[-40:].tolist()
@@ -72,8 +72,8 @@ def test_the_kernel_path_equals_one_full_forward(processor, gen, triton_interpre
     session = StreamingSession(model, processor, max_new_tokens=3, trace=True, page_size=16,
                                min_pixels=56 * 56, max_pixels=56 * 56)
     if static:
-        session.engine.decode_graphs = DecodeGraphs.of(model, session.cache.pool)
-        session.engine.prefill_graphs = PrefillGraphs.of(model, session.cache.pool)
+        session.engine.runner.decode_graphs = DecodeGraphs(model, session.cache.pool)
+        session.engine.runner.prefill_graphs = PrefillGraphs(model, session.cache.pool)
     for _ in range(2):
         session.step(torch.randint(0, 256, (session.frames_needed, 56, 56, 3), dtype=torch.uint8, generator=gen))
     assert sum(1 for fed, _ in session.trace.logits) >= 4  # two prefills and decode steps
@@ -157,8 +157,8 @@ def test_static_decode_steps_and_prefills_say_what_the_plain_path_says(processor
         sessions = [StreamingSession(model, processor, max_new_tokens=12, trace=True, pool=pool, **kw)
                     for kw in options]
         if static:
-            sessions[0].engine.decode_graphs = DecodeGraphs.of(model, pool)
-            sessions[0].engine.prefill_graphs = PrefillGraphs.of(model, pool)
+            sessions[0].engine.runner.decode_graphs = DecodeGraphs(model, pool)
+            sessions[0].engine.runner.prefill_graphs = PrefillGraphs(model, pool)
         results = [step_streams(sessions, [f[w] for f in frames], [forced(i, w) for i in range(3)])
                    for w in range(4)]
         return sessions, results, pool
@@ -166,9 +166,10 @@ def test_static_decode_steps_and_prefills_say_what_the_plain_path_says(processor
     plain, plain_results, _ = run(static=False)
     static, static_results, pool = run(static=True)
     assert [[r.token_ids for r in w] for w in static_results] == [[r.token_ids for r in w] for w in plain_results]
-    graphs = pool.decode_graphs
+    runner = static[0].engine.runner
+    graphs = runner.decode_graphs
     assert pool.growths > 0 and graphs.width > 4 and graphs.builds > 3
-    assert pool.prefill_graphs.builds >= 2  # rebuilt after the pool grew
+    assert runner.prefill_graphs.builds >= 2  # rebuilt after the pool grew
     assert len({len(r.token_ids) for r in static_results[1]}) > 1  # the decode batch shrank within a window
     for s in static:
         check_logits(model, s)
@@ -193,48 +194,53 @@ def test_a_question_asked_mid_stream_goes_into_the_next_window(processor, gen):
 
 def test_the_decode_loop_reads_the_host_once_per_step_for_all_streams(processor, gen, monkeypatch):
     """Token choice (penalty, argmax, sampling) stays on the device; the engine's decode reads the
-    host once per step however many streams talk, never per stream, and copies to the device only
-    the tokens it feeds, once per step."""
+    host once per step however many streams talk, never per stream, and the static step (what a
+    GPU replays) copies its inputs to the device once per step, for all streams."""
     import inspect
 
-    from livecc.infer import engine as engine_module
+    from livecc.infer import engine, graphs, policy, runner
 
-    reads = []
+    loop = {(engine.__file__, "_decode"), (engine.__file__, "_decode_step"), (policy.__file__, "choose"),
+            (runner.__file__, "decode"), (graphs.__file__, "step")}
+    in_loop = lambda frame: (frame.f_code.co_filename, frame.f_code.co_name) in loop
+    reads, copies = [], []
     for name in ("tolist", "item", "cpu", "__int__", "__bool__", "__float__"):
         original = getattr(torch.Tensor, name)
 
         def counted(self, *args, __original=original, __name=name, **kwargs):
-            caller = inspect.currentframe().f_back
-            if caller.f_code.co_filename == engine_module.__file__ and caller.f_code.co_name in (
-                    "decode", "decode_step", "choose"):
+            if in_loop(inspect.currentframe().f_back):
                 reads.append(__name)
             return __original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-    copies = []  # tensors made from host data on the device: a host-to-device copy each
-    make = torch.tensor
+    copy, make = torch.Tensor.copy_, torch.tensor
+
+    def counted_copy(self, src, non_blocking=False):
+        if in_loop(inspect.currentframe().f_back) and non_blocking:
+            copies.append("inputs")  # the staging buffer to the device
+        return copy(self, src, non_blocking)
 
     def tensor(*args, **kwargs):
-        caller = inspect.currentframe().f_back
-        if kwargs.get("device") is not None and caller.f_code.co_filename == engine_module.__file__ and \
-                caller.f_code.co_name in ("decode", "decode_step", "choose"):
-            copies.append(caller.f_code.co_name)
+        if kwargs.get("device") is not None and in_loop(inspect.currentframe().f_back):
+            copies.append("a tensor made on the device from host data")
         return make(*args, **kwargs)
 
+    monkeypatch.setattr(torch.Tensor, "copy_", counted_copy)
     monkeypatch.setattr(torch, "tensor", tensor)
     steps = []
-    monkeypatch.setattr(engine_module.StreamEngine, "decode_step",
-                        lambda self, *a, __f=engine_module.StreamEngine.decode_step: steps.append(1) or __f(self, *a))
+    monkeypatch.setattr(engine.StreamEngine, "_decode_step",
+                        lambda self, *a, __f=engine.StreamEngine._decode_step: steps.append(1) or __f(self, *a))
     model = tiny_qwen2vl(seed=0)
     for n in (1, 4):
         reads.clear(), steps.clear(), copies.clear()
         pool = KVPool.for_model(model, page_size=16)
         sessions = [StreamingSession(model, processor, pool=pool, max_new_tokens=6, temperature=0.7 * (i % 2),
                                      seed=i) for i in range(n)]
+        sessions[0].engine.runner.decode_graphs = DecodeGraphs(model, pool)  # the static step, eager here
         frames = [torch.randint(0, 256, (6, 56, 56, 3), dtype=torch.uint8, generator=gen) for _ in range(n)]
         step_streams(sessions, frames)
-        assert reads == ["tolist"] * (len(steps) + 1), (n, reads)  # one per step: the chosen tokens
-        assert copies == ["decode_step"] * len(steps), (n, copies)  # and one back: the tokens fed
+        assert steps and reads == ["tolist"] * (len(steps) + 1), (n, reads)  # one per step: the chosen tokens
+        assert copies == ["inputs"] * len(steps), (n, copies)  # and one back: the step's inputs
 
 
 def test_warm_up_sizes_the_pool_and_builds_every_decode_step_before_the_first_window(processor, gen):
@@ -243,16 +249,17 @@ def test_warm_up_sizes_the_pool_and_builds_every_decode_step_before_the_first_wi
     sessions = [StreamingSession(model, processor, pool=pool, max_new_tokens=4, min_pixels=56 * 56, max_pixels=56 * 56)
                 for _ in range(3)]
     engine = sessions[0].engine
-    engine.decode_graphs = DecodeGraphs.of(model, pool)  # the static steps (captured on CUDA), eager here
-    engine.prefill_graphs = PrefillGraphs.of(model, pool)
+    engine.runner.decode_graphs = DecodeGraphs(model, pool)  # the static steps (captured on CUDA), eager here
+    engine.runner.prefill_graphs = PrefillGraphs(model, pool)
     engine.warm_up(max_streams=3, max_tokens=400)
-    builds, growths = (engine.decode_graphs.builds, engine.prefill_graphs.builds), pool.growths
+    graphs = engine.runner
+    builds, growths = (graphs.decode_graphs.builds, graphs.prefill_graphs.builds), pool.growths
     assert pool.pages >= 3 * 25 and builds == (3, len(BUCKETS))
     for _ in range(3):
         step_streams(sessions, [torch.randint(0, 256, (s.frames_needed, 56, 56, 3), dtype=torch.uint8, generator=gen)
                                 for s in sessions])
     # nothing built or grown mid-stream
-    assert ((engine.decode_graphs.builds, engine.prefill_graphs.builds), pool.growths) == (builds, growths)
+    assert ((graphs.decode_graphs.builds, graphs.prefill_graphs.builds), pool.growths) == (builds, growths)
 
 
 def test_compiled_vision_blocks_encode_what_the_plain_ones_do(processor, gen):

@@ -4,6 +4,7 @@ import subprocess
 import time
 
 import pytest
+import torch
 
 from livecc.cli import main
 from livecc.data.synth import synthesize_clip
@@ -21,8 +22,9 @@ def clip(tmp_path_factory):
 
 def test_windows_of_a_file(clip):
     windows = list(iter_windows(str(clip)))
-    assert [w.shape[0] for w, _ in windows] == [6] + [2] * 3  # 12 frames at 2 FPS over 6 s
-    assert [t for _, t in windows] == [3.0, 4.0, 5.0, 6.0]
+    assert [w.frames.shape[0] for w in windows] == [6] + [2] * 3  # 12 frames at 2 FPS over 6 s
+    assert [(w.index, w.start, w.end) for w in windows] == [(0, 0.0, 3.0), (1, 3.0, 4.0), (2, 4.0, 5.0),
+                                                            (3, 5.0, 6.0)]
 
 
 def test_live_stream_from_ffmpeg_pipe_is_commented_while_it_plays(clip, processor):
@@ -53,10 +55,16 @@ def test_falling_behind_drops_windows_and_says_so(clip, processor):
             time.sleep(1.6)  # slower than real time: 1 s windows take 1.6 s
             return super().step(frames, force_text)
 
-    session = SlowSession(tiny_qwen2vl(seed=0), processor, max_new_tokens=1)
-    report = run_stream(session, iter_windows(str(clip)), realtime=True, max_lag=0.5)
+    session = SlowSession(tiny_qwen2vl(seed=0), processor, max_new_tokens=1, trace=True)
+    said = []
+    report = run_stream(session, iter_windows(str(clip)), realtime=True, max_lag=0.5, on_result=said.append)
     assert report.dropped >= 1 and report.windows + report.dropped == 4
-    assert session.clock == 6.0  # the clock skipped the dropped windows: Time= stays true
+    # A dropped window is a gap: each window commented keeps its own times, and Time= says them.
+    text = processor.tokenizer.decode(torch.cat(session.trace.ids))
+    ends = [r.end for r in said]
+    assert ends == sorted(ends) and set(ends) < {3.0, 4.0, 5.0, 6.0}
+    assert all(r.end - r.start == (3.0 if r.start == 0 else 1.0) for r in said)
+    assert all(f"Time={r.start:.1f}-{r.end:.1f}s" in text for r in said)
 
 
 def test_cli_stream_writes_commentary_and_summary(clip, tmp_path, capsys):

@@ -63,6 +63,7 @@ QUICK_TESTS = [
     f"{KERNELS}test_paged_decode_attention[d128-28x4-bf16]",
     f"{KERNELS}test_text_only_linear_cross_entropy[mean-bf16]",
     f"{KERNELS}test_rotary_qk[4097-28x4-d128-bf16]",
+    f"{KERNELS}test_rerotate_keys[bf16]",
     f"{KERNELS}test_preprocess_frames[1080p]",
     f"{KERNELS}test_preprocess_frames[13x9]",
     f"{KERNELS}test_every_attention_backend_against_the_reference[mixed-torch_varlen]",
@@ -77,7 +78,8 @@ QUICK = [
     Item("ceilings: copy bandwidth and bf16 GEMM rate", "bench", ["ceilings"], 15),
     Item("kernels compiled for this GPU in parallel processes", "compile", ["--scope", "quick"], 25),
     Item("tests in bf16: attention d128 GQA 28/4 and d80 (fwd, bwd, after a cache), paged prefill after an unpaged "
-         "call, paged decode, cross-entropy, rotary, preprocessing, the attention backends; the tiny model against "
+         "call, paged decode, cross-entropy, rotary, key re-rotation, preprocessing, the attention backends; the tiny "
+         "model against "
          "SDPA; streams against one masked forward (CUDA graphs); 5 training steps under activation checkpointing "
          "with the dispatcher probing; the demo, shortened; NVDEC on one clip", "tests", QUICK_TESTS, 140, 60),
     Item("bench attention: d128 causal GQA 28/4 at 16k and the ViT's d80, beside FA2 and cuDNN", "bench",
@@ -86,7 +88,8 @@ QUICK = [
     Item("bench cross_entropy: 16k rows, 5% text, 7B head", "bench",
          ["cross_entropy", "--text-fracs", "0.05", "--no-large-pack"], 15),
     Item("bench stream: 7B-shape windows, p50/p99 beside the floor", "bench",
-         ["stream", "--windows", "8", "--streams", "", "--memory-windows", "0", "--runs", "livecc"], 40),
+         ["stream", "--windows", "8", "--streams", "", "--memory-windows", "0", "--runs", "livecc", "--long-hours", ""],
+         40),
     Item("bench train: one 7B-shape step at a 16k pack", "bench",
          ["train", "--shapes", "qwen2vl-7b", "--packs", "16384", "--variants", "livecc", "--steps", "2"], 25),
     Item("bench video: the frame-to-patch kernel's bandwidth", "bench", ["video", "--kernel-only", "--seconds", "2"],

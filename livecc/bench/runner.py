@@ -20,6 +20,7 @@ BENCHMARKS = {
     "video": "decode + preprocess to ViT patch rows against decord + Hugging Face's processor",
     "stream": "streaming windows against the reference loop; streams stepped together; memory over a stream",
     "train": "training tokens/s and MFU against the reference stack",
+    "serve": "live streams and viewers one server holds, every window delivered and health under 1 s",
 }
 
 

@@ -11,8 +11,9 @@ windows (3 s, then 1 s at 2 FPS), greedy decoding, repetition penalty 1.05, <= 1
 stopping at ``' ...'`` or ``<|im_end|>``.
 
 Measured: per-window latency (p50/p99; GPU: against the physical floor), real-time streams
-(N sessions stepped together; sustained while a round of N windows takes < 1 s at p99) and memory
-over a long stream (livecc with a short horizon; the reference's cache growth per window).
+(N sessions stepped together; sustained while a round of N windows takes < 1 s at p99), memory
+over a stream (livecc with a short horizon; the reference's cache growth per window) and a long
+stream with the default bounds (cache tokens, largest position and latency after hours).
 GPU: the 7B Qwen2-VL shape with random bf16 weights, frames at the demo budget (384*28*28 px).
 CPU: a tiny random model; only the ratios mean anything.
 
@@ -226,6 +227,27 @@ def memory(model, processor, n_windows: int, horizon: float, text_tokens: int, s
             for i, r in enumerate(rows) if i % max(1, n_windows // 12) == 0 or i == n_windows - 1]
 
 
+def long_stream(model, processor, hours: list[float], size, device, pixels: int | None) -> list[dict]:
+    """One stream with the default bounds through ``max(hours)`` hours of one-second windows (one
+    window's frames reused: what matters is how the cache and positions behave): at each hour, its
+    cache tokens, its largest position so far and the window latency over the last 100 windows."""
+    options = {} if pixels is None else {"min_pixels": pixels, "max_pixels": pixels}
+    session = StreamingSession(model, processor, SessionConfig(**options))
+    first, later = windows(2, size, device, seed=11)
+    marks, rows, latencies, largest = sorted(hours), [], [], 0
+    for w in range(int(marks[-1] * 3600)):
+        result = session.step(first if w == 0 else later)
+        latencies = (latencies + [result.timings["total"]])[-100:]
+        largest = max(largest, result.next_position)
+        if (w + 1) / 3600 in marks:
+            rows.append({"provider": "livecc, long stream", "stream_hours": (w + 1) / 3600,
+                         "cache_tokens": result.cache_tokens, "largest_position": largest,
+                         "p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99),
+                         "evicted_tokens": session.cache.evicted})
+    session.close()
+    return rows
+
+
 def run(argv=()) -> Sweep:
     parser = argparse.ArgumentParser(prog="livecc bench stream", description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=30)
@@ -233,6 +255,8 @@ def run(argv=()) -> Sweep:
     parser.add_argument("--streams", default="1,8,16,32,48,64,96" if on_gpu() else "1,2,4",
                         help="stream counts stepped together ('' for none)")
     parser.add_argument("--memory-windows", type=int, default=300 if on_gpu() else 60, help="0 for no memory run")
+    parser.add_argument("--long-hours", default="1", help="hours of one-second windows for the long-stream rows "
+                        "(e.g. 1,10; '' for none). CPU: 56x56 frames")
     args = parser.parse_args(list(argv))
     runs = tuple(args.runs.split(","))
     if "livecc" not in runs or set(runs) - set(RUNS):
@@ -251,6 +275,9 @@ def run(argv=()) -> Sweep:
     horizon, text_tokens = (60.0, 4096) if gpu else (10.0, 512)
     mem = memory(model, processor, args.memory_windows, horizon, text_tokens, size, device) \
         if args.memory_windows else []
+    hours = [float(h) for h in args.long_hours.split(",") if h]
+    long = long_stream(model, processor, hours, size if gpu else (56, 56), device, None if gpu else 56 * 56) \
+        if hours else []
     notes = (f"{'7B Qwen2-VL shape, random bf16 weights' if gpu else 'tiny random Qwen2-VL on CPU (ratios only)'}; "
              f"frames {size[0]}x{size[1]}, max_pixels 384*28*28, {args.windows} windows (first two excluded from "
              "p50/p99).")
@@ -265,7 +292,8 @@ def run(argv=()) -> Sweep:
             "prefill_ms", "prefill_floor_ms", "decode_ms_per_token", "decode_floor_ms_per_token", "gpu_busy",
             "new_tokens", "prefill_tokens",
             "speedup_vs_reference", "streams", "round_p50_ms", "round_p99_ms", "real_time", "vs_one_at_a_time",
-            "window", "cache_tokens", "held_mb", "pool_mb", "evict_ms"]
+            "window", "cache_tokens", "held_mb", "pool_mb", "evict_ms", "stream_hours", "largest_position",
+            "evicted_tokens"]
     ours = lat[0]
     headline = [
         {"target": "P6", "goal": "p50 <= 1.3x floor, p99 <= 1.2x p50, >= 5x the reference loop, GPU busy >= 90%",
@@ -283,5 +311,9 @@ def run(argv=()) -> Sweep:
         headline.append({"target": "P8", "goal": "memory flat after the horizon",
                          "figure": f"held {mem[len(mem) // 2]['held_mb']:.2f} -> {mem[-1]['held_mb']:.2f} MB "
                                    "(mid -> last window)"})
+    if long:
+        headline.append({"target": "P8 long stream", "goal": "cache and positions flat over hours (defaults)",
+                         "figure": "; ".join(f"{r['stream_hours']:g} h: {r['cache_tokens']} tokens, largest position "
+                                             f"{r['largest_position']}, p50 {r['p50_ms']:.1f} ms" for r in long)})
     plot = Plot("streams", "round_p50_ms", "provider", "round p50, ms") if many else None
-    return Sweep("stream", lat + many + mem, cols, notes, plot, headline)
+    return Sweep("stream", lat + many + mem + long, cols, notes, plot, headline)

@@ -1,6 +1,7 @@
 """The LiveCC streaming training sample (``docs/spec.md`` section 4).
 
-A clip's frames are cut into windows (6 frames = 3 s first, then 2 frames = 1 s); each window is a
+A clip's frames are cut into windows by the stream's :class:`~livecc.data.windows.WindowPlan` (6
+frames = 3 s first, then 2 frames = 1 s, as inference cuts them); each window is a
 user turn ``Time=a-b s`` + its frames, followed by an assistant turn with the words whose end time
 is at or before the window's last frame, ending in the streaming EOS ``' ...'``. Only assistant
 content through ``<|im_end|>`` carries labels.
@@ -34,7 +35,8 @@ from ..qwen2vl.vision import PixelBudget, VisionSpec, clip_frame_size
 from .image import image_pixel_bounds, image_size, load_image
 from .paths import resolve_under
 from .records import ClipRecord, RecordError
-from .video import FPS, VideoClip, VideoError, decode_clip
+from .video import VideoClip, VideoError, decode_clip
+from .windows import WindowPlan
 from .words import Word
 
 __all__ = [
@@ -81,12 +83,9 @@ class StreamingSample:
     image_grid_thw: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 3, dtype=torch.long))
 
 
-def plan_windows(n_frames: int, initial_frames: int = 6, streaming_frames: int = 2, fps: float = FPS) -> list[Window]:
-    """Frame windows: the first holds ``initial_frames`` (fewer for a short clip), then ``streaming_frames``."""
-    bounds = [0, min(initial_frames, n_frames)]
-    while bounds[-1] < n_frames:
-        bounds.append(min(bounds[-1] + streaming_frames, n_frames))
-    return [Window(slice(a, b), a / fps, b / fps) for a, b in zip(bounds, bounds[1:])]
+def plan_windows(n_frames: int, plan: WindowPlan = WindowPlan()) -> list[Window]:
+    """A clip's windows by ``plan`` (the first fewer frames for a short clip)."""
+    return [Window(slice(a, b), a / plan.fps, b / plan.fps) for a, b in plan.bounds(n_frames)]
 
 
 def assign_words(windows: list[Window], pts: list[float], words: list[Word]) -> None:
@@ -137,8 +136,7 @@ def build_streaming_sample(
     video_root: str | os.PathLike | None = None,
     clip: VideoClip | None = None,
     with_context: bool = False,
-    initial_frames: int = 6,
-    streaming_frames: int = 2,
+    plan: WindowPlan = WindowPlan(),
     budget: PixelBudget = PixelBudget(),
     backend: str = "auto",
     dtype: torch.dtype = torch.float32,
@@ -163,12 +161,12 @@ def build_streaming_sample(
     if clip is None:
         clip = _open_clip(record.video, record.video_start, record.video_end, source=source, video_root=video_root,
                           allow_absolute_paths=allow_absolute_paths, budget=budget, backend=backend, device=device,
-                          rule=frame_rule)
+                          rule=frame_rule, fps=plan.fps)
     if clip.cut_short and (late := sum(w.end > clip.pts[-1] for w in record.words)):
         raise VideoError(f"{source}: {clip.source} ends at {clip.pts[-1]:.2f} s, before the clip's end "
                          f"({record.video_end} s); {late} of its words lie past the video")
 
-    windows = plan_windows(len(clip.pts), initial_frames, streaming_frames)
+    windows = plan_windows(len(clip.pts), plan)
     assign_words(windows, clip.pts, record.words)
     while windows and not windows[-1].words:  # trailing silent windows teach nothing
         windows.pop()

@@ -130,9 +130,9 @@ def cc_generate(events: list[Event], model, processor, video_root: str | Path, o
         for event in tqdm(todo, desc=f"cc-generate shard {shard}", unit="event"):
             try:
                 path = resolve_under(video_root, event.video, source=event.key, allow_absolute=allow_absolute_paths)
-                clip = decode_clip(path, event.begin, event.end, resize=False)
-                config = SessionConfig(query=commentary_prompt(event, style), max_new_tokens=max_new_tokens,
-                                       repetition_penalty=repetition_penalty)
+                config = SessionConfig.for_model(model, query=commentary_prompt(event, style),
+                                                 max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+                clip = decode_clip(path, event.begin, event.end, resize=False, fps=config.plan.fps)
                 session = StreamingSession(model, processor, config)
                 try:
                     pred = comment_on_clip(session, clip.frames)

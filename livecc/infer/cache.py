@@ -1,10 +1,14 @@
 """KV memory for streams: fixed-size pages in one pool, and each stream's ordered view of them.
 
-Keys are stored after RoPE, so evicting tokens never re-rotates the survivors: each keeps the
-position it was computed with. A stream holds ``ceil(live tokens / page size)`` pages; eviction
-fills the holes with the last survivors and hands the emptied pages back to the pool, so a stream
-whose visual tokens expire past a horizon holds a bounded number of pages, and the pool, shared by
-every stream of a process, stops growing once its streams do.
+Keys are stored after RoPE: evicting tokens leaves the survivors' keys as they are, each at the
+position it was computed with, until the stream closes the gaps (:meth:`StreamKVCache.gaps` says
+by how much each survivor moves; the engine re-rotates their keys and :meth:`StreamKVCache.shift`
+records it). A stream holds ``ceil(live tokens / page size)`` pages; eviction fills the holes with
+the last survivors and hands the emptied pages back to the pool, so a stream whose tokens expire
+holds a bounded number of pages, and the pool, shared by every stream of a process, stops growing
+once its streams do. Per token the cache keeps (on the host) its kind, stream time, index in
+everything fed, the position range ``[lo, hi)`` its block occupies (a text token its position, a
+window's visual tokens the whole range of their grid) and how far it has moved.
 """
 
 from __future__ import annotations
@@ -29,9 +33,6 @@ class KVPool:
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.free = list(range(pages - 1, -1, -1))  # a stack: the lowest page is lent first
         self.growths = 0  # bumped whenever the buffers are reallocated (captured graphs hold their addresses)
-        self.decode_graphs = None  # the CUDA-graph decode steps over this pool, shared by its streams
-        self.prefill_graphs = None  # the CUDA-graph prefills over this pool
-        self.engine = None  # the StreamEngine of this pool
 
     @classmethod
     def for_model(cls, model, **kwargs) -> KVPool:
@@ -82,6 +83,9 @@ class KVPool:
 class StreamKVCache:
     """One stream's tokens in pool pages: token ``j`` is at slot ``page_table[j // S] * S + j % S``."""
 
+    META = {"kind": torch.int8, "time": torch.float64, "origin": torch.long, "lo": torch.long, "hi": torch.long,
+            "moved": torch.long}
+
     def __init__(self, pool: KVPool):
         self.pool = pool
         self.page_table: list[int] = []
@@ -89,6 +93,9 @@ class StreamKVCache:
         self.kind = torch.empty(0, dtype=torch.int8)  # TEXT or VISION, per cached token
         self.time = torch.empty(0, dtype=torch.float64)  # stream seconds the token belongs to
         self.origin = torch.empty(0, dtype=torch.long)  # index of the token in everything ever fed
+        self.lo = torch.empty(0, dtype=torch.long)  # the position range its block occupies: [lo, hi)
+        self.hi = torch.empty(0, dtype=torch.long)
+        self.moved = torch.empty(0, dtype=torch.long)  # positions it has moved down, in all
         self.fed = 0
         self.evicted = 0
 
@@ -100,10 +107,9 @@ class StreamKVCache:
             self.page_table += self.pool.allocate(pages - len(self.page_table))
         if need > self.kind.numel():  # metadata grows by doubling
             size = max(need, 2 * self.kind.numel())
-            for name in ("kind", "time", "origin"):
-                old = getattr(self, name)
-                grown = torch.empty(size, dtype=old.dtype)
-                grown[: self.length] = old[: self.length]
+            for name, dtype in self.META.items():
+                grown = torch.empty(size, dtype=dtype)
+                grown[: self.length] = getattr(self, name)[: self.length]
                 setattr(self, name, grown)
 
     def slot(self, j: int) -> int:
@@ -116,11 +122,12 @@ class StreamKVCache:
         page = self.pool.page_size
         return torch.tensor(self.page_table, dtype=torch.long)[j // page] * page + j % page
 
-    def commit(self, n: int, kind: torch.Tensor | int, time: float) -> None:
+    def commit(self, n: int, kind: torch.Tensor | int, time: float, lo: torch.Tensor, hi: torch.Tensor) -> None:
         """Account for the ``n`` tokens every layer has just written after the live ones."""
-        self.kind[self.length : self.length + n] = kind
-        self.time[self.length : self.length + n] = time
-        self.origin[self.length : self.length + n] = torch.arange(self.fed, self.fed + n)
+        span = slice(self.length, self.length + n)
+        self.kind[span], self.time[span], self.lo[span], self.hi[span] = kind, time, lo, hi
+        self.origin[span] = torch.arange(self.fed, self.fed + n)
+        self.moved[span] = 0
         self.length += n
         self.fed += n
 
@@ -140,7 +147,8 @@ class StreamKVCache:
             for layer in range(len(self.pool.keys)):
                 for buf in self.pool.slot_view(layer):
                     buf[dst] = buf[src]  # holes lie before `live`, movers after: no overlap
-            for meta in (self.kind, self.time, self.origin):
+            for name in self.META:
+                meta = getattr(self, name)
                 meta[holes] = meta[movers]
         self.length = live
         self.evicted += n_drop
@@ -148,6 +156,28 @@ class StreamKVCache:
         self.pool.release(self.page_table[held:])
         del self.page_table[held:]
         return n_drop
+
+    def gaps(self, end: int) -> tuple[torch.Tensor, int]:
+        """Positions below ``end`` (the stream's next) that no live token's block occupies, as
+        ``(how far each live token would move down to close the gaps below it [length], how many
+        are free in all)``."""
+        lo, hi = self.lo[: self.length], self.hi[: self.length]
+        order = torch.argsort(lo)
+        starts, ends = lo[order], torch.cummax(hi[order], 0).values
+        # a block starts a gap when it begins past every block before it ends
+        reach = torch.cat([torch.zeros(1, dtype=torch.long), ends[:-1]]) if self.length else ends
+        free_before = torch.cumsum((starts - reach).clamp(min=0), 0)
+        shift = torch.empty_like(lo)
+        shift[order] = free_before
+        covered_end = int(ends[-1]) if self.length else 0
+        total = (int(free_before[-1]) if self.length else 0) + max(0, end - covered_end)
+        return shift, total
+
+    def shift(self, moved: torch.Tensor) -> None:
+        """Record that the live tokens moved down by ``moved [length]`` positions."""
+        for name in ("lo", "hi"):
+            getattr(self, name)[: self.length] -= moved
+        self.moved[: self.length] += moved
 
     def close(self) -> None:
         """Give every page back to the pool."""

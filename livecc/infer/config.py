@@ -1,10 +1,19 @@
-"""A stream's settings in one dataclass: what the CLI, evaluation, the demo and the benchmarks pass around."""
+"""A stream's settings in one dataclass: what the CLI, evaluation, the demo and the benchmarks pass around.
+
+Bounded by default, so a stream can run forever: the KV cache keeps the last ``horizon`` seconds
+of frames, the first ``text_sink`` text tokens (the system turn, the query) and the most recent
+``max_text_tokens`` of the rest; the sizes are StreamingVLM's (a 16 s vision window, a 512-token
+text sink and a 512-token recent-text window, trained on LiveCC's own data). Evicted tokens free
+their positions; once ``compact_after`` are free the survivors move down to close the gaps
+(their keys re-rotated), so the largest position stays within the cache's size and the range the
+model was trained on.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
-from ..data.video import FPS
+from ..data.windows import StreamFormat, WindowPlan
 
 __all__ = ["SessionConfig"]
 
@@ -15,25 +24,41 @@ class SessionConfig:
     max_new_tokens: int = 16  # per window
     repetition_penalty: float = 1.05
     temperature: float = 0.0  # 0: greedy
-    horizon: float = 240.0  # seconds of video kept in the KV cache; older visual tokens are evicted
-    text_sink: int = 0  # with max_text_tokens: the first text tokens, always kept
-    max_text_tokens: int | None = None  # cap on old text kept (None: all of it)
+    horizon: float = 16.0  # seconds of video kept in the KV cache; older visual tokens are evicted
+    text_sink: int = 512  # the first text tokens, always kept
+    max_text_tokens: int | None = 512  # the most recent text kept after the sink (None: all of it, unbounded)
+    compact_after: int | None = 1024  # free positions before the survivors close the gaps (0: at every
+    #                                   eviction; None: never, positions grow with the stream)
     min_pixels: int = 100 * 28 * 28  # per frame
     max_pixels: int = 384 * 28 * 28
-    initial_frames: int = 6  # the first window: 3 s at 2 FPS
-    streaming_frames: int = 2  # every later window: 1 s
-    fps: float = FPS
+    plan: WindowPlan = WindowPlan()  # frames per window and fps
     seed: int = 0  # for sampling
 
     def __post_init__(self):
-        for name in ("max_new_tokens", "initial_frames", "streaming_frames", "min_pixels", "max_pixels"):
+        for name in ("max_new_tokens", "min_pixels", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not (self.repetition_penalty > 0 and self.temperature >= 0 and self.horizon > 0 and self.fps > 0):
-            raise ValueError("repetition_penalty, horizon and fps must be positive and temperature >= 0")
-        if self.max_text_tokens is not None and self.max_text_tokens < 0 or self.text_sink < 0:
-            raise ValueError("max_text_tokens and text_sink must be >= 0")
+        if not (self.repetition_penalty > 0 and self.temperature >= 0 and self.horizon > 0):
+            raise ValueError("repetition_penalty and horizon must be positive and temperature >= 0")
+        if self.text_sink < 0 or any(v is not None and v < 0 for v in (self.max_text_tokens, self.compact_after)):
+            raise ValueError("text_sink, max_text_tokens and compact_after must be >= 0")
+        if self.max_pixels < self.min_pixels:
+            raise ValueError(f"max_pixels ({self.max_pixels}) is below min_pixels ({self.min_pixels})")
+        if not isinstance(self.query, str):
+            raise ValueError(f"query must be text, got {type(self.query).__name__}")
 
     @classmethod
     def names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
+
+    @classmethod
+    def for_model(cls, model, **overrides) -> SessionConfig:
+        """The settings ``model`` was trained to stream with (its recorded window plan and pixel
+        bounds, where training recorded them), then ``overrides``."""
+        trained = StreamFormat.of_model(model)
+        base = cls() if trained is None else cls(plan=trained.plan, min_pixels=trained.min_pixels,
+                                                    max_pixels=trained.max_pixels)
+        unknown = set(overrides) - cls.names()
+        if unknown:
+            raise TypeError(f"unknown session options {sorted(unknown)}")
+        return replace(base, **overrides)

@@ -63,13 +63,6 @@ class DecodeGraphs:
         self.builds = 0  # static steps built (and captured) so far
         self.mempool = None
 
-    @classmethod
-    def of(cls, model, pool: KVPool) -> DecodeGraphs:
-        """The pool's decode graphs, built once and shared by every stream on it."""
-        if pool.decode_graphs is None or pool.decode_graphs.model is not model:
-            pool.decode_graphs = cls(model, pool)
-        return pool.decode_graphs
-
     @torch.no_grad()
     def step(self, caches: list[StreamKVCache], tokens: list[int], positions: list[int]) -> torch.Tensor:
         if any(c.pool is not self.pool for c in caches):
@@ -176,13 +169,6 @@ class PrefillGraphs:
         self.builds = 0
         self.mempool = None
         self.scratch: int | None = None  # the page the padding writes into and reads
-
-    @classmethod
-    def of(cls, model, pool: KVPool) -> PrefillGraphs:
-        """The pool's prefill graphs, shared by every stream on it."""
-        if pool.prefill_graphs is None or pool.prefill_graphs.model is not model:
-            pool.prefill_graphs = cls(model, pool)
-        return pool.prefill_graphs
 
     def fits(self, counts: list[int]) -> bool:
         return sum(counts) <= BUCKETS[-1]

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import torch
 
+from ..data.windows import FrameWindow, WindowPlan
 from .cache import KVPool
 from .config import SessionConfig
 from .engine import StreamEngine, WindowResult
@@ -20,7 +21,9 @@ __all__ = ["StreamingSession", "step_streams"]
 
 class StreamingSession:
     """``StreamingSession(model, processor, config, pool=..., trace=...)``; any
-    :class:`SessionConfig` field may also be given as a keyword (``query=...``, ``horizon=...``)."""
+    :class:`SessionConfig` field may also be given as a keyword (``query=...``, ``horizon=...``).
+    Without a config the session streams as the model was trained to (its recorded window plan
+    and pixel bounds, :meth:`SessionConfig.for_model`)."""
 
     def __init__(self, model, processor, config: SessionConfig | None = None, *, pool: KVPool | None = None,
                  trace: bool = False, page_size: int = 64, cuda_graphs: bool = True, **options):
@@ -28,7 +31,8 @@ class StreamingSession:
         if unknown:
             raise TypeError(f"unknown session options {sorted(unknown)}")
         self.engine = StreamEngine.of(model, processor, pool, page_size=page_size, cuda_graphs=cuda_graphs)
-        self.state = self.engine.open(replace(config or SessionConfig(), **options), trace)
+        base = config if config is not None else SessionConfig.for_model(model)
+        self.state = self.engine.open(replace(base, **options), trace)
 
     @property
     def config(self) -> SessionConfig:
@@ -55,28 +59,25 @@ class StreamingSession:
         return self.state.frames_needed
 
     @property
-    def fps(self) -> float:
-        return self.state.config.fps
+    def plan(self) -> WindowPlan:
+        return self.state.config.plan
 
-    def step(self, frames: torch.Tensor, force_text: str | None = None) -> WindowResult:
-        """Comment on one window of uint8 frames ``[T, H, W, 3]``; ``force_text`` feeds a given
-        answer instead of decoding one (teacher forcing)."""
-        return self.engine.step([self.state], [frames], [force_text])[0]
+    def step(self, window: FrameWindow | torch.Tensor, force_text: str | None = None) -> WindowResult:
+        """Comment on one window: a :class:`FrameWindow` (its own times), or uint8 frames
+        ``[T, H, W, 3]`` following the last window; ``force_text`` feeds a given answer instead of
+        decoding one (teacher forcing)."""
+        return self.engine.step([self.state], [window], [force_text])[0]
 
     def ask(self, question: str) -> None:
         """Ask a question mid-stream: it goes into the next window's user turn."""
         self.engine.ask(self.state, question)
-
-    def skip(self, seconds: float) -> None:
-        """Advance the stream clock over dropped windows, so ``Time=`` keeps matching the stream."""
-        self.state.clock += seconds
 
     def close(self) -> None:
         """End the stream: its pages go back to the pool."""
         self.engine.close(self.state)
 
 
-def step_streams(sessions: list[StreamingSession], frames: list[torch.Tensor],
+def step_streams(sessions: list[StreamingSession], frames: list[FrameWindow | torch.Tensor],
                  force_texts: list[str | None] | None = None) -> list[WindowResult]:
     """One window for each session (``frames[i]`` for ``sessions[i]``), stepped together on their
     shared engine: one ViT call, one packed prefill, decode steps batched over the streams talking."""

@@ -1,10 +1,11 @@
 """Streaming sources and the real-time loop.
 
 A source is anything FFmpeg (through PyAV) opens: a file, a URL (RTSP/HTTP/UDP), a pipe or a
-capture device. Frames are sampled at strict 2 FPS relative to the first frame and grouped into
-windows (6 frames, then 2). In real time, a window is processed once its last frame is due; when
-the model falls more than ``max_lag`` seconds behind, whole windows are dropped (the session's
-clock skips them, so ``Time=`` stays true) and counted. Nothing drifts silently.
+capture device. Frames are sampled at the window plan's fps relative to the first frame and
+grouped into its windows (:class:`~livecc.data.windows.Windower`), each carrying its times. In real
+time a window is processed once its last frame is due (:func:`~livecc.data.windows.pace`); when the
+model falls more than ``max_lag`` seconds behind, whole windows are dropped and counted: a dropped
+window is a gap in the timeline, and the next window's ``Time=`` is still its own.
 """
 
 from __future__ import annotations
@@ -17,22 +18,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data.video import FPS, FpsSampler, VideoError, pyav_frame_times
-from .engine import WindowResult
+from ..data.video import FpsSampler, VideoError, pyav_frame_times
+from ..data.windows import FrameWindow, Windower, WindowPlan, pace
 from .session import StreamingSession
+from .state import WindowResult
 
 __all__ = ["StreamReport", "iter_windows", "percentile", "run_stream", "step_through"]
 
 
-def iter_windows(source, *, fps: float = FPS, initial_frames: int = 6, streaming_frames: int = 2,
-                 format: str | None = None, timeout: float | None = 10.0,
-                 rule: str = "reference") -> Iterator[tuple[torch.Tensor, float]]:
-    """Yield ``(frames uint8 [T, H, W, 3], window end in stream seconds)`` as frames arrive.
+def iter_windows(source, plan: WindowPlan = WindowPlan(), *, format: str | None = None,
+                 timeout: float | None = 10.0, rule: str = "reference",
+                 ffmpeg_options: dict[str, str] | None = None) -> Iterator[FrameWindow]:
+    """Yield the windows of ``source`` by ``plan`` as their frames arrive.
 
     ``timeout`` bounds, in seconds, the wait to open the source and for each read from it (a
     server that accepts and never answers is an error, not a hang); None waits forever. Frames
     are sampled by :class:`~livecc.data.video.FpsSampler` under ``rule``, times counted from the
-    first frame."""
+    first frame. ``ffmpeg_options`` go to FFmpeg (a server's protocol and format whitelists)."""
     import av
 
     # Live input (pipe, URL, device): probe little, so the first window is not held back by
@@ -41,6 +43,7 @@ def iter_windows(source, *, fps: float = FPS, initial_frames: int = 6, streaming
         source = f"pipe:{source.fileno()}"
     live = not (isinstance(source, str) and os.path.isfile(source))
     options = {"probesize": "65536", "analyzeduration": "500000"} if live else {}
+    options.update(ffmpeg_options or {})
     try:
         container = av.open(source, format=format, options=options, timeout=timeout)
     except (av.error.FFmpegError, OSError) as e:
@@ -49,10 +52,9 @@ def iter_windows(source, *, fps: float = FPS, initial_frames: int = 6, streaming
         if not container.streams.video:
             raise VideoError(f"{source}: no video stream")
         stream = container.streams.video[0]
-        sampler = FpsSampler(None, None, fps, max_frames=2**62, rule=rule)
+        sampler = FpsSampler(None, None, plan.fps, max_frames=2**62, rule=rule)
         times = pyav_frame_times(stream)
-        buffer: list[torch.Tensor] = []
-        t0, need, n_sampled = None, initial_frames, 0
+        windower, t0 = Windower(plan), None
         try:
             for frame in container.decode(stream):
                 if frame.pts is None:
@@ -60,14 +62,8 @@ def iter_windows(source, *, fps: float = FPS, initial_frames: int = 6, streaming
                 pts, end_ts = times(frame)
                 t0 = pts if t0 is None else t0
                 count = sampler.take(pts - t0, end_ts - t0)
-                if not count:
-                    continue
-                image = torch.from_numpy(frame.to_ndarray(format="rgb24"))
-                buffer += [image] * count
-                while len(buffer) >= need:
-                    n_sampled += need
-                    yield torch.stack(buffer[:need]), n_sampled / fps
-                    buffer, need = buffer[need:], streaming_frames
+                if count:
+                    yield from windower.push(torch.from_numpy(frame.to_ndarray(format="rgb24")), count)
         except av.error.FFmpegError as e:
             raise VideoError(f"{source}: stream broke ({e})") from e
 
@@ -75,10 +71,8 @@ def iter_windows(source, *, fps: float = FPS, initial_frames: int = 6, streaming
 def step_through(session: StreamingSession, frames: torch.Tensor) -> Iterator[WindowResult]:
     """Comment on decoded frames ``[T, H, W, 3]`` window by window, as fast as the model goes (a
     clip shorter than the first window is one shorter window)."""
-    while len(frames):
-        n = min(session.frames_needed, len(frames))
-        yield session.step(frames[:n])
-        frames = frames[n:]
+    for window in session.plan.windows(frames):
+        yield session.step(window)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -114,7 +108,7 @@ class StreamReport:
         }
 
 
-def run_stream(session: StreamingSession, windows: Iterator[tuple[torch.Tensor, float]], *, realtime: bool,
+def run_stream(session: StreamingSession, windows: Iterator[FrameWindow], *, realtime: bool,
                max_lag: float = 1.0, on_result: Callable[[WindowResult], None] | None = None) -> StreamReport:
     """Comment on every window; in real time, wait for each window's last frame and drop windows
     (policy: drop) while more than ``max_lag`` seconds behind. Ctrl-C ends the stream with the
@@ -122,33 +116,20 @@ def run_stream(session: StreamingSession, windows: Iterator[tuple[torch.Tensor, 
     report = StreamReport()
     started = time.monotonic()
     try:
-        _comment(session, windows, realtime, max_lag, on_result, report, started)
+        for window, late in pace(windows, realtime=realtime):
+            report.stream_seconds = window.end
+            if session.window_index > 0 and late > max_lag:
+                report.dropped += 1
+                continue
+            result = session.step(window)
+            report.windows += 1
+            report.latencies_ms.append(result.timings["total"])
+            report.words += len(result.text.split())
+            report.tokens += len(result.token_ids)
+            report.decode_ms += result.timings["decode"]
+            if on_result is not None:
+                on_result(result)
     except KeyboardInterrupt:
         report.interrupted = True
     report.wall_seconds = time.monotonic() - started
     return report
-
-
-def _comment(session, windows, realtime, max_lag, on_result, report: StreamReport, started: float) -> None:
-    wall0 = None  # wall time of stream second 0
-    for frames, t_end in windows:
-        if wall0 is None:  # a live source's first window arrives when it is due, a file's at once
-            wall0 = max(started, time.monotonic() - t_end)
-        if realtime:
-            due = wall0 + t_end
-            if (wait := due - time.monotonic()) > 0:
-                time.sleep(wait)
-            if session.window_index > 0 and time.monotonic() - due > max_lag:
-                session.skip(len(frames) / session.fps)
-                report.dropped += 1
-                report.stream_seconds = t_end
-                continue
-        result = session.step(frames)
-        report.windows += 1
-        report.latencies_ms.append(result.timings["total"])
-        report.words += len(result.text.split())
-        report.tokens += len(result.token_ids)
-        report.decode_ms += result.timings["decode"]
-        report.stream_seconds = t_end
-        if on_result is not None:
-            on_result(result)

@@ -43,7 +43,7 @@ __all__ = ["Launch", "compile_only", "launches", "problems", "resources"]
 class Launch:
     """One kernel family, one shape, one tiling (``config``: a ``TileConfig`` or a label)."""
 
-    kernel: str  # fwd, fwd_paged, bwd, decode, ce, rotary, preprocess
+    kernel: str  # fwd, fwd_paged, bwd, decode, ce, rotary, rerotate, preprocess
     shape: str
     dtype: str
     config: tuple = ()
@@ -79,6 +79,7 @@ def launches(scope: str = "all") -> list[Launch]:
             out.append(Launch("decode", "llm7b", dt, (page,)))
         out += [Launch("ce", "7b", dt, (grad,)) for grad in (False, True)]
         out += [Launch("rotary", shape, dt, (inverse,)) for shape in ("llm7b", "vit") for inverse in (False, True)]
+        out.append(Launch("rerotate", "llm7b", dt, ()))
     out += [Launch("preprocess", f"{h}x{w}", "bf16", ()) for h, w in ((360, 640), (1080, 1920))]
     return out
 
@@ -136,6 +137,13 @@ def run_launch(launch: Launch, device: str) -> None:
         q, k = rand(1, 37, hq, d).transpose(1, 2), rand(1, 37, hkv, d).transpose(1, 2)
         cos = rand(1, 37, d)
         rotary_qk_fwd(q, k, cos, cos, launch.config[0])
+    elif launch.kernel == "rerotate":
+        from .rerotate.triton import rerotate_keys_fwd
+
+        _, hkv, d, _ = ATTENTION[launch.shape]
+        slots = torch.arange(5, device=device)
+        table = torch.zeros(2, d // 2, device=device)
+        rerotate_keys_fwd(rand(64, hkv, d), slots, torch.zeros(5, dtype=torch.int64, device=device), table, table)
     elif launch.kernel == "preprocess":
         from .preprocess_frames.reference import PatchGeometry
         from .preprocess_frames.triton import preprocess_frames_fwd

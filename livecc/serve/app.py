@@ -6,170 +6,235 @@
     GET  /v1/streams/{id}/events    its commentary as server-sent events {type, start, end, text, latency_ms}
     POST /v1/streams/{id}/ask       a question for its next window (JSON ``text``)
     GET  /v1/streams/{id}/vtt       its commentary so far as WebVTT
-    DELETE /v1/streams/{id}         close it (its KV pages are freed at once)
-    WS   /v1/ws                     frames in (JPEG, 2 per second), commentary and errors out
+    DELETE /v1/streams/{id}         close it (its KV pages are freed at the engine's next round)
+    WS   /v1/ws                     frames in (JPEG, 2 per second), questions and the end in, commentary and
+                                    errors out
     GET  /v1/health, /v1/metrics
 
-With an API key every request must carry it (``Authorization: Bearer KEY``, or ``?key=KEY`` for the
-page's WebSocket). Uploads are written under server-chosen names in the upload directory, up to a
-size limit; no request names a file the server reads.
+With an API key every ``/v1`` request but health must carry it (``Authorization: Bearer KEY``, or
+``?key=KEY``, which the page uses). A request that changes anything, and every WebSocket, must come
+from the page's own origin or one of ``allowed_origins`` when it names one (browsers always do), so
+another web site cannot drive the server through a visitor's browser. Bodies are read with limits
+and refused while reading; uploads are written under server-chosen names and deleted with their
+stream; URLs pass :class:`~.sources.SourcePolicy`. Nothing that waits (decoding frames, tokenizing
+a question, opening a source) runs on the event loop, and nothing on it waits for the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
+import contextlib
 import json
-import queue
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from pathlib import Path
+from urllib.parse import urlsplit
 
-import numpy as np
-import torch
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from PIL import Image
+from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from ..data.video import VideoError
+from .fanout import TooManyViewers
 from .hub import Hub, HubFull, ServedStream
+from .sources import SourceError, SourcePolicy, decode_frame, probe
+from .uploads import read_json, receive_upload
 from .vtt import vtt_text
 
 __all__ = ["create_app"]
 
-URL_SCHEMES = ("http://", "https://", "rtsp://", "rtmp://", "udp://", "srt://")
-UPLOAD_CHUNK = 1 << 20
+CHANGES = ("POST", "PUT", "PATCH", "DELETE")
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+           'fill="#1d1d1d"/><path d="M5 4l7 4-7 4z" fill="#8ab4f8"/></svg>')
 
 
-def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 512 << 20,
-               realtime: bool = True) -> FastAPI:
+def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 512 << 20, realtime: bool = True,
+               policy: SourcePolicy | None = None, allowed_origins: tuple[str, ...] = (),
+               url_probes: int = 4) -> FastAPI:
     """The ASGI app over ``hub``. ``realtime=False`` reads uploads and URLs as fast as the engine
-    goes (tests, batch use)."""
-    app = FastAPI(title="livecc", version="0.1.0")
-    page = resources.files("livecc.serve").joinpath("static/index.html").read_text()
+    goes (tests, batch use); ``url_probes`` URL sources are opened at once, on threads of their
+    own (a silent URL holds one for its timeout, never the threads uploads use)."""
+    if api_key is not None and not api_key:
+        raise ValueError("an empty API key would let anyone in: give a key, or none for a server on this machine")
+    probes = ThreadPoolExecutor(url_probes, thread_name_prefix="livecc-url-probe")
+    probing = asyncio.Semaphore(url_probes)
 
-    def authorize(request_key: str | None) -> None:
-        if api_key and not (request_key and secrets.compare_digest(request_key, api_key)):
-            raise HTTPException(401, "missing or wrong API key")
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        probes.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="livecc", version="0.1.0", lifespan=lifespan)
+    page = resources.files("livecc.serve").joinpath("static/index.html").read_text()
+    policy = policy or SourcePolicy()
+
+    def authorized(request_key: str | None) -> bool:
+        return not api_key or bool(request_key and secrets.compare_digest(request_key, api_key))
 
     def key_of(headers, params) -> str | None:
         auth = headers.get("authorization", "")
         return auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else params.get("key")
 
+    def same_origin(headers) -> bool:
+        origin = headers.get("origin")
+        if origin is None:  # not a browser's cross-site request: browsers name the origin of those
+            return True
+        host = headers.get("host", "")
+        return origin in allowed_origins or urlsplit(origin).netloc == host
+
     @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if request.url.path.startswith("/v1/") and request.url.path != "/v1/health":
-            try:
-                authorize(key_of(request.headers, request.query_params))
-            except HTTPException as e:
-                return JSONResponse({"detail": e.detail}, status_code=e.status_code)
+    async def guard(request: Request, call_next):
+        path = request.url.path
+        if request.method in CHANGES and not same_origin(request.headers):
+            return JSONResponse({"detail": "cross-site request refused (origin not allowed)"}, status_code=403)
+        if path.startswith("/v1/") and path != "/v1/health" and not authorized(
+                key_of(request.headers, request.query_params)):
+            return JSONResponse({"detail": "missing or wrong API key"}, status_code=401)
         return await call_next(request)
 
     def stream_of(stream_id: str) -> ServedStream:
-        stream = hub.streams.get(stream_id)
+        stream = hub.get(stream_id)
         if stream is None:
             raise HTTPException(404, f"no stream {stream_id!r}")
         return stream
 
     @app.get("/", response_class=HTMLResponse)
-    def index() -> str:
+    async def index() -> str:
         return page
 
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return Response(FAVICON, media_type="image/svg+xml")
+
     @app.get("/v1/health")
-    def health() -> dict:
-        return {"status": "ok", "engine": hub.loop.is_alive()}
+    async def health() -> dict:
+        return {"status": "ok", "engine": hub.loop.thread.is_alive()}
 
     @app.get("/v1/metrics")
-    def metrics() -> dict:
+    async def metrics() -> dict:
         return hub.metrics()
 
     @app.post("/v1/streams", status_code=201)
-    async def create(request: Request, file: UploadFile | None = File(None), query: str = Form(""),
-                     url: str | None = Form(None)) -> dict:
-        if file is None and url is None and request.headers.get("content-type", "").startswith("application/json"):
-            body = await request.json()
-            url, query = body.get("url"), body.get("query", "")
-        if (file is None) == (url is None):
-            raise HTTPException(400, "give either an uploaded file or a url")
-        if url is not None:
-            if not url.startswith(URL_SCHEMES):
-                raise HTTPException(400, f"url must be a network stream ({', '.join(URL_SCHEMES)})")
-            location = url
-        else:
-            location = str(await asyncio.to_thread(_save_upload, file, hub, max_upload_bytes))
-        try:
-            await asyncio.to_thread(_probe, location)
-        except VideoError as e:
-            if file is not None:
-                Path(location).unlink(missing_ok=True)
-            raise HTTPException(400, str(e).replace(str(hub.upload_dir), "upload")) from e
-        try:
-            stream = hub.open("url" if url else "upload", query)
-        except HubFull as e:
-            raise HTTPException(429, str(e)) from e
-        hub.read(stream, location, realtime=realtime)
+    async def create(request: Request) -> dict:
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return await _from_upload(request)
+        body = await read_json(request)
+        url, query = body.get("url"), body.get("query", "")
+        if not isinstance(url, str) or not isinstance(query, str):
+            raise HTTPException(400, "give a url (text) and optionally a query (text), or upload a file")
+        if probing.locked():
+            raise HTTPException(429, "too many URL sources are being opened at once; try again")
+        async with probing:
+            loop = asyncio.get_running_loop()
+            try:
+                location = await loop.run_in_executor(probes, policy.check, url)
+                await loop.run_in_executor(probes, lambda: probe(location, url=True))
+            except SourceError as e:
+                raise HTTPException(400, str(e)) from e
+        stream = _open("url", query)
+        hub.read(stream, location, url=True, realtime=realtime)
         return {"id": stream.id, "events": f"/v1/streams/{stream.id}/events"}
 
-    @app.get("/v1/streams/{stream_id}/events")
-    def events(stream_id: str) -> StreamingResponse:
-        stream = stream_of(stream_id)
-        inbox, missed = hub.subscribe(stream)
+    async def _from_upload(request: Request) -> dict:
+        path = hub.new_upload(".upload")
+        fields = await receive_upload(request, path, max_upload_bytes)
+        try:
+            await asyncio.to_thread(probe, str(path), url=False)
+            stream = _open("upload", fields.get("query", ""), upload=path)
+        except BaseException as e:
+            path.unlink(missing_ok=True)
+            if isinstance(e, SourceError):
+                raise HTTPException(400, str(e)) from e
+            raise
+        hub.read(stream, str(path), url=False, realtime=realtime)
+        return {"id": stream.id, "events": f"/v1/streams/{stream.id}/events"}
 
-        def sse():
-            for event in missed:  # what a late viewer missed
-                yield f"data: {json.dumps(event)}\n\n"
-            while True:
-                try:
-                    event = inbox.get(timeout=15)
-                except queue.Empty:
-                    if stream.closed:
+    def _open(source: str, query: str, upload=None) -> ServedStream:
+        try:
+            return hub.open(source, query, upload=upload)
+        except HubFull as e:
+            raise HTTPException(429, str(e)) from e
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from e
+
+    @app.get("/v1/streams/{stream_id}/events")
+    async def events(stream_id: str, request: Request) -> Response:
+        stream = stream_of(stream_id)
+        if stream.closed and request.headers.get("last-event-id") is not None:
+            return Response(status_code=204)  # an EventSource reconnecting after the end: it stops on 204
+        try:
+            viewer, missed = stream.viewers.subscribe(asyncio.get_running_loop())
+        except TooManyViewers as e:
+            raise HTTPException(429, str(e)) from e
+
+        async def sse():
+            try:
+                count = 0
+                for event in missed:
+                    count += 1
+                    yield f"id: {count}\ndata: {json.dumps(event)}\n\n"
+                    if event["type"] == "end":
                         return
-                    yield ": keep-alive\n\n"
-                    continue
-                yield f"data: {json.dumps(event)}\n\n"
-                if event["type"] == "end":
-                    return
+                while True:
+                    try:
+                        event = await asyncio.wait_for(viewer.queue.get(), timeout=15)
+                    except asyncio.TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    count += 1
+                    yield f"id: {count}\ndata: {json.dumps(event)}\n\n"
+                    if event["type"] == "end":
+                        return
+            finally:
+                stream.viewers.unsubscribe(viewer)
 
         return StreamingResponse(sse(), media_type="text/event-stream")
 
     @app.post("/v1/streams/{stream_id}/ask")
     async def ask(stream_id: str, request: Request) -> dict:
-        text = (await request.json()).get("text", "")
-        if not isinstance(text, str) or not text.strip():
-            raise HTTPException(400, "ask needs a non-empty text")
-        hub.ask(stream_of(stream_id), text)
-        return {"asked": text}
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            raise HTTPException(415, "ask with a JSON body {\"text\": ...}")
+        stream = stream_of(stream_id)
+        body = await read_json(request)
+        try:
+            return {"asked": await asyncio.to_thread(hub.ask, stream, body.get("text"))}
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from e
 
     @app.get("/v1/streams/{stream_id}/vtt", response_class=PlainTextResponse)
-    def vtt(stream_id: str) -> str:
-        return vtt_text([(e["start"], e["end"], e["text"]) for e in stream_of(stream_id).windows_said])
+    async def vtt(stream_id: str) -> str:
+        return vtt_text([(e["start"], e["end"], e["text"]) for e in stream_of(stream_id).viewers.said])
 
     @app.delete("/v1/streams/{stream_id}")
-    def close(stream_id: str) -> dict:
+    async def close(stream_id: str) -> dict:
         stream = stream_of(stream_id)
         hub.close(stream)
-        return {"id": stream.id, "windows": len(stream.windows_said)}
+        return {"id": stream.id, "windows": len(stream.viewers.said)}
 
     @app.websocket("/v1/ws")
     async def frames(websocket: WebSocket) -> None:
         await websocket.accept()
-        try:
-            authorize(key_of(websocket.headers, websocket.query_params))
-            stream = hub.open("frames", websocket.query_params.get("query", ""))
-        except (HTTPException, HubFull) as e:
-            await websocket.send_json({"type": "error", "message": getattr(e, "detail", str(e))})
-            await websocket.close()
+        refusal = None
+        if not same_origin(websocket.headers):
+            refusal = "cross-site WebSocket refused (origin not allowed)"
+        elif not authorized(key_of(websocket.headers, websocket.query_params)):
+            refusal = "missing or wrong API key"
+        if refusal is None:
+            try:
+                stream = hub.open("frames", websocket.query_params.get("query", ""))
+            except (HubFull, ValueError) as e:
+                refusal = str(e)
+        if refusal is not None:
+            await websocket.send_json({"type": "error", "message": refusal})
+            await websocket.close(code=1008)
             return
-        inbox, _ = hub.subscribe(stream)
+        viewer, _ = stream.viewers.subscribe(asyncio.get_running_loop())
         await websocket.send_json({"type": "open", "id": stream.id})
 
         async def forward():
             while True:
-                event = await asyncio.to_thread(_get, inbox)
-                if event is not None:
-                    await websocket.send_json(event)
-                    if event["type"] == "end":
-                        return
+                event = await viewer.queue.get()
+                await websocket.send_json(event)
+                if event["type"] == "end":
+                    return
 
         sender = asyncio.create_task(forward())
         try:
@@ -177,64 +242,33 @@ def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     break
-                if message.get("bytes"):
-                    try:
-                        frame = _decode_jpeg(message["bytes"])
-                    except ValueError as e:
-                        await websocket.send_json({"type": "error", "message": str(e)})
-                        continue
-                    await asyncio.to_thread(hub.add_frame, stream, frame)
-                elif message.get("text"):
-                    body = json.loads(message["text"])
-                    if body.get("type") == "ask" and str(body.get("text", "")).strip():
-                        hub.ask(stream, str(body["text"]))
+                try:
+                    if message.get("bytes"):
+                        frame = await asyncio.to_thread(decode_frame, message["bytes"])
+                        hub.add_frame(stream, frame)
+                    elif message.get("text"):
+                        await _message(stream, message["text"])
+                except (SourceError, ValueError) as e:  # the sender's mistake: said to it, the stream goes on
+                    await websocket.send_json({"type": "error", "message": str(e)})
         except WebSocketDisconnect:
             pass
-        finally:  # a viewer that leaves frees its stream's pages at once
+        finally:  # a viewer that leaves ends its stream: its pages go back at the next round
+            stream.viewers.unsubscribe(viewer)
             hub.close(stream)
             sender.cancel()
 
+    async def _message(stream: ServedStream, text: str) -> None:
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError("a text message must be JSON, e.g. {\"type\": \"ask\", \"text\": ...}") from e
+        kind = body.get("type") if isinstance(body, dict) else None
+        if kind == "end":  # no more frames: the windows sent are said, then the stream ends
+            stream.finished = True
+            hub.loop.wake.set()
+        elif kind == "ask":
+            await asyncio.to_thread(hub.ask, stream, body.get("text"))
+        else:
+            raise ValueError("a text message is {\"type\": \"ask\", \"text\": ...} or {\"type\": \"end\"}")
+
     return app
-
-
-def _get(inbox: queue.Queue):
-    try:
-        return inbox.get(timeout=0.5)
-    except queue.Empty:
-        return None
-
-
-def _save_upload(file: UploadFile, hub: Hub, limit: int) -> Path:
-    """Write an upload under a server-chosen name, refusing it past ``limit`` bytes."""
-    path = hub.upload_dir / hub.new_upload_name(Path(file.filename or "").suffix)
-    size = 0
-    with open(path, "wb") as out:
-        while chunk := file.file.read(UPLOAD_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                out.close()
-                path.unlink(missing_ok=True)
-                raise HTTPException(413, f"upload larger than the {limit >> 20} MiB limit")
-            out.write(chunk)
-    return path
-
-
-def _probe(location: str) -> None:
-    """Open the source and read its first frame, or raise VideoError saying why."""
-    import av
-
-    try:
-        with av.open(location, timeout=10.0) as container:
-            if not container.streams.video:
-                raise VideoError(f"{location}: no video stream")
-            next(container.decode(video=0))
-    except (av.error.FFmpegError, OSError, StopIteration) as e:
-        raise VideoError(f"{location}: not a readable video ({type(e).__name__})") from e
-
-
-def _decode_jpeg(data: bytes) -> torch.Tensor:
-    try:
-        image = Image.open(io.BytesIO(data)).convert("RGB")
-    except Exception as e:  # PIL raises many kinds for bad bytes
-        raise ValueError(f"a frame that is not an image ({type(e).__name__})") from e
-    return torch.from_numpy(np.asarray(image).copy())

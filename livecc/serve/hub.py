@@ -1,11 +1,12 @@
-"""Many viewers on one streaming engine: sources feed windows, one loop steps every stream together.
+"""Many viewers on one streaming engine: the streams a server holds, their sources, and their lives.
 
-Each served stream has a source (an uploaded file or a URL read by a thread at real-time pace, or
-frames arriving over a WebSocket), a bounded queue of windows and any number of subscribers. One
-engine thread takes a window from every stream that has one and steps them together, so N viewers
-cost one batched step, not N. Policies, all counted: a window arriving while its stream's queue is
-full is dropped (the stream's clock follows the source, so ``Time=`` stays true); a subscriber too
-slow to take its events loses the oldest; closing a stream gives its pages back at once.
+A served stream is fed by a source (:mod:`.sources`: an uploaded file or a URL read by a thread at
+real-time pace, or frames over a WebSocket) into a bounded queue of windows; one engine thread
+(:mod:`.loop`) steps every stream that has a window together, so N viewers cost one batched step;
+its events go out to the stream's viewers (:mod:`.fanout`). Policies, all counted: a live window
+arriving while its stream's queue is full is dropped (a gap in the stream's timeline, with its own
+times on either side); a closed stream gives its pages back at the engine's next round, its upload
+is deleted, and after ``grace_s`` it is forgotten (its id then answers 404).
 """
 
 from __future__ import annotations
@@ -13,18 +14,25 @@ from __future__ import annotations
 import collections
 import contextlib
 import queue
+import shutil
 import statistics
+import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from ..data.video import VideoError
-from ..infer import SessionConfig, StreamEngine, StreamState, iter_windows
+from ..data.windows import FrameWindow, pace
+from ..infer import SessionConfig, StreamEngine, StreamState
+from ..infer.policy import MAX_QUESTION_TOKENS
 from ..infer.stream import percentile
+from .fanout import Viewers
+from .loop import StepLoop
+from .sources import FrameIntake, SourceError, read_windows
 
 __all__ = ["Hub", "HubFull", "ServedStream"]
 
@@ -38,212 +46,189 @@ class ServedStream:
     id: str
     source: str  # "upload", "url" or "frames"
     state: StreamState
+    viewers: Viewers
+    intake: FrameIntake
     windows: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=2))
-    subscribers: list[queue.Queue] = field(default_factory=list)
-    windows_said: list[dict] = field(default_factory=list)  # every window event, for late viewers and WebVTT
-    frames: list[torch.Tensor] = field(default_factory=list)  # frames sent over a WebSocket, not yet a window
-    sent_frames: int = 0
+    questions: collections.deque = field(default_factory=collections.deque)  # checked, for the next window
+    upload: Path | None = None  # the file it reads, deleted when it closes
     dropped_windows: int = 0
-    dropped_events: int = 0
     error: str | None = None
     finished: bool = False  # the source ended
-    closed: bool = False
+    closing: bool = False  # asked to close; the engine's thread closes it
+    closed_at: float | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_at is not None
 
 
 class Hub:
-    def __init__(self, model, processor, *, max_streams: int = 8, config: SessionConfig = SessionConfig(),
-                 upload_dir: str | Path, events_per_viewer: int = 256):
+    def __init__(self, model, processor, *, max_streams: int = 8, config: SessionConfig | None = None,
+                 upload_dir: str | Path | None = None, max_viewers: int = 16, grace_s: float = 60.0):
         self.engine = StreamEngine.of(model, processor)
-        self.engine.warm_up(max_streams, max_tokens=4096)
-        self.config, self.max_streams = config, max_streams
-        self.upload_dir = Path(upload_dir)
+        self.config = config if config is not None else SessionConfig.for_model(model)
+        self.engine.warm_up(max_streams, max_tokens=_cache_bound(self.config, self.engine.spec))
+        self.max_streams, self.max_viewers, self.grace_s = max_streams, max_viewers, grace_s
+        self.own_upload_dir = upload_dir is None
+        self.upload_dir = Path(upload_dir) if upload_dir else Path(tempfile.mkdtemp(prefix="livecc-uploads-"))
         self.upload_dir.mkdir(parents=True, exist_ok=True)
-        self.events_per_viewer = events_per_viewer
         self.streams: dict[str, ServedStream] = {}
-        self.lock = threading.Lock()  # guards the streams and the engine
-        self.wake = threading.Event()
+        self.lock = threading.Lock()  # the registry only: never held while the engine steps
         self.latencies: collections.deque[float] = collections.deque(maxlen=1000)
-        self.windows_done = self.stream_seconds = self.busy_seconds = 0.0
-        self.running = True
-        self.loop = threading.Thread(target=self._run, name="livecc-engine", daemon=True)
-        self.loop.start()
+        self.windows_done = self.stream_seconds = 0.0
+        self.loop = StepLoop(self)
 
     # ------------------------------------------------------------------ streams
 
-    def open(self, source: str, query: str = "") -> ServedStream:
+    def open(self, source: str, query: str = "", upload: Path | None = None) -> ServedStream:
+        """A new stream; :class:`HubFull` past ``max_streams``, ValueError for a query that is not
+        plain text within its token limit."""
+        config = replace(self.config, query=query or self.config.query)
         with self.lock:
-            if sum(not s.closed for s in self.streams.values()) >= self.max_streams:
+            if sum(not s.closing for s in self.streams.values()) >= self.max_streams:
                 raise HubFull(f"the server serves at most {self.max_streams} streams at once")
-            config = SessionConfig(**{**self.config.__dict__, "query": query or self.config.query})
-            stream = ServedStream(uuid.uuid4().hex[:12], source, self.engine.open(config))
+            stream = ServedStream(uuid.uuid4().hex[:12], source, self.engine.open(config),
+                                  Viewers(self.max_viewers), FrameIntake(config.plan), upload=upload)
             self.streams[stream.id] = stream
         return stream
 
-    def read(self, stream: ServedStream, location: str, *, realtime: bool = True, timeout: float = 10.0) -> None:
+    def get(self, stream_id: str) -> ServedStream | None:
+        return self.streams.get(stream_id)
+
+    def live_streams(self) -> list[ServedStream]:
+        with self.lock:
+            return [s for s in self.streams.values() if not s.closing]
+
+    def read(self, stream: ServedStream, location: str, *, url: bool, realtime: bool = True,
+             timeout: float = 10.0) -> None:
         """Feed ``stream`` from a file or URL in a thread, window by window, at real-time pace."""
 
         def reader():
-            started = time.monotonic()
             try:
-                for frames, t_end in iter_windows(location, timeout=timeout):
-                    if stream.closed:
+                for window, _ in pace(read_windows(location, stream.state.config.plan, url=url, timeout=timeout),
+                                      realtime=realtime):
+                    if stream.closing:
                         return
-                    if realtime and (wait := started + t_end - time.monotonic()) > 0:
-                        time.sleep(wait)
-                    self._enqueue(stream, frames, t_end, wait=not realtime)
-            except (VideoError, OSError, ValueError) as e:
-                self._fail(stream, str(e))
+                    self.enqueue(stream, window, wait=not realtime)
+            except (VideoError, SourceError, OSError, ValueError) as e:
+                self.fail(stream, "the source broke" if url else str(e).replace(str(self.upload_dir), "upload"))
             finally:
                 stream.finished = True
-                self.wake.set()
+                self.loop.wake.set()
 
         threading.Thread(target=reader, name=f"livecc-read-{stream.id}", daemon=True).start()
 
     def add_frame(self, stream: ServedStream, frame: torch.Tensor) -> None:
-        """One frame sampled by the viewer at 2 FPS (uint8 ``[H, W, 3]``); whole windows go to the engine."""
-        stream.frames.append(frame)
-        need = stream.state.config.initial_frames if stream.sent_frames == 0 else stream.state.config.streaming_frames
-        if len(stream.frames) >= need:
-            window, stream.frames = torch.stack(stream.frames[:need]), stream.frames[need:]
-            stream.sent_frames += need
-            self._enqueue(stream, window, stream.sent_frames / stream.state.config.fps)
+        """One frame sampled by the viewer at the plan's fps (uint8 ``[H, W, 3]``); a SourceError for
+        one of another size than the stream's first."""
+        for window in stream.intake.push(frame):
+            self.enqueue(stream, window)
 
-    def ask(self, stream: ServedStream, text: str) -> None:
-        with self.lock:
-            self.engine.ask(stream.state, text)
-
-    def subscribe(self, stream: ServedStream) -> tuple[queue.Queue, list[dict]]:
-        """A viewer's queue of the stream's events from now on, and the windows it missed so far."""
-        events: queue.Queue = queue.Queue(maxsize=self.events_per_viewer)
-        with self.lock:  # windows are recorded and published under the lock: none missed, none twice
-            stream.subscribers.append(events)
-            if stream.closed:  # it ended before this viewer came: it still hears the end
-                events.put_nowait(self._end_event(stream))
-            return events, list(stream.windows_said)
+    def ask(self, stream: ServedStream, text) -> str:
+        """Queue a question for the stream's next window, checked here (in the asker's thread): a
+        ValueError for one that is not plain text within its token limit."""
+        text = self.engine.policy.check_text(text, "a question", MAX_QUESTION_TOKENS)
+        if not text:
+            raise ValueError("a question needs some text")
+        stream.questions.append(text)
+        stream.viewers.publish({"type": "asked", "text": text})
+        return text
 
     def close(self, stream: ServedStream) -> None:
-        """End a stream now: its pages go back to the pool and its viewers get an end event."""
-        with self.lock:
-            if stream.closed:
-                return
-            stream.closed = True
-            self.engine.close(stream.state)
-        self._publish(stream, self._end_event(stream))
+        """Ask for the stream to end: at the engine's next round its pages go back to the pool, its
+        viewers get the end event and its upload is deleted."""
+        stream.closing = True
+        self.loop.wake.set()
 
-    @staticmethod
-    def _end_event(stream: ServedStream) -> dict:
-        return {"type": "end", "windows": len(stream.windows_said), "dropped_windows": stream.dropped_windows}
+    def fail(self, stream: ServedStream, message: str) -> None:
+        stream.error = message
+        stream.viewers.publish({"type": "error", "message": message})
+        self.close(stream)
+
+    def enqueue(self, stream: ServedStream, window: FrameWindow, wait: bool = False) -> None:
+        """Queue a window; a live source's window is dropped when the queue is full (the engine is
+        behind), a file read as fast as possible waits for room instead."""
+        try:
+            if wait:
+                while not stream.closing:
+                    with contextlib.suppress(queue.Full):
+                        stream.windows.put(window, timeout=0.5)
+                        break
+            else:
+                stream.windows.put_nowait(window)
+        except queue.Full:  # the engine is behind: this window is dropped, and said to be
+            stream.dropped_windows += 1
+            stream.viewers.publish({"type": "dropped", "start": window.start, "end": window.end})
+        self.loop.wake.set()
+
+    # ------------------------------------------------------------------ the engine's thread
+
+    def said(self, stream: ServedStream, window: FrameWindow, result) -> None:
+        self.latencies.append(result.timings["total"])
+        self.windows_done += 1
+        self.stream_seconds += window.end - window.start
+        stream.viewers.publish({"type": "window", "index": result.index, "start": result.start, "end": result.end,
+                                "text": result.text, "latency_ms": round(result.timings["total"], 1),
+                                **({"asked": result.asked} if result.asked else {})})
+
+    def housekeeping(self) -> None:
+        """(The engine's thread, between rounds.) Close what was asked to close or has run out of
+        windows, and forget streams closed for longer than the grace period."""
+        now = time.monotonic()
+        with self.lock:
+            streams = list(self.streams.values())
+        for stream in streams:
+            if not stream.closed and (stream.closing or (stream.finished and stream.windows.empty())):
+                self.engine.close(stream.state)
+                stream.closing, stream.closed_at = True, now
+                if stream.upload is not None:
+                    stream.upload.unlink(missing_ok=True)
+                stream.viewers.publish({"type": "end", "windows": len(stream.viewers.said),
+                                        "dropped_windows": stream.dropped_windows,
+                                        **({"error": stream.error} if stream.error else {})})
+        with self.lock:
+            for stream_id in [i for i, s in self.streams.items() if s.closed and now - s.closed_at > self.grace_s]:
+                del self.streams[stream_id]
+
+    # ------------------------------------------------------------------ the server
 
     def shutdown(self) -> None:
         for stream in list(self.streams.values()):
             self.close(stream)
-        self.running = False
-        self.wake.set()
-        self.loop.join(timeout=10)
+        self.housekeeping()
+        self.loop.stop()
+        if self.own_upload_dir:
+            shutil.rmtree(self.upload_dir, ignore_errors=True)
 
     def metrics(self) -> dict:
         lat = list(self.latencies)
-        active = [s for s in self.streams.values() if not s.closed]
+        with self.lock:
+            streams = list(self.streams.values())
+        active = [s for s in streams if not s.closing]
         memory = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else None
-        return {"active_streams": len(active), "max_streams": self.max_streams, "windows": int(self.windows_done),
+        pool = self.engine.pool
+        return {"active_streams": len(active), "closed_streams": len(streams) - len(active),
+                "max_streams": self.max_streams, "viewers": sum(s.viewers.count for s in streams),
+                "windows": int(self.windows_done),
                 "window_p50_ms": percentile(lat, 0.5) if lat else None,
                 "window_p99_ms": percentile(lat, 0.99) if lat else None,
                 "window_mean_ms": statistics.fmean(lat) if lat else None,
-                "real_time_factor": self.busy_seconds / self.stream_seconds if self.stream_seconds else None,
-                "dropped_windows": sum(s.dropped_windows for s in self.streams.values()),
-                "dropped_events": sum(s.dropped_events for s in self.streams.values()),
-                "kv_pages_in_use": self.engine.pool.pages_in_use, "kv_pages": self.engine.pool.pages,
-                "gpu_memory_gb": memory}
+                "real_time_factor": self.loop.busy_seconds / self.stream_seconds if self.stream_seconds else None,
+                "dropped_windows": sum(s.dropped_windows for s in streams),
+                "dropped_events": sum(s.viewers.dropped for s in streams),
+                "kv_pages_in_use": pool.pages_in_use, "kv_pages": pool.pages, "gpu_memory_gb": memory}
 
-    # ------------------------------------------------------------------ the engine loop
-
-    def _enqueue(self, stream: ServedStream, frames: torch.Tensor, t_end: float, wait: bool = False) -> None:
-        """Queue a window; a live source's window is dropped when the queue is full (the engine is
-        behind), a file read as fast as possible waits for room instead."""
-        self.wake.set()
-        try:
-            if wait:
-                while not stream.closed:
-                    with contextlib.suppress(queue.Full):
-                        stream.windows.put((frames, t_end), timeout=0.5)
-                        break
-            else:
-                stream.windows.put_nowait((frames, t_end))
-        except queue.Full:  # the engine is behind: this window is dropped, and said to be
-            stream.dropped_windows += 1
-            self._publish(stream, {"type": "dropped", "end": t_end})
-        self.wake.set()
-
-    def _fail(self, stream: ServedStream, message: str) -> None:
-        stream.error = message
-        self._publish(stream, {"type": "error", "message": message})
-        self.close(stream)
-
-    def _publish(self, stream: ServedStream, event: dict) -> None:
-        for events in list(stream.subscribers):
-            while True:
-                try:
-                    events.put_nowait(event)
-                    break
-                except queue.Full:  # a slow viewer loses its oldest event, not the others' pace
-                    stream.dropped_events += 1
-                    with contextlib.suppress(queue.Empty):
-                        events.get_nowait()
-
-    def _run(self) -> None:
-        while self.running:
-            self.wake.wait(timeout=0.1)
-            self.wake.clear()
-            while self._step_ready():
-                pass
-
-    def _step_ready(self) -> bool:
-        """Step every stream that has a window, together; False when none had one (then the
-        streams whose source ended and whose windows are all done are closed)."""
-        results, done = None, []
-        with self.lock:
-            ready = []
-            for stream in self.streams.values():
-                if not stream.closed and not stream.windows.empty():
-                    frames, t_end = stream.windows.get_nowait()
-                    ready.append((stream, frames, t_end))
-            if ready:
-                results = self._step(ready)
-            else:
-                done = [s for s in self.streams.values() if s.finished and not s.closed and s.windows.empty()]
-        for stream in done:
-            self.close(stream)  # takes the lock itself
-        if ready and results is None:
-            for stream, _, _ in ready:
-                self._fail(stream, stream.error)
-        return bool(ready)
-
-    def _step(self, ready: list[tuple[ServedStream, torch.Tensor, float]]):
-        """One engine step over the ready streams (the lock held); publishes each window."""
-        for stream, frames, t_end in ready:  # the clock follows the source over dropped windows
-            stream.state.clock = t_end - len(frames) / stream.state.config.fps
-        started = time.perf_counter()
-        try:
-            results = self.engine.step([s.state for s, _, _ in ready], [f for _, f, _ in ready])
-        except Exception as e:  # a bad window (odd frames) ends its streams, never the server
-            for stream, _, _ in ready:
-                stream.error = f"{type(e).__name__}: {e}"
-            return None
-        finally:
-            self.busy_seconds += time.perf_counter() - started
-        for (stream, frames, _), result in zip(ready, results):
-            self.latencies.append(result.timings["total"])
-            self.windows_done += 1
-            self.stream_seconds += len(frames) / stream.state.config.fps
-            event = {"type": "window", "index": result.index, "start": result.start, "end": result.end,
-                     "text": result.text, "latency_ms": round(result.timings["total"], 1)}
-            stream.windows_said.append(event)
-            self._publish(stream, event)
-        return results
-
-    @staticmethod
-    def new_upload_name(suffix: str) -> str:
-        """A server-chosen name: nothing in a request decides where an upload is written."""
+    def new_upload(self, suffix: str) -> Path:
+        """A server-chosen path: nothing in a request decides where an upload is written."""
         safe = "".join(c for c in suffix.lower() if c.isalnum())[:8]
-        return f"{uuid.uuid4().hex}.{safe or 'bin'}"
+        return self.upload_dir / f"{uuid.uuid4().hex}.{safe or 'bin'}"
 
+
+def _cache_bound(config: SessionConfig, spec) -> int:
+    """The most tokens a stream's cache holds under ``config``'s bounds (4096 when text is
+    unbounded): the pool is sized for it before the first window."""
+    if config.max_text_tokens is None:
+        return 4096
+    per_second = config.max_pixels // spec.factor**2 * config.plan.fps / spec.temporal_patch_size
+    seconds = config.horizon + config.plan.initial_frames / config.plan.fps
+    return int(per_second * seconds) + config.text_sink + config.max_text_tokens + 64 + config.max_new_tokens

@@ -55,6 +55,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile each decoder layer (regional); the first steps pay the compile time
     fused_ops: bool = True  # on GPU: the fused rotary kernel, and Liger's RMSNorm / SwiGLU when installed
     with_context: bool = False
+    # the stream's window plan (frames of the first window and of every later one, at 2 FPS) and
+    # per-frame pixel bounds: recorded in the model's config, so streaming uses what training did
+    initial_frames: int = 6
+    frames_per_window: int = 2
     min_pixels: int = 100 * 28 * 28  # per frame
     max_pixels: int = 768 * 28 * 28
     seed: int = 0
@@ -76,7 +80,7 @@ class TrainConfig:
 
 
 _POSITIVE = ("epochs", "global_batch_clips", "token_budget", "log_every", "min_pixels", "max_pixels",
-             "prefetch_packs", "replicas", "decode_threads")
+             "prefetch_packs", "replicas", "decode_threads", "initial_frames", "frames_per_window")
 _POSITIVE_OR_NONE = ("max_steps", "stop_after")
 _NON_NEGATIVE = ("weight_decay", "num_workers", "save_every")
 _CHOICES = {"engine": ("livecc", "hf"), "checkpoint_policy": ("full", "selective"),

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..data.packing import Pack, PackedLoader, StreamingDataset
+from ..data.windows import StreamFormat, WindowPlan
 from ..models import TextOnlyHead, load_model, patch, text_only_causal_lm_loss, tiny_qwen2vl
 from ..qwen2vl import PixelBudget, VisionSpec, offline_processor, rope_time_interval
 from .checkpoint import Checkpointer, clear_run, cut_metrics, latest_checkpoint
@@ -61,13 +62,15 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                            fused=True)
         budget = PixelBudget(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        plan = WindowPlan(cfg.initial_frames, cfg.frames_per_window)
+        StreamFormat(plan, cfg.min_pixels, cfg.max_pixels).record_in(model)  # saved with every export
         temporal_patch = VisionSpec.from_processor(self.processor).temporal_patch_size
         interval = rope_time_interval(model.config, temporal_patch)
         gpu_decode = cfg.decode_device == "cuda"
         if gpu_decode and self.device.type != "cuda":
             raise ValueError("config key 'decode_device': cuda needs training on a CUDA device")
         dataset = StreamingDataset(cfg.data, self.processor, cfg.video_root, with_context=cfg.with_context,
-                                   budget=budget, time_interval=interval, frame_rule=cfg.frame_rule,
+                                   plan=plan, budget=budget, time_interval=interval, frame_rule=cfg.frame_rule,
                                    allow_absolute_paths=cfg.allow_absolute_paths,
                                    device=str(self.device) if gpu_decode else "cpu")
         budget = cfg.token_budget if cfg.engine == "livecc" else 1  # "hf": one clip per micro-batch

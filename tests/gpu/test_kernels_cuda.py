@@ -210,6 +210,26 @@ def test_rotary_qk(nan_empty, cuda_gen, dtype, b, length, hq, hk, d):
     assert rel_err(q.grad, q64.grad) < TOL[dtype] and rel_err(k.grad, k64.grad) < TOL[dtype]
 
 
+@DTYPES
+def test_rerotate_keys(cuda_gen, dtype):
+    """Keys of a pool re-rotated in place by their position shifts on CUDA equal the reference's;
+    other slots are untouched."""
+    from livecc.kernels import rerotate_keys, rerotate_keys_reference, shift_angles
+
+    keys = torch.randn(4096, 4, 128, device="cuda", generator=cuda_gen).to(dtype)
+    slots = torch.randperm(4096, device="cuda", generator=cuda_gen)[:1500]
+    shifts = torch.randint(0, 50_000, (1500,), device="cuda", generator=cuda_gen)
+    inv_freq = 1.0 / (1e6 ** (torch.arange(0, 128, 2, dtype=torch.float64) / 128))
+    rows, cos, sin = shift_angles(shifts, inv_freq)
+    ours, ref = keys.clone(), keys.clone()
+    rerotate_keys(ours, slots, rows.cuda(), cos.cuda(), sin.cuda())
+    rerotate_keys_reference(ref, slots, rows.cuda(), cos.cuda(), sin.cuda())
+    assert rel_err(ours, ref) < TOL[dtype]
+    untouched = torch.ones(4096, dtype=torch.bool, device="cuda")
+    untouched[slots] = False
+    assert torch.equal(ours[untouched], keys[untouched])
+
+
 def test_inputs_on_two_devices_are_a_clear_error(cuda_gen):
     q, k, v, cu_q, cu_k = attention_case(cuda_gen, [9], [9], 2, 1, 64, torch.bfloat16)
     with pytest.raises(ValueError, match="cu_seqlens_q is on cpu"):

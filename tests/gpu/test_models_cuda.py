@@ -85,7 +85,8 @@ def test_streams_stepped_together_equal_one_masked_full_forward(processor, dtype
         for index, logits in s.trace.logits:
             torch.testing.assert_close(logits.float().cuda(), full[index], atol=atol, rtol=rtol)
     if cuda_graphs:
-        assert pool.decode_graphs is not None and pool.decode_graphs.builds > 0
+        graphs = sessions[0].engine.runner.decode_graphs
+        assert graphs is not None and graphs.builds > 0
     for s in sessions:
         s.close()
     assert pool.pages_in_use == 0

@@ -1,0 +1,175 @@
+"""``livecc serve`` under load: how many live streams, each with its viewers, one server holds with
+every window delivered and ``/v1/health`` answering under a second, and where it stops.
+
+A real server on 127.0.0.1 (the tiny model on CPU; the 7B shape on a GPU), and for each level of
+N streams: N WebSocket clients sending frames at 2 FPS in real time for ``--seconds``, each stream
+watched by ``--viewers`` server-sent-event clients, and a client asking for health every 100 ms.
+A level holds when every window of every stream reaches its sender and all its viewers, none is
+dropped, and health's slowest answer is under 1 s; the sweep stops after the first that does not.
+
+    livecc bench serve [--streams 1,2,4,8,16] [--viewers 4] [--seconds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+
+from ..infer.stream import percentile
+from .results import Sweep, on_gpu
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _jpeg(value: int, size: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), value, dtype=np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _sender(port: int, seconds: float, size: int, got: list, ids: list) -> None:
+    """One live stream: frames at 2 FPS in real time, then the end; counts the windows said to it."""
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{port}/v1/ws", max_size=None) as ws:
+        ids.append(json.loads(ws.recv())["id"])
+        start, frames = time.monotonic(), [_jpeg(v, size) for v in range(0, 250, 25)]
+
+        def receive():
+            try:
+                for message in ws:
+                    event = json.loads(message)
+                    got.append(event["type"])
+                    if event["type"] == "end":
+                        return
+            except Exception:  # noqa: BLE001  the connection closing ends the count
+                return
+
+        reader = threading.Thread(target=receive, daemon=True)
+        reader.start()
+        for i in range(int(seconds * 2)):
+            if (wait := start + i / 2 - time.monotonic()) > 0:
+                time.sleep(wait)
+            ws.send(frames[i % len(frames)])
+        ws.send(json.dumps({"type": "end"}))
+        reader.join(timeout=120)
+
+
+def _viewer(port: int, stream_id: str, got: list) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=180)
+    conn.request("GET", f"/v1/streams/{stream_id}/events")
+    for line in conn.getresponse():
+        if line.startswith(b"data: "):
+            kind = json.loads(line[6:])["type"]
+            got.append(kind)
+            if kind == "end":
+                break
+    conn.close()
+
+
+def level(port: int, streams: int, viewers: int, seconds: float, size: int) -> dict:
+    sent_to, seen_by, ids, health, stop = [[] for _ in range(streams)], [], [], [], threading.Event()
+
+    def ask_health():
+        while not stop.is_set():
+            t0 = time.monotonic()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/v1/health")
+            conn.getresponse().read()
+            conn.close()
+            health.append(time.monotonic() - t0)
+            time.sleep(0.1)
+
+    prober = threading.Thread(target=ask_health, daemon=True)
+    prober.start()
+    senders = [threading.Thread(target=_sender, args=(port, seconds, size, sent_to[i], ids), daemon=True)
+               for i in range(streams)]
+    for t in senders:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(ids) < streams and time.monotonic() < deadline:
+        time.sleep(0.05)
+    watchers = []
+    for stream_id in list(ids):
+        for _ in range(viewers):
+            seen_by.append([])
+            watchers.append(threading.Thread(target=_viewer, args=(port, stream_id, seen_by[-1]), daemon=True))
+    for t in watchers:
+        t.start()
+    for t in senders + watchers:
+        t.join(timeout=seconds + 180)
+    stop.set()
+    prober.join(timeout=15)
+    expected = 1 + (int(seconds * 2) - 6) // 2  # the plan's windows: 6 frames, then 2 each
+    delivered = sum(kinds.count("window") for kinds in sent_to)
+    viewed = sum(kinds.count("window") for kinds in seen_by)
+    dropped = sum(kinds.count("dropped") for kinds in sent_to)
+    holds = (delivered == streams * expected and viewed == streams * viewers * expected and dropped == 0
+             and max(health) < 1.0)
+    return {"streams": streams, "viewers_per_stream": viewers, "windows_expected": streams * expected,
+            "windows_to_senders": delivered, "windows_to_viewers": viewed,
+            "viewer_windows_expected": streams * viewers * expected, "dropped": dropped,
+            "health_p50_ms": percentile(health, 0.5) * 1e3, "health_max_ms": max(health) * 1e3, "holds": holds}
+
+
+def run(argv=()) -> Sweep:
+    import uvicorn
+
+    from ..models import tiny_qwen2vl
+    from ..qwen2vl import offline_processor
+    from ..serve import Hub, create_app
+    from .measure import random_qwen2vl
+
+    parser = argparse.ArgumentParser(prog="livecc bench serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", default="1,2,4,8,16", help="stream counts, in order")
+    parser.add_argument("--viewers", type=int, default=4, help="server-sent-event viewers per stream")
+    parser.add_argument("--seconds", type=float, default=15.0, help="seconds of frames each stream sends")
+    parser.add_argument("--size", type=int, default=112, help="frame side in pixels")
+    args = parser.parse_args(list(argv))
+    counts = [int(n) for n in args.streams.split(",")]
+    gpu = on_gpu()
+    model = random_qwen2vl("qwen2vl-7b", "sdpa").eval() if gpu else tiny_qwen2vl(seed=0)
+    hub = Hub(model, offline_processor(), max_streams=max(counts), max_viewers=args.viewers + 1)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=port, log_level="warning",
+                                           ws_max_size=1 << 24))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    rows = []
+    try:
+        for n in counts:
+            rows.append(level(port, n, args.viewers, args.seconds, args.size))
+            print(f"{n} streams x {args.viewers} viewers: {'holds' if rows[-1]['holds'] else 'does not hold'} "
+                  f"({rows[-1]['windows_to_senders']}/{rows[-1]['windows_expected']} windows, health max "
+                  f"{rows[-1]['health_max_ms']:.0f} ms)", flush=True)
+            if not rows[-1]["holds"]:
+                break
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        hub.shutdown()
+    held = [r["streams"] for r in rows if r["holds"]]
+    notes = (f"{'7B Qwen2-VL shape (random bf16 weights)' if gpu else 'tiny random Qwen2-VL on CPU'}; each stream "
+             f"{args.seconds:g} s of {args.size}x{args.size} JPEG frames at 2 FPS over a WebSocket in real time, "
+             f"{args.viewers} SSE viewers each, health asked every 100 ms; default session settings.")
+    headline = [{"target": "serve load", "goal": "every window delivered, none dropped, health < 1 s",
+                 "figure": f"held up to {max(held) if held else 0} streams x {args.viewers} viewers"
+                           + (f"; stopped at {rows[-1]['streams']}" if rows and not rows[-1]["holds"] else "")}]
+    cols = ["streams", "viewers_per_stream", "windows_expected", "windows_to_senders", "viewer_windows_expected",
+            "windows_to_viewers", "dropped", "health_p50_ms", "health_max_ms", "holds"]
+    return Sweep("serve", rows, cols, notes, None, headline)

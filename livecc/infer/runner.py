@@ -1,0 +1,93 @@
+"""Running the model over the streams' paged caches: the ViT, a packed prefill, a batched decode
+step (each replayed as CUDA graphs on GPU) and the re-rotation of keys whose positions moved.
+
+No policy here: what to feed, what to keep and what to say is the engine's and its policy's; this
+runs what it is given, on the device, without reading the host back.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..kernels import rerotate_keys, shift_angles
+from .cache import KVPool, StreamKVCache
+from .decoder import forward_tokens
+from .graphs import DecodeGraphs, PrefillGraphs
+
+__all__ = ["ModelRunner"]
+
+
+class ModelRunner:
+    """The model and its KV pool, and the graphs that replay its steps over the pool."""
+
+    def __init__(self, model, pool: KVPool, *, cuda_graphs: bool = True):
+        self.model, self.pool = model.eval(), pool
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        # An fp32 prefill attends through SDPA per stream (host reads of the lengths): not capturable.
+        graphs = cuda_graphs and self.device.type == "cuda"
+        self.decode_graphs = DecodeGraphs(model, pool) if graphs else None
+        self.prefill_graphs = PrefillGraphs(model, pool) if graphs and self.dtype != torch.float32 else None
+        rotary = model.model.language_model.rotary_emb
+        if getattr(rotary, "attention_scaling", 1.0) != 1.0:  # moving keys rotates them; it must not rescale them
+            raise ValueError("streaming needs a rotary embedding without attention scaling")
+        self.inv_freq = rotary.inv_freq
+
+    def compile_vision(self) -> None:
+        """Compile each ViT block (regional ``torch.compile``, shapes dynamic: one graph serves every
+        frame size and every block), fusing its norms, rotary embedding and MLP around livecc's
+        attention op. The first windows pay the compile time; ``warm_up`` can take it instead."""
+        for block in self.model.model.visual.blocks:
+            block.compile(dynamic=True)
+
+    def warm_up(self, max_streams: int, max_tokens: int) -> None:
+        """Allocate the pool for ``max_streams`` streams of up to ``max_tokens`` cached tokens each and
+        build the decode steps of every batch size up to ``max_streams`` and the prefill of every
+        bucket now, so that neither a pool reallocation nor a graph capture lands inside a window."""
+        pages = -(-max_tokens // self.pool.page_size)
+        self.pool.ensure(max_streams * pages + 1)  # + the prefill's scratch page
+        if self.prefill_graphs is not None:
+            self.prefill_graphs.prepare(max_streams, pages)
+        if self.decode_graphs is not None:
+            self.decode_graphs.prepare(max_streams, pages)
+
+    def encode(self, pixel_values: torch.Tensor, grids: torch.Tensor, merge: int) -> list[torch.Tensor]:
+        """One ViT call over every window's patch rows -> each window's visual embeddings."""
+        out = self.model.model.visual(pixel_values, grid_thw=grids.to(self.device))
+        embeds = getattr(out, "pooler_output", out)
+        return list(embeds.split([int(g.prod()) // merge**2 for g in grids]))
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids.to(self.device))
+
+    def prefill(self, caches: list[StreamKVCache], embeds: torch.Tensor, positions: torch.Tensor,
+                counts: list[int]) -> torch.Tensor:
+        """``embeds [n, H]`` at ``positions [3, n]``, the first ``counts[0]`` for ``caches[0]`` and so
+        on, into the caches -> the logits after each stream's last token ``[B, V]`` (fp32)."""
+        if self.prefill_graphs is not None and self.prefill_graphs.fits(counts):
+            hidden = self.prefill_graphs.run(caches, embeds, positions, counts)
+        else:
+            hidden = forward_tokens(self.model, embeds, positions, caches, counts)
+        last = (torch.tensor(counts).cumsum(0) - 1).to(hidden.device)
+        return self.model.lm_head(hidden[last]).float()
+
+    def decode(self, caches: list[StreamKVCache], tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """One token per stream at its position -> each stream's next-token logits ``[B, V]``."""
+        if self.decode_graphs is not None:
+            return self.decode_graphs.step(caches, tokens, positions)
+        embeds = self.embed(torch.tensor(tokens))
+        pos = torch.tensor(positions, dtype=torch.long).expand(3, -1)
+        hidden = forward_tokens(self.model, embeds, pos, caches, [1] * len(caches))
+        return self.model.lm_head(hidden).float()
+
+    def move_keys(self, cache: StreamKVCache, moved: torch.Tensor) -> None:
+        """Re-rotate, in every layer, the keys of the cache's live tokens that move down by
+        ``moved [length]`` positions (all three M-RoPE sections alike: one RoPE rotation)."""
+        which = moved.nonzero().flatten()
+        if which.numel() == 0:
+            return
+        rows, cos, sin = shift_angles(moved[which], self.inv_freq)
+        slots, rows = cache.slots(which).to(self.device), rows.to(self.device)
+        cos, sin = cos.to(self.device), sin.to(self.device)
+        for layer in range(len(self.pool.keys)):
+            rerotate_keys(self.pool.slot_view(layer)[0], slots, rows, cos, sin)

@@ -1,0 +1,75 @@
+"""The step loop: one thread owns the engine. Each round it takes the next window of every stream
+that has one, checks each on its own, and steps them together; when the batched step fails, each
+stream's window is stepped alone, so only the stream whose window fails hears the error and the
+others go on. Other threads never wait on the engine: they queue windows, questions and closes,
+which the loop applies between rounds."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .hub import Hub, ServedStream
+
+__all__ = ["StepLoop"]
+
+
+class StepLoop:
+    def __init__(self, hub: Hub):
+        self.hub, self.engine = hub, hub.engine
+        self.wake = threading.Event()
+        self.running = True
+        self.busy_seconds = 0.0
+        self.thread = threading.Thread(target=self._run, name="livecc-engine", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.running = False
+        self.wake.set()
+        self.thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while self.running:
+            self.wake.wait(timeout=0.1)
+            self.wake.clear()
+            self.hub.housekeeping()
+            while self.running and self._round():
+                self.hub.housekeeping()
+
+    def _round(self) -> bool:
+        """One step over every stream with a window; False when none had one."""
+        ready = []
+        for stream in self.hub.live_streams():
+            try:
+                window = stream.windows.get_nowait()
+            except queue.Empty:
+                continue
+            while stream.questions:
+                stream.state.questions.append(stream.questions.popleft())  # checked when asked
+            try:
+                self.engine.check_frames(stream.state, window.frames)
+            except ValueError as e:
+                self.hub.fail(stream, str(e))
+                continue
+            ready.append((stream, window))
+        if not ready:
+            return False
+        started = time.perf_counter()
+        try:
+            self._publish(ready, self.engine.step([s.state for s, _ in ready], [w for _, w in ready]))
+        except Exception:  # one of them: each alone now (the engine put every stream back as it was)
+            for stream, window in ready:
+                try:
+                    self._publish([(stream, window)], self.engine.step([stream.state], [window]))
+                except Exception as e:  # this stream's window: its error, its end; never the others'
+                    self.hub.fail(stream, f"{type(e).__name__}: {e}")
+        finally:
+            self.busy_seconds += time.perf_counter() - started
+        return True
+
+    def _publish(self, ready: list[tuple[ServedStream, object]], results) -> None:
+        for (stream, window), result in zip(ready, results):
+            self.hub.said(stream, window, result)
