@@ -1,20 +1,25 @@
 """A small client for OpenAI-compatible chat-completion endpoints (OpenAI, Azure, vLLM, ...).
 
-Standard library only. Every request has a timeout; retries (connection errors, timeouts, 429 and
-5xx) back off exponentially, are logged as they happen, and stop at ``max_retries`` or when the
-request's total ``deadline`` would pass, whichever comes first. An optional rate limit (requests
-per second) is shared by all threads using the client.
+Standard library only. Every attempt is bounded in wall-clock time, not only per socket read (a
+server that trickles a byte every few seconds is cut off when the attempt's time is up); retries
+(connection errors, timeouts, responses that are not HTTP, 429 and 5xx) back off exponentially,
+are logged as they happen, and stop at ``max_retries`` or when the request's total ``deadline``
+would pass, whichever comes first. An optional rate limit (requests per second) is shared by all
+threads using the client.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 
 __all__ = ["ChatClient", "ChatError"]
@@ -78,18 +83,18 @@ class ChatClient:
             try:
                 with self._lock:
                     self.requests += 1
-                request = urllib.request.Request(url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=timeout) as response:
-                    payload = json.loads(response.read())
-                return payload["choices"][0]["message"]["content"] or ""
-            except urllib.error.HTTPError as e:
-                if e.code not in _RETRYABLE or attempt == self.max_retries:
-                    raise ChatError(f"{url}: HTTP {e.code} {e.reason}") from e
-                why = f"HTTP {e.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError, KeyError) as e:
+                status, reason, payload = _post(url, data, headers, timeout)
+                if status >= 400:
+                    if status not in _RETRYABLE or attempt == self.max_retries:
+                        raise ChatError(f"{url}: HTTP {status} {reason}")
+                    why = f"HTTP {status}"
+                else:
+                    return json.loads(payload)["choices"][0]["message"]["content"] or ""
+            except (OSError, http.client.HTTPException, json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
+                what = "not an HTTP response" if isinstance(e, http.client.HTTPException) else type(e).__name__
                 if attempt == self.max_retries:
-                    raise ChatError(f"{url}: {type(e).__name__}: {e} ({attempt + 1} attempts)") from e
-                why = f"{type(e).__name__}: {e}"
+                    raise ChatError(f"{url}: {what}: {e} ({attempt + 1} attempts)") from e
+                why = f"{what}: {e}"
             with self._lock:
                 self.retries += 1
             wait = min(self.backoff * 2**attempt * (0.5 + random.random() / 2),  # jittered exponential
@@ -97,3 +102,47 @@ class ChatClient:
             log.warning("%s: %s; retry %d of %d in %.1f s", url, why, attempt + 1, self.max_retries, wait)
             time.sleep(wait)
         raise AssertionError("unreachable")
+
+
+def _post(url: str, data: bytes, headers: dict, seconds: float) -> tuple[int, str, bytes]:
+    """``(status, reason, body)`` of one POST, given ``seconds`` in all: connecting, sending and
+    every read together. When they are up the socket is shut, which ends any read in progress."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url}: an endpoint is http:// or https://")
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    proxy = urllib.request.getproxies().get(parts.scheme)  # HTTP(S)_PROXY, as urllib would use
+    if proxy and not urllib.request.proxy_bypass(parts.hostname):
+        via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        conn = kind(via.hostname, via.port, timeout=seconds)
+        if parts.scheme == "https":
+            conn.set_tunnel(parts.hostname, parts.port)
+        else:
+            target = url  # a plain-HTTP proxy takes the whole URL
+    else:
+        conn = kind(parts.hostname, parts.port, timeout=seconds)
+    expired = threading.Event()
+
+    def cut() -> None:
+        expired.set()
+        if conn.sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, cut)
+    timer.start()
+    try:
+        conn.request("POST", target, body=data, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as e:
+        if expired.is_set():
+            raise TimeoutError(f"no whole answer within {seconds:.3g} s") from e
+        raise
+    finally:
+        timer.cancel()
+        conn.close()
+    if expired.is_set():
+        raise TimeoutError(f"no whole answer within {seconds:.3g} s")
+    return response.status, response.reason, body

@@ -184,9 +184,11 @@ def cmd_cc_generate(args) -> int:
     from .models import load_model
 
     model, processor = load_model(args.model, args.device)
+    made_by = {"model": args.model if args.model == "tiny" else str(Path(args.model).resolve()),
+               "annotations": str(Path(args.annotations).resolve())}
     counts = cc_generate(load_events(args.annotations), model, processor, args.video_root, args.out,
                          style=args.style, shard=args.shard, num_shards=args.num_shards,
-                         allow_absolute_paths=args.allow_absolute_paths)
+                         allow_absolute_paths=args.allow_absolute_paths, made_by=made_by, overwrite=args.overwrite)
     print("summary: " + " ".join(f"{k}={v}" for k, v in counts.items()))
     return _failures_exit("eval cc-generate", counts["failed"], args.allow_failures,
                           str(Path(args.out).with_suffix(".failed.jsonl")))
@@ -426,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None)
     gen.add_argument("--allow-absolute-paths", action="store_true", help="admit absolute video paths in events")
     gen.add_argument("--allow-failures", action="store_true", help="exit 0 even when events failed")
+    gen.add_argument("--overwrite", action="store_true", help="replace predictions made with other settings")
     gen.set_defaults(func=cmd_cc_generate)
     judge = ev_sub.add_parser("cc-judge", help=cmd_cc_judge.__doc__, description=cmd_cc_judge.__doc__)
     judge.add_argument("--annotations", required=True, help="events with event_asr_text (and class)")

@@ -500,3 +500,71 @@ def test_the_first_turn_text_follows_the_reference(title, previous, expected):
     assert context_text(record, with_context=True) == expected
     assert context_text(record, with_context=False) == "  ask me  "
     assert pickle.loads(pickle.dumps(record)) == record
+
+
+class TricklingServer:
+    """Loopback: answers every connection with one byte of a valid response every ``every`` s,
+    or (``garbage``) with a line that is not HTTP."""
+
+    def __init__(self, every: float = 1.0, garbage: bool = False):
+        self.every, self.garbage, self.stop = every, garbage, False
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+
+    def _serve(self):
+        while not self.stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        try:
+            conn.recv(65536)
+            if self.garbage:
+                conn.sendall(b"I AM NOT HTTP\r\n\r\n")
+                conn.close()
+                return
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000:
+                if self.stop:
+                    return
+                conn.sendall(bytes([byte]))
+                time.sleep(self.every)
+        except OSError:
+            return
+
+    def __enter__(self):
+        threading.Thread(target=self._serve, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop = True
+        self.sock.close()
+
+
+def test_a_trickling_or_garbage_endpoint_is_cut_off_by_the_deadline(tmp_path):
+    """One byte every second never trips a 2 s socket timeout; the attempt's wall-clock limit and
+    the deadline end it. A server that does not speak HTTP is a clear error, not a traceback."""
+    from livecc.chat import ChatClient, ChatError
+
+    with TricklingServer() as server:
+        started = time.monotonic()
+        with pytest.raises(ChatError, match="TimeoutError"):
+            ChatClient(server.url, timeout=2, max_retries=0, deadline=4).complete("hi")
+        assert time.monotonic() - started < 4
+    with TricklingServer(garbage=True) as server, pytest.raises(ChatError, match="not an HTTP response"):
+        ChatClient(server.url, timeout=2, max_retries=1, backoff=0.01, deadline=4).complete("hi")
+
+
+def test_a_missing_video_names_the_directory_searched_and_the_flag(tmp_path, capsys, monkeypatch):
+    (tmp_path / "data").mkdir()
+    records = tmp_path / "data" / "test.jsonl"
+    with RecordWriter(records) as w:
+        w.write(ClipRecord("test000.mp4", 0.0, 4.0, [Word(0.5, 0.9, "go")]))
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", str(records)]) == 1
+    err = capsys.readouterr().err
+    assert f"video 'test000.mp4' not found under {tmp_path}" in err and "--video-root" in err

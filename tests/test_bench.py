@@ -3,6 +3,9 @@ README is regenerated from the files."""
 
 import json
 
+import pytest
+
+from livecc.bench.targets import read_targets
 from livecc.cli import main
 
 
@@ -16,7 +19,9 @@ def test_a_cpu_benchmark_writes_its_results_and_the_readme(tmp_path, capsys):
     md = next(tmp_path.glob("*-cross_entropy.md")).read_text()
     assert "| livecc |" in md and (next(tmp_path.glob("*-cross_entropy.png"), None) or "no plot" in md)
     readme = (tmp_path / "README.md").read_text()
-    assert "| cross_entropy |" in readme and "P3" in readme
+    goal = read_targets()["P3"]  # the goal stated in docs/performance.md, in the file and the README
+    assert f"| cross_entropy | {data['environment']['device']} | P3 | {goal} |" in readme
+    assert data["headline"][0]["goal"] == goal
 
 
 def test_the_training_benchmark_runs_its_variants_on_cpu(tmp_path):
@@ -27,3 +32,41 @@ def test_the_training_benchmark_runs_its_variants_on_cpu(tmp_path):
     assert set(rows) == {"livecc", "livecc unfused", "reference"}
     assert all(r["tokens_per_s"] > 0 and r["tokens"] <= 300 for r in rows.values())
     assert rows["reference"]["speedup_vs_reference"] == 1.0
+
+
+def test_each_benchmark_lists_its_own_options(capsys):
+    from livecc.bench.runner import BENCHMARKS
+
+    for name in BENCHMARKS:
+        with pytest.raises(SystemExit) as exit_:
+            main(["bench", name, "--help"])
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: livecc bench {name}"), out[:200]
+    assert main(["bench", "--help"]) == 0 and "NAME --help" in capsys.readouterr().out
+
+
+def test_the_stream_benchmark_accepts_its_defaults_and_names_a_bad_run():
+    from livecc.bench import stream
+
+    assert stream.options([]).runs == tuple(stream.RUNS)
+    assert stream.options(["--runs", "livecc,eager"]).runs == ("livecc", "eager")
+    with pytest.raises(SystemExit):
+        stream.options(["--runs", "livecc,fast"])
+
+
+def test_every_headline_target_names_a_row_of_the_targets_table():
+    """Goals come from docs/performance.md alone; every literal headline target starts with an id
+    of that table (read from the benchmark sources, so no GPU run is needed to catch a typo)."""
+    import re
+    from pathlib import Path
+
+    from livecc.bench import targets
+
+    table = targets.read_targets()
+    assert {"P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"} <= set(table)
+    sources = Path(targets.__file__).parent.glob("*.py")
+    ids = {m for p in sources for m in re.findall(r'"target": f?"([A-Za-z0-9]+)[ "]', p.read_text())}
+    assert len(ids) >= 8 and ids <= set(table), ids - set(table)
+    assert targets.goal_of("P3 anything") == table["P3"]
+    assert "no target 'P99'" in targets.goal_of("P99")

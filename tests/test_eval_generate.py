@@ -54,6 +54,21 @@ def test_cc_generate_end_to_end_resumes_and_reports_missing_video(dataset, capsy
     assert "skipped=2" in capsys.readouterr().out and len(out.read_text().splitlines()) == 2
 
 
+def test_cc_generate_refuses_to_mix_runs_of_other_settings(dataset, capsys):
+    """A rerun into the same --out with another style (or model) is refused, naming what differs,
+    instead of skipping the events done and mixing two runs' predictions; --overwrite starts afresh."""
+    root, annotations = dataset
+    out = root / "mixed.jsonl"
+    args = ["eval", "cc-generate", "--annotations", str(annotations), "--video-root", str(root / "videos"),
+            "--model", "tiny", "--out", str(out), "--allow-failures"]
+    assert main(args) == 0
+    before = out.read_text()
+    assert main([*args, "--style", "base"]) == 1
+    assert "made with other settings (style differ)" in capsys.readouterr().err and out.read_text() == before
+    assert main([*args, "--style", "base", "--overwrite"]) == 0
+    assert "generated=2" in capsys.readouterr().out
+
+
 def test_question_formats_normalize():
     videomme = normalize_question({"videoID": "abc", "question": "Q?", "options": ["A. red", "B. blue"],
                                    "answer": "B", "task_type": "Counting"})

@@ -135,3 +135,14 @@ def test_missing_predictions_are_reported(tmp_path):
     del preds[events[1].key]
     with pytest.raises(ValueError, match="lack a prediction"):
         run_judge(events, preds, base, "Ours", "GPT-4o", ChatClient("http://127.0.0.1:9"), tmp_path / "v.jsonl")
+
+
+def test_the_client_goes_through_the_proxy_the_environment_names(tmp_path, monkeypatch):
+    events, preds, base = events_and_predictions(1)
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with JudgeServer() as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        client = ChatClient("http://judge.invalid:9/v1", "m", "k", max_retries=0)
+        run_judge(events, preds, base, "Ours", "GPT-4o", client, tmp_path / "v.jsonl", workers=1)
+    assert proxy.paths[0] == "http://judge.invalid:9/v1/chat/completions"  # a proxy is asked for the URL

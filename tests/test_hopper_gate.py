@@ -49,9 +49,9 @@ def test_every_kernel_compiles_for_hopper_within_shared_memory_and_without_spill
 
 
 def test_the_tuner_prunes_by_the_compiled_kernel_the_launcher_runs():
-    """The autotuner's pruning compiles each tiling for the call's own arguments and keeps those
-    that fit: the kernels it compiles are the launcher's (the same cache entries), and it keeps
-    exactly the tilings whose compiled shared memory is within the limit."""
+    """The autotuner's pruning, called as its run() calls it, compiles each tiling for the call's own
+    arguments and keeps those that fit: the kernels it compiles are the launcher's (the same cache
+    entries), and it keeps exactly the tilings whose compiled shared memory is within the limit."""
     # (the same compilation: equal hashes, Triton's cache key; its in-memory keys also count options
     # passed as defaults, so the objects may differ)
     print(run_python("""
@@ -68,8 +68,9 @@ def test_the_tuner_prunes_by_the_compiled_kernel_the_launcher_runs():
             cu = cu_seqlens([200, 300])
             attention.varlen_attention_fwd(q, k, k, cu, cu, 300, True, 0.1)
             attention._launch = launch
-            named = dict(zip(seen["tuner"].arg_names, seen["args"]))
-            kept = attention._prune(seen["jitted"])(seen["tuner"].configs, named, **seen["meta"])
+            tuner = seen["tuner"]  # pruned as its run() prunes: the launch's grid and warmup flag in kwargs
+            tuner.nargs = dict(zip(tuner.arg_names, seen["args"]))
+            kept = tuner.prune_configs({**seen["meta"], "grid": lambda meta: (1,), "warmup": False})
             by_prune = {kernel.hash for name, kernel, _ in compiled if name == "_fwd_kernel"}
             compiled.clear()
             for cfg in attention.tuning_space("fwd"):

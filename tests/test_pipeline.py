@@ -229,7 +229,7 @@ def test_ray_engine_writes_what_the_local_engine_writes(manifest, tmp_path):
                            tmp_path / "ray", batch_size=2, progress=False)
         assert main(["data", "clips", str(manifest), "--out", str(tmp_path / "cli"), "--transcript-root",
                      str(tmp_path), "--categories", "Sports", "--language", "en", "--batch-size", "2", "--quiet",
-                     "--engine", "ray", "--ray-workers", "1", "--ray-cpus", "0.5"]) == 0
+                     "--engine", "ray", "--ray-workers", "1", "--ray-cpus", "0.5", "--allow-failures"]) == 0
     finally:
         ray.shutdown()
     local = run_stage(factory(), [manifest], tmp_path / "local", batch_size=2, progress=False)
@@ -240,7 +240,7 @@ def test_ray_engine_writes_what_the_local_engine_writes(manifest, tmp_path):
         assert shard_paths(tmp_path / "cli", "clips", 0, 1)[kind].read_bytes() == expected, kind
 
 
-def test_rank_keeps_the_largest_vocabularies_with_ties_in_input_order(tmp_path):
+def test_rank_keeps_the_largest_vocabularies_with_ties_broken_by_the_clip(tmp_path):
     def clip(i, vocab):
         words = [Word(float(k), k + 0.5, f"v{k % vocab}") for k in range(40)]
         return ClipRecord(f"{i}.mp4", 0.0, 40.0, words, meta={"vocab": vocab}).to_messages()
@@ -252,7 +252,28 @@ def test_rank_keeps_the_largest_vocabularies_with_ties_in_input_order(tmp_path):
                                                                              ["out"])[:-1]]
     assert kept_videos == ["1.mp4", "2.mp4", "3.mp4", "5.mp4"]  # 9, 9, then the first two 7s
     assert report.balanced and report.dropped["rank"] == 3
-    assert rank_threshold([path], 100) == (-1, -1)  # fewer clips than asked: keep all
+    assert rank_threshold([path], 100) == (-1, None)  # fewer clips than asked: keep all
+
+
+def test_rank_keeps_the_same_clips_however_the_clips_were_sharded(tmp_path):
+    """Clips cut in 3 shards and in 1 are read in other orders; with ties at the cut, rank keeps
+    the same clips from both, and a line nested too deep for the parser is a failed item."""
+    rows = [{"video": f"v{i:03d}.mp4", "words": [list(w) for w in speech(0, 30, 1, [f"w{k % 8}" for k in range(30)])]}
+            for i in range(12)]  # every clip: vocabulary 8, all tied
+    manifest = write_lines(tmp_path / "videos.jsonl", rows)
+    for n in (1, 3):
+        for i in range(n):
+            run_stage(ClipStage(), [manifest], tmp_path / f"clips{n}", shard=i, num_shards=n, progress=False)
+    kept = {}
+    for n in (1, 3):
+        inputs = sorted((tmp_path / f"clips{n}").glob("clips.*-of-*.jsonl"))
+        deep = write_lines(tmp_path / f"deep{n}.jsonl", ["[" * 50_000])
+        report = run_stage(RankStage(rank_threshold([*inputs, deep], 4)), [*inputs, deep], tmp_path / f"rank{n}",
+                           progress=False)
+        assert report.failed == {"RecursionError": 1}
+        kept[n] = [ClipRecord.from_messages(m).video for m in read_jsonl(
+            shard_paths(tmp_path / f"rank{n}", "rank", 0, 1)["out"])[:-1]]
+    assert kept[1] == ["v000.mp4", "v001.mp4", "v002.mp4", "v003.mp4"] and sorted(kept[3]) == kept[1]
 
 
 SLOW_STAGE = '''
@@ -404,7 +425,7 @@ def test_talking_head_with_a_tiny_qwen2vl(tmp_path, processor):
     assert 0.0 < score < 1.0
     report = run_stage(TalkingHeadStage(scorer, tmp_path, threshold=score + 1e-3), [tmp_path / "clips.jsonl"],
                        tmp_path / "out", progress=False)
-    assert report.balanced and report.inputs == 5 and report.failed["VideoError"] == 1
+    assert report.balanced and report.inputs == 5 and report.failed["FileNotFoundError"] == 1
     assert report.dropped["active_speaker"] == 1 and report.kept + report.dropped["talking_head"] == 3
     kept = [ClipRecord.from_messages(m) for m in read_jsonl(shard_paths(tmp_path / "out", "talking-head", 0, 1)
                                                                 ["out"])[:-1]]
@@ -468,3 +489,40 @@ def test_prompts_through_a_server_that_fails_and_recovers(chat_server, tmp_path)
     assert client.retries >= 3
     out = [ClipRecord.from_messages(m) for m in read_jsonl(shard_paths(tmp_path / "out", "prompts", 0, 1)["out"])[:-1]]
     assert [r.query for r in out] == [f"Comment on match {i}" for i in (0, 1, 3, 4, 5)]
+
+
+def test_another_shard_count_is_refused_and_overwrite_replaces_the_old_set(manifest, tmp_path):
+    """Rerunning a stage with another --num-shards would leave the old shards beside the new (the
+    glob STAGE.*.jsonl would read both): refused; with overwrite the old set goes."""
+    from livecc.data.pipeline.runner import StageMismatchError
+
+    stage = ClipStage(ClipRules(), transcript_root=tmp_path)
+    for i in range(3):
+        run_stage(stage, [manifest], tmp_path / "out", shard=i, num_shards=3, progress=False)
+    with pytest.raises(StageMismatchError, match="outputs of 3 shards, not 2"):
+        run_stage(stage, [manifest], tmp_path / "out", shard=0, num_shards=2, progress=False)
+    for i in range(2):
+        run_stage(stage, [manifest], tmp_path / "out", shard=i, num_shards=2, progress=False, overwrite=i == 0)
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names and all("-of-00002" in n for n in names)
+    whole = run_stage(stage, [manifest], tmp_path / "whole", progress=False)
+    assert sum(len(read_jsonl(p)) - 1 for p in (tmp_path / "out").glob("clips.*.jsonl")) == whole.outputs
+
+
+def test_concatenated_outputs_read_as_every_record(manifest, tmp_path):
+    """Each shard's file ends with its own seek line; concatenated, every record is read (by
+    scanning: the last seek line does not index the whole file) and no seek line is a record."""
+    from livecc.data.records import SeekableRecords, read_records
+
+    stage = ClipStage(ClipRules(), transcript_root=tmp_path)
+    for i in range(3):
+        run_stage(stage, [manifest], tmp_path / "out", shard=i, num_shards=3, progress=False)
+    shards = sorted((tmp_path / "out").glob("clips.*-of-00003.jsonl"))
+    joined = tmp_path / "all.jsonl"
+    joined.write_bytes(b"".join(p.read_bytes() for p in shards))
+    expected = [r for p in shards for r in read_records(p)]
+    assert len(expected) >= 3 and list(read_records(joined)) == expected
+    seekable = SeekableRecords(joined)
+    assert len(seekable) == len(expected) and [seekable[i] for i in range(len(seekable))] == expected
+    report = run_stage(RankStage(rank_threshold([joined], 100)), [joined], tmp_path / "ranked", progress=False)
+    assert report.inputs == len(expected) and not report.failed

@@ -230,6 +230,18 @@ def test_example_configs_parse(name):
     assert cfg.max_steps == 3 and cfg.engine == "livecc"
 
 
+def test_paths_in_a_config_file_are_relative_to_its_folder(tmp_path, monkeypatch):
+    """From any working directory, a config file's paths mean the same files; an override on the
+    command line is relative to the working directory, as typed."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(repo / "configs" / "tiny-cpu.json", ["output_dir=\"here\""])
+    assert Path(cfg.video_root).resolve() == repo / "demo_out" and cfg.model == "tiny"
+    assert [Path(d).resolve() for d in cfg.data] == [repo / "demo_out" / "train.jsonl"] and cfg.output_dir == "here"
+
+
 def test_bad_config_keys_are_rejected():
     with pytest.raises(ValueError, match="unknown config keys"):
         load_config(None, ["learning_rate=1"])

@@ -7,6 +7,8 @@ datasheet.
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from .measure import HBM, PEAK, median_ms
@@ -14,6 +16,7 @@ from .results import Sweep, on_gpu
 
 
 def run(argv=()) -> Sweep | None:
+    argparse.ArgumentParser(prog="livecc bench ceilings", description=__doc__.splitlines()[0]).parse_args(list(argv))
     if not on_gpu():
         print("ceilings needs a GPU")
         return None
@@ -30,7 +33,7 @@ def run(argv=()) -> Sweep | None:
              "datasheet": HBM / 1e12, "of_datasheet": copy_bps / HBM},
             {"ceiling": "bf16 GEMM 8192^3", "ms": gemm_ms, "value": gemm_flops / 1e12, "unit": "TFLOP/s",
              "datasheet": PEAK / 1e12, "of_datasheet": gemm_flops / PEAK}]
-    headline = [{"target": "ceilings", "goal": "what the other figures are read against",
+    headline = [{"target": "ceilings",
                  "figure": f"copy {copy_bps / 1e12:.2f} TB/s, bf16 GEMM {gemm_flops / 1e12:.0f} TFLOP/s"}]
     return Sweep("ceilings", rows, ["ceiling", "ms", "value", "unit", "datasheet", "of_datasheet"],
                  "2 GiB device-to-device copy (read + written bytes); 8192^3 bf16 product of random matrices.",

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .targets import goal_of
+
 __all__ = ["Plot", "Sweep", "device_name", "environment", "on_gpu", "regenerate_readme", "write_sweep"]
 
 
@@ -38,7 +40,8 @@ class Plot:
 @dataclass
 class Sweep:
     """A benchmark's rows (one per shape x provider), the columns a reader wants, and the figures
-    that answer its performance targets (``headline``: ``{"target", "goal", "figure"}`` each)."""
+    that answer its performance targets (``headline``: ``{"target", "figure"}`` each; the writer adds
+    the target's goal from ``docs/performance.md``)."""
 
     name: str
     rows: list[dict]
@@ -92,7 +95,8 @@ def write_sweep(sweep: Sweep, out_dir: str | Path, env: dict) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{env['date'][:10]}-{slug(env['device'])}-{sweep.name}"
-    payload = {"benchmark": sweep.name, "environment": env, "notes": sweep.notes, "headline": sweep.headline,
+    headline = [{**h, "goal": goal_of(h["target"])} for h in sweep.headline]
+    payload = {"benchmark": sweep.name, "environment": env, "notes": sweep.notes, "headline": headline,
                "results": sweep.rows, "plot": asdict(sweep.plot) if sweep.plot else None}
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# {sweep.name} on {env['device']}", "", f"torch {env['torch']}, triton {env['triton']}, "
@@ -100,10 +104,12 @@ def write_sweep(sweep: Sweep, out_dir: str | Path, env: dict) -> Path:
     if sweep.notes:
         lines += [sweep.notes, ""]
     lines += _table(sweep.columns, sweep.rows)
+    md = stem.with_suffix(".md")
+    md.write_text("\n".join(lines) + "\n")  # before the plot: matplotlib's first import can take many seconds
     if sweep.plot:
         drawn = _plot(sweep, stem.with_suffix(".png"))
         lines += ["", f"![{sweep.name}]({stem.name}.png)" if drawn else f"(no plot: {drawn.reason})"]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        md.write_text("\n".join(lines) + "\n")
     return stem.with_suffix(".json")
 
 
@@ -176,9 +182,9 @@ def regenerate_readme(out_dir: str | Path) -> Path:
              "the named device only.", "",
              "| benchmark | device | target | goal | figure | file |", "|---|---|---|---|---|---|"]
     for (name, device), (_, data, md) in sorted(latest.items()):
-        heads = data.get("headline") or [{"target": "-", "goal": "-", "figure": "(no headline)"}]
-        for h in heads:
-            lines.append(f"| {name} | {device} | {h['target']} | {h['goal']} | {h['figure']} | [{md}]({md}) |")
+        for h in data.get("headline") or [{"target": "-", "figure": "(no headline)"}]:
+            goal = "-" if h["target"] == "-" else goal_of(h["target"])  # today's goal, whenever it ran
+            lines.append(f"| {name} | {device} | {h['target']} | {goal} | {h['figure']} | [{md}]({md}) |")
     path = out / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path

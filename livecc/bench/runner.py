@@ -26,12 +26,19 @@ BENCHMARKS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="livecc bench", description="Run livecc's benchmarks.",
-        epilog="Options not listed here go to the one benchmark named, e.g. livecc bench video --clips 16.")
+        prog="livecc bench", description="Run livecc's benchmarks.", add_help=False,
+        epilog="Options not listed here go to the one benchmark named, e.g. livecc bench video --clips 16; "
+               "livecc bench NAME --help lists them.")
+    parser.add_argument("-h", "--help", action="store_true", help="show this help (with one NAME: its options)")
     parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], metavar="NAME",
                         help=f"benchmarks to run (default: all that fit this machine): {', '.join(BENCHMARKS)}")
     parser.add_argument("--out", default="bench/results", help="result directory")
     args, options = parser.parse_known_args(argv)
+    if args.help and len(args.names) == 1:  # the benchmark's own parser prints its options and exits
+        importlib.import_module(f"livecc.bench.{args.names[0]}").run(["--help"])
+    if args.help:
+        parser.print_help()
+        return 0
     if options and len(args.names) != 1:
         parser.error(f"options {' '.join(options)} need exactly one benchmark named")
     env = environment()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["UnsafePathError", "resolve_under"]
+__all__ = ["UnsafePathError", "resolve_under", "video_under"]
 
 
 class UnsafePathError(ValueError):
@@ -34,3 +34,14 @@ def resolve_under(root: str | os.PathLike | None, path, *, source: str, allow_ab
     if normal == ".." or normal.startswith(".." + os.sep):
         raise UnsafePathError(f"{source}: path {path!r} leaves its root")
     return Path(root) / normal if root is not None else Path(normal)
+
+
+def video_under(root: str | os.PathLike | None, video, *, source: str, allow_absolute: bool = False) -> Path:
+    """:func:`resolve_under` for a video that must exist: when it does not, the error names the
+    directory searched and how to give another one."""
+    path = resolve_under(root, video, source=source, allow_absolute=allow_absolute)
+    if not path.is_file():
+        searched = Path(root).resolve() if root is not None else Path.cwd()
+        raise FileNotFoundError(f"{source}: video {video!r} not found under {searched} (the video root: "
+                                "--video-root on the command line, video_root in a training config)")
+    return path

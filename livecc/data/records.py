@@ -151,7 +151,8 @@ class RecordWriter:
 class SeekableRecords:
     """Random access to the raw messages of record ``i`` of a JSONL file.
 
-    Uses the trailing seek line when present; otherwise indexes the file in one pass.
+    Uses the trailing seek line when it indexes the whole file; otherwise (no seek line, or files
+    concatenated, each with its own) indexes the file in one pass.
     """
 
     def __init__(self, path: str | Path):
@@ -180,7 +181,7 @@ class SeekableRecords:
                 pos -= 1
             f.seek(pos)
             last = f.readline()
-        return _seek_offsets(last, pos)
+            return _seek_offsets(last, pos, f)
 
     def _scan(self) -> list[int]:
         return _line_offsets(self.path)
@@ -213,35 +214,36 @@ def read_records(path: str | Path) -> Iterator[list]:
 
 
 def iter_lines(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
-    """``(line number, byte offset, line)`` of every non-empty line but the seek line.
+    """``(line number, byte offset, line)`` of every non-empty line but seek lines.
 
-    A seek line is recognised by its place and form, never by its type alone: the file's last
-    non-empty line, a JSON list of exactly as many increasing integers as lines before it, the
-    first 0 and the last the previous line's offset. Any other line, ``[]`` or ``[1, 2]`` among
-    records included, is a line of the file. Constant memory: one line is held back."""
-    held, count, first, last, pos = None, 0, None, None, 0
+    A seek line is recognised by its form and place, never by its type alone: a JSON list of
+    exactly as many increasing integers as record lines before it (since the file's start or the
+    previous seek line: files written with seek lines and concatenated keep one each), the first
+    and the last those lines' offsets from where they began. Any other line, ``[]`` or ``[1, 2]``
+    among records included, is a line of the file. Constant memory."""
+    start, count, first, last, pos = 0, 0, None, None, 0
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
-                if held is not None:
-                    yield held
-                    count, first, last = count + 1, held[1] if first is None else first, held[1]
-                held = (n, pos, line)
+                if _is_seek_line(line, count, first, last, start):
+                    start, count, first, last = pos + len(line), 0, None, None
+                else:
+                    yield n, pos, line
+                    count, first, last = count + 1, pos if first is None else first, pos
             pos += len(line)
-    if held is not None and not _is_seek_line(held[2], count, first, last):
-        yield held
 
 
-def _is_seek_line(line: bytes, count: int, first: int | None, last: int | None) -> bool:
-    if not line.lstrip().startswith(b"["):
-        return False
+def _is_seek_line(line: bytes, count: int, first: int | None, last: int | None, start: int) -> bool:
+    head = line.lstrip()[:2]
+    if not head.startswith(b"[") or not (head[1:].isdigit() or head[1:] in (b"]", b" ", b"")):
+        return False  # records are lists of objects: only lists of numbers are parsed here
     try:
         values = json.loads(line)
     except (json.JSONDecodeError, RecursionError):
         return False
     if not _increasing_ints(values) or len(values) != count:
         return False
-    return count == 0 or (values[0] == first and values[-1] == last)
+    return count == 0 or (values[0] == first - start and values[-1] == last - start)
 
 
 def _increasing_ints(values) -> bool:
@@ -249,9 +251,10 @@ def _increasing_ints(values) -> bool:
             and all(a < b for a, b in zip(values, values[1:])))
 
 
-def _seek_offsets(line: bytes, line_start: int) -> list[int] | None:
-    """The offsets of a file's last line when it has the seek line's form (checked without a scan:
-    increasing integers from 0, all before the line itself), else None."""
+def _seek_offsets(line: bytes, line_start: int, f) -> list[int] | None:
+    """The offsets of a file's last line when it indexes the whole file (checked without a scan:
+    increasing integers from 0, the last one the start of the line that ends where the seek line
+    begins), else None: a file of several concatenated ones is scanned instead."""
     try:
         values = json.loads(line)
     except (json.JSONDecodeError, RecursionError):
@@ -260,7 +263,10 @@ def _seek_offsets(line: bytes, line_start: int) -> list[int] | None:
         return None
     if not values:  # the seek line of an empty file is its only line
         return values if line_start == 0 else None
-    return values if values[0] == 0 and values[-1] < line_start else None
+    if values[0] != 0 or values[-1] >= line_start:
+        return None
+    f.seek(values[-1])
+    return values if values[-1] + len(f.readline()) == line_start else None
 
 
 def _line_offsets(path: str | Path) -> list[int]:

@@ -33,7 +33,7 @@ from ..qwen2vl.turns import (
 )
 from ..qwen2vl.vision import PixelBudget, VisionSpec, clip_frame_size
 from .image import image_pixel_bounds, image_size, load_image
-from .paths import resolve_under
+from .paths import resolve_under, video_under
 from .records import ClipRecord, RecordError
 from .video import VideoClip, VideoError, decode_clip
 from .windows import WindowPlan
@@ -118,7 +118,7 @@ def _open_clip(video, start: float | None, end: float | None, *, source: str, vi
                **decode) -> VideoClip:
     """Decode a record's clip: its path resolved under ``video_root``, ``decode`` options for
     :func:`~livecc.data.video.decode_clip` (budget, backend, device, rule)."""
-    path = resolve_under(video_root, video, source=source, allow_absolute=allow_absolute_paths)
+    path = video_under(video_root, video, source=source, allow_absolute=allow_absolute_paths)
     return decode_clip(path, start, end, resize=False, **decode)
 
 

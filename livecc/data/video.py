@@ -6,7 +6,12 @@ Two sampling rules, both "strict" (a fixed frame rate, not a fixed frame count):
   Live-CC data and LiveCC checkpoints were made with. A frame's time is its *end* timestamp
   (pts + duration, decord's ``_frame_pts[:, 1]``); the clip keeps the frames timed within
   ``[start, end]`` (no or a zero start: from the first frame); targets ``t0 + k / fps`` run from the
-  first kept frame's time ``t0``; each target takes the first kept frame timed at or after it.
+  first kept frame's time ``t0``; each target takes the first kept frame timed at or after it. The
+  arithmetic is the reference's under its pinned NumPy 1.24 (float32 times and bounds, float64
+  targets); under NumPy 2 the reference's own code builds float32 targets and picks other frames.
+
+Times count from the video stream's start time, as decord's do (an mpegts file or an mp4 without an
+edit list starts after 0), whichever backend decodes.
 - ``"clip-start"``: a frame's time is its presentation timestamp; targets ``start + k / fps``
   (below ``end``) run from the clip start; each takes the first frame at or after it.
 
@@ -142,11 +147,9 @@ def _pyav_frames(path: str, start: float, device: str) -> FrameStream:
             raise VideoError(f"{path}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        if start > 0 and stream.time_base is not None:
-            container.seek(int(start / stream.time_base), stream=stream, backward=True)
         times = pyav_frame_times(stream)
         try:
-            for frame in container.decode(stream):
+            for frame in _decode_from(container, stream, start, times):
                 if frame.pts is None:
                     raise VideoError(f"{path}: frame without a presentation timestamp")
                 yield *times(frame), lambda f=frame: torch.from_numpy(f.to_ndarray(format="rgb24"))
@@ -154,17 +157,42 @@ def _pyav_frames(path: str, start: float, device: str) -> FrameStream:
             raise VideoError(f"{path}: corrupt video ({e})") from e
 
 
+def _decode_from(container, stream, start: float, times) -> Iterator:
+    """The stream's frames from the last one starting before ``start`` (which may end after it): a
+    seek before it, further back while the first frame decoded does not start before ``start`` (an
+    mpegts seek lands near its target, not on a keyframe before it)."""
+    if start <= 0 or stream.time_base is None:
+        return container.decode(stream)
+    origin, back = stream.start_time or 0, 0.0
+    while True:
+        target = max(0.0, start - back)
+        container.seek(origin + int(target / stream.time_base), stream=stream, backward=True)
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is None:
+            return iter(())
+        if target == 0 or first.pts is None or times(first)[0] < start - _EPS:
+            return itertools.chain([first], frames)
+        back = max(1.0, 2 * back)
+
+
 def pyav_frame_times(stream) -> Callable[[object], tuple[float, float]]:
-    """``frame -> (pts, end timestamp)`` in seconds for a PyAV video stream, from exact rationals
-    (decord's end timestamps are these, rounded to float32); a frame without a duration lasts one
+    """``frame -> (pts, end timestamp)`` in seconds from the stream's start time, decord's origin
+    (an mpegts or an mp4 without an edit list starts later than 0). The pts is exact; the end
+    timestamp is computed as decord computes it (ticks from the start in float32, scaled in float64,
+    stored as float32), so every backend sees decord's times. A frame without a duration lasts one
     frame period of the stream's average rate."""
+    origin = stream.start_time or 0  # None: no start time declared; the timestamps are kept as they are
+    base = stream.time_base
     rate = stream.average_rate or stream.guessed_rate
     period = 1 / rate if rate else 0
 
     def times(frame) -> tuple[float, float]:
-        pts = frame.pts * stream.time_base
-        end = (frame.pts + frame.duration) * stream.time_base if frame.duration else pts + period
-        return float(pts), float(end)
+        pts = float((frame.pts - origin) * base)
+        if not frame.duration:
+            return pts, pts + float(period)
+        ticks = np.float32(frame.pts + frame.duration) - np.float32(origin)
+        return pts, float(np.float32(float(ticks) * float(base)))
 
     return times
 

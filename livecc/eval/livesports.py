@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..data.paths import resolve_under
+from ..data.paths import video_under
 from ..data.video import decode_clip
 from ..infer import SessionConfig, StreamingSession, step_through
 from ..jsonl import append_row, read_rows, write_rows
@@ -111,14 +111,20 @@ def comment_on_clip(session, frames) -> str:
 
 def cc_generate(events: list[Event], model, processor, video_root: str | Path, out: str | Path, *,
                 style: str = "instruct", shard: int = 0, num_shards: int = 1, max_new_tokens: int = 32,
-                repetition_penalty: float = 1.15, allow_absolute_paths: bool = False) -> Counter:
+                repetition_penalty: float = 1.15, allow_absolute_paths: bool = False, made_by: dict | None = None,
+                overwrite: bool = False) -> Counter:
     """Comment on this shard's events; append each to ``out`` as it finishes (a rerun resumes).
 
     An event that fails for any reason (missing or undecodable video, bad span, ...) is counted by
     error type and kept in ``out.failed.jsonl`` (one row per event, replaced on every rerun, which
-    retries it once), never fatal."""
+    retries it once), never fatal. What the predictions are made by (``made_by``: the model, and
+    the settings here) is kept in ``out.settings.json``: a rerun into ``out`` with other settings
+    is refused, so two models' predictions never mix, unless ``overwrite`` starts afresh."""
     out = Path(out)
     failed_path = out.with_suffix(".failed.jsonl")
+    settings = {**(made_by or {}), "style": style, "shard": [shard, num_shards], "max_new_tokens": max_new_tokens,
+                "repetition_penalty": repetition_penalty, "video_root": str(Path(video_root).resolve())}
+    _claim(out, settings, overwrite, (failed_path,))
     done = set(read_predictions(out, repair=True))
     mine = [e for i, e in enumerate(events) if i % num_shards == shard]
     todo = [e for e in mine if e.key not in done]
@@ -129,7 +135,7 @@ def cc_generate(events: list[Event], model, processor, video_root: str | Path, o
     with open(out, "a") as sink:
         for event in tqdm(todo, desc=f"cc-generate shard {shard}", unit="event"):
             try:
-                path = resolve_under(video_root, event.video, source=event.key, allow_absolute=allow_absolute_paths)
+                path = video_under(video_root, event.video, source=event.key, allow_absolute=allow_absolute_paths)
                 config = SessionConfig.for_model(model, query=commentary_prompt(event, style),
                                                  max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
                 clip = decode_clip(path, event.begin, event.end, resize=False, fps=config.plan.fps)
@@ -153,6 +159,24 @@ def cc_generate(events: list[Event], model, processor, video_root: str | Path, o
     counts.update({f"failed_{k}": v for k, v in errors.items()})
     counts["seconds"] = round(time.perf_counter() - started, 1)
     return counts
+
+
+def _claim(out: Path, settings: dict, overwrite: bool, side: tuple[Path, ...]) -> None:
+    """Make ``out`` this run's: a new file, or one made with the same ``settings``."""
+    recorded = out.with_suffix(".settings.json")
+    if overwrite:
+        for path in (out, recorded, *side):
+            path.unlink(missing_ok=True)
+    if recorded.is_file():
+        before = json.loads(recorded.read_text())
+        if before != json.loads(json.dumps(settings)):
+            changed = sorted(k for k in {*before, *settings} if before.get(k) != settings.get(k))
+            raise ValueError(f"{out}: made with other settings ({', '.join(changed)} differ); use another --out, "
+                             "or --overwrite to start afresh")
+    elif out.is_file() and out.stat().st_size:
+        raise ValueError(f"{out}: predictions of unknown settings; use another --out, or --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(settings, indent=1) + "\n")
 
 
 def win_rate(verdicts: Iterator[dict] | list[dict], model_id: str) -> tuple[float, int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..data.paths import resolve_under
+from ..data.paths import video_under
 from ..data.video import decode_clip
 from ..jsonl import write_rows
 from ..qwen2vl import clip_frame_size, video_prompt_logits
@@ -102,7 +102,7 @@ def answer_logits(model, processor, q: Question, video_root: str | Path, *, allo
     """Logits of ``" A"``, ``" B"``, ... after the assistant's ``Answer:`` for one question."""
     tokenizer = getattr(processor, "tokenizer", processor)
     device = next(model.parameters()).device
-    path = resolve_under(video_root, q.video, source=source, allow_absolute=allow_absolute_paths)
+    path = video_under(video_root, q.video, source=source, allow_absolute=allow_absolute_paths)
     clip = decode_clip(path, q.start, q.end, resize=False, device=str(device))
     size = clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts))
     logits = video_prompt_logits(model, processor, clip.frames, size, _prompt(q), "Answer:")

@@ -183,9 +183,16 @@ def _read(path: str | Path) -> dict:
     return values
 
 
+# Keys holding paths: in a config file they are relative to the file's folder, so a config works
+# from any working directory; on the command line, to the working directory, as typed.
+_PATH_KEYS = ("data", "video_root", "output_dir", "model")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
     """A config from a JSON/YAML file (or defaults) with ``key=value`` overrides (values in JSON)."""
     values = _read(path) if path is not None else {}
+    if path is not None:
+        values = _relative_to(values, Path(path).resolve().parent)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -196,6 +203,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
     if unknown:
         raise ConfigError(f"unknown config keys: {unknown} (known: {', '.join(sorted(names))})")
     return TrainConfig(**values)
+
+
+def _relative_to(values: dict, folder: Path) -> dict:
+    def place(value):
+        if not isinstance(value, str) or value == "tiny" or Path(value).is_absolute():
+            return value
+        return str(folder / value)
+
+    return {k: ([place(x) for x in v] if isinstance(v, list) else place(v)) if k in _PATH_KEYS else v
+            for k, v in values.items()}
 
 
 def describe_config() -> str:

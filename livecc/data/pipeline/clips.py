@@ -7,6 +7,7 @@ WhisperX, see :mod:`livecc.data.words`) or ``"words": [[start, end, word], ...]`
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import re
@@ -14,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import resolve_under
+from ..paths import resolve_under, video_under
 from ..records import ClipRecord
 from ..words import Word, load_words, validate_words
 from .runner import Outcome, _lines
@@ -130,10 +131,10 @@ class ClipStage:
 
     def _check_video(self, video, source: str) -> None:
         """The record's video must be a path under the video root (and exist there, when the root is given)."""
-        path = resolve_under(self.video_root, video, source=f"{source}: video",
-                             allow_absolute=self.allow_absolute_paths)
-        if self.video_root is not None and not path.is_file():
-            raise FileNotFoundError(f"{source}: video {video!r} not found under {self.video_root}")
+        if self.video_root is not None:
+            video_under(self.video_root, video, source=source, allow_absolute=self.allow_absolute_paths)
+        else:
+            resolve_under(None, video, source=f"{source}: video", allow_absolute=self.allow_absolute_paths)
 
     def _metadata_reason(self, item: dict) -> str | None:
         if self.categories is not None and item.get("category") not in self.categories:
@@ -179,35 +180,38 @@ def _vocab(messages) -> int:
     return int(ClipRecord.from_messages(messages).meta["vocab"])
 
 
-def _clip_vocab(line: bytes) -> int | None:
-    """The stored vocabulary size of a clip line; None for anything else (broken, seek line)."""
+def _rank_key(messages) -> tuple[int, tuple[str, float, float]]:
+    """A clip's vocabulary size and its tie-breaker: the clip itself (video, start, end), which no
+    sharding or file order changes."""
+    record = ClipRecord.from_messages(messages)
+    return int(record.meta["vocab"]), (record.video, record.video_start, record.video_end)
+
+
+def _clip_key(line: bytes) -> tuple[int, tuple] | None:
+    """:func:`_rank_key` of a clip line; None for anything else (broken, nested too deep, seek line)."""
     try:
-        return _vocab(json.loads(line))
-    except (ValueError, KeyError, TypeError):
+        return _rank_key(json.loads(line))
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
-def rank_threshold(paths: list[str | Path], top: int) -> tuple[int, int]:
+def rank_threshold(paths: list[str | Path], top: int) -> tuple[int, tuple | None]:
     """Two passes over clip files: ``(v, last)`` such that keeping clips with vocabulary > v, and
-    those with vocabulary == v up to input index ``last``, keeps the ``top`` largest (ties in input
-    order). Constant memory: a histogram of vocabulary sizes."""
+    those with vocabulary == v whose tie-breaker is at most ``last``, keeps the ``top`` largest
+    (ties broken by the clip, the same however the clips were sharded). Memory: a histogram of
+    vocabulary sizes and the tie-breakers of the clips tied at the cut."""
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
-    histogram = Counter(v for _, _, line in _lines(paths) if (v := _clip_vocab(line)) is not None)
+    histogram = Counter(k[0] for _, _, line in _lines(paths) if (k := _clip_key(line)) is not None)
     above = 0
     for v in sorted(histogram, reverse=True):
         if above + histogram[v] >= top:
             break
         above += histogram[v]
     else:
-        return -1, -1  # no more than `top` clips: keep all
-    need = top - above
-    for index, _, line in _lines(paths):
-        if _clip_vocab(line) == v:
-            need -= 1
-            if need == 0:
-                return v, index
-    raise AssertionError("unreachable: the histogram counted these clips")
+        return -1, None  # no more than `top` clips: keep all
+    tied = (k[1] for _, _, line in _lines(paths) if (k := _clip_key(line)) is not None and k[0] == v)
+    return v, heapq.nsmallest(top - above, tied)[-1]
 
 
 class RankStage:
@@ -215,17 +219,17 @@ class RankStage:
 
     name = "rank"
 
-    def __init__(self, threshold: tuple[int, int]):
+    def __init__(self, threshold: tuple[int, tuple | None]):
         self.vocab, self.last = threshold
 
     def process(self, items: list[tuple[int, object]]) -> list[Outcome]:
         outcomes = []
-        for index, record in items:
+        for _, record in items:
             try:
-                v = _vocab(record)
+                v, key = _rank_key(record)
             except (ValueError, KeyError, TypeError) as e:
                 outcomes.append(Outcome.failed(e))
                 continue
-            keep = v > self.vocab or (v == self.vocab and index <= self.last)
+            keep = v > self.vocab or (v == self.vocab and key <= self.last)
             outcomes.append(Outcome(kept=[record]) if keep else Outcome(dropped=[("rank", record)]))
         return outcomes

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -122,6 +123,18 @@ def shard_paths(out_dir: str | Path, stage: str, shard: int, num_shards: int) ->
             "progress": out / f"{stage}.{tag}.progress.json", "report": out / f"{stage}.{tag}.report.json"}
 
 
+def _other_shardings(out_dir: str | Path, stage: str, num_shards: int) -> dict[int, list[Path]]:
+    """The files of ``stage`` in ``out_dir`` written with another number of shards, by that number:
+    mixed with this run's, the glob ``STAGE.*.jsonl`` would read both sets."""
+    found: dict[int, list[Path]] = {}
+    for path in Path(out_dir).glob(f"{stage}*-of-*"):
+        m = re.fullmatch(rf"{re.escape(stage)}(?:-rejects)?\.\d+-of-(\d+)\.(?:jsonl|progress\.json|report\.json)",
+                         path.name)
+        if m and int(m.group(1)) != num_shards:
+            found.setdefault(int(m.group(1)), []).append(path)
+    return found
+
+
 def _lines(paths: Iterable[str | Path]) -> Iterator[tuple[int, str, bytes]]:
     """``(index, where, line)`` over the non-empty lines of every input but their seek lines, in order."""
     index = 0
@@ -194,8 +207,12 @@ def run_stage(stage: Stage, inputs: list[str | Path], out_dir: str | Path, *, sh
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     paths = shard_paths(out_dir, stage.name, shard, num_shards)
     digest = fingerprint(stage.name, inputs, shard, num_shards, options or {})
+    other = _other_shardings(out_dir, stage.name, num_shards)
+    if other and not overwrite:
+        raise StageMismatchError(f"{out_dir}: holds {stage.name} outputs of {', '.join(map(str, sorted(other)))} "
+                                 f"shards, not {num_shards}; rerun with --overwrite to replace them")
     if overwrite:
-        for path in paths.values():
+        for path in [*paths.values(), *(p for files in other.values() for p in files)]:
             path.unlink(missing_ok=True)
     state = {"consumed": 0, "out_bytes": 0, "side_bytes": 0, "done": False, "fingerprint": digest,
              "report": StageReport(stage.name, shard, num_shards).to_dict()}

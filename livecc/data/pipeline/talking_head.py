@@ -17,7 +17,7 @@ import torch
 
 from ...models import load_model
 from ...qwen2vl import VisionSpec, smart_resize, video_prompt_logits
-from ..paths import resolve_under
+from ..paths import video_under
 from ..records import ClipRecord
 from ..video import VideoError, decode_clip
 from .runner import Outcome
@@ -89,8 +89,7 @@ class TalkingHeadStage:
                 return Outcome(kept=[raw]) if keep else Outcome(dropped=[("active_speaker", raw)])
             if self.scorer is None:
                 raise ValueError("no active_speaker_ratio and no talking-head scorer")
-            path = resolve_under(self.video_root, record.video, source=source,
-                                 allow_absolute=self.allow_absolute_paths)
+            path = video_under(self.video_root, record.video, source=source, allow_absolute=self.allow_absolute_paths)
             score = self.scorer(sample_frames(path, record.video_start, record.video_end))
         except (ValueError, VideoError) as e:
             return Outcome.failed(e)

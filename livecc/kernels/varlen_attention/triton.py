@@ -111,8 +111,10 @@ def _prune(fn):
             raise ValueError("the attention kernel has no fp32 tilings for a GPU (varlen_attention serves fp32 "
                              "with PyTorch's SDPA there)")
         limit = _smem_limit(named_args["Q"].device)
+        # the tuner passes its launch's own grid and warmup flag along with the kernel's arguments
+        meta = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
         fit = [c for c in configs
-               if fn.warmup(grid=(1,), **named_args, **kwargs, **c.all_kwargs()).metadata.shared <= limit]
+               if fn.warmup(grid=(1,), **named_args, **meta, **c.all_kwargs()).metadata.shared <= limit]
         if not fit:
             raise ValueError(f"{fn.__name__}: no tiling fits {limit} bytes of shared memory at head dim {kwargs['D']}")
         return fit
