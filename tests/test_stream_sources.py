@@ -38,15 +38,17 @@ def test_live_stream_from_ffmpeg_pipe_is_commented_while_it_plays(clip, processo
     arrivals = []
     start = time.monotonic()
     try:
-        report = run_stream(session, iter_windows(proc.stdout, format="mpegts"), realtime=True,
+        # (a lag bound no busy machine reaches: this is about when windows arrive, not about dropping)
+        report = run_stream(session, iter_windows(proc.stdout, format="mpegts"), realtime=True, max_lag=60.0,
                             on_result=lambda r: arrivals.append((r.end, time.monotonic() - start)))
     finally:
         proc.wait(timeout=30)
     assert report.windows == 4 and report.dropped == 0
     # Windows are commented as the stream plays (-re: FFmpeg sends at real-time pace), not at the end:
-    # the last comment comes about 3 s after the first, as the stream times say.
-    gaps = [b[1] - a[1] for a, b in zip(arrivals, arrivals[1:])]
-    assert arrivals[-1][1] - arrivals[0][1] > 2.0 and all(g > 0.4 for g in gaps), arrivals
+    # the first comment (its window ends at 3 s) comes well before the last (6 s), which cannot come
+    # before the stream has played.
+    assert [end for end, _ in arrivals] == [3.0, 4.0, 5.0, 6.0]
+    assert arrivals[-1][1] - arrivals[0][1] > 1.5 and arrivals[-1][1] > 5.0, arrivals
 
 
 def test_falling_behind_drops_windows_and_says_so(clip, processor):

@@ -254,8 +254,9 @@ def long_stream(model, processor, hours: list[float], size, device, pixels: int 
 
 
 def options(argv=()) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="livecc bench stream", description=__doc__.splitlines()[0])
-    parser.add_argument("--windows", type=int, default=30)
+    parser = argparse.ArgumentParser(prog="livecc bench stream", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--windows", type=int, default=30, help="windows per latency run")
     parser.add_argument("--runs", default=",".join(RUNS),
                         help="comma-separated latency runs, of: " + "; ".join(f"{k} ({v})" for k, v in RUNS.items()))
     parser.add_argument("--streams", default="1,8,16,32,48,64,96" if on_gpu() else "1,2,4",
