@@ -56,6 +56,18 @@ def aa_bicubic_taps(in_size: int, out_size: int, device) -> tuple[torch.Tensor, 
     return _DEVICE_TAPS[key]
 
 
+_DEVICE_NORMALISATION: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _normalisation(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std on ``device``, copied there once (not a host-to-device copy per call)."""
+    key = (mean, std, device)
+    if key not in _DEVICE_NORMALISATION:
+        _DEVICE_NORMALISATION[key] = (torch.tensor(mean, dtype=torch.float32, device=device),
+                                      torch.tensor(std, dtype=torch.float32, device=device))
+    return _DEVICE_NORMALISATION[key]
+
+
 @triton.jit
 def _band(FIRST, W, o, o_mask, i, n_in, TAPS):
     """Weights ``[len(o), len(i)]`` of outputs ``o`` on inputs ``i``: the taps where ``i`` falls in
@@ -122,8 +134,7 @@ def preprocess_frames_fwd(frames: torch.Tensor, size: tuple[int, int], spec: Pat
         frames = frames.contiguous()
     y0, wy = aa_bicubic_taps(h, oh, frames.device)
     x0, wx = aa_bicubic_taps(w, ow, frames.device)
-    mean = torch.tensor(spec.mean, dtype=torch.float32).to(frames.device, non_blocking=True)
-    std = torch.tensor(spec.std, dtype=torch.float32).to(frames.device, non_blocking=True)
+    mean, std = _normalisation(spec.mean, spec.std, frames.device)
     out = torch.empty((gt * gh * gw, spec.row_size), dtype=dtype, device=frames.device)
     tile = 16 if interpreting() else 32
     grid = (gt * tp, triton.cdiv(oh, tile) * triton.cdiv(ow, tile), 3)
