@@ -51,6 +51,14 @@ def test_window_logits_equal_one_full_forward(processor, gen, arch):
     assert "<|im_start|>assistant\nthe ball ...<|im_end|>\n<|im_start|>user\nTime=4.0-5.0s" in text
 
 
+def test_a_window_reports_the_time_of_each_phase(processor, gen):
+    _, _, results = run_session(processor, gen, 2, max_new_tokens=2)
+    for r in results:
+        phases = ("preprocess", "vision", "prefill", "decode", "evict")
+        assert set(r.timings) == {*phases, "total"} and all(r.timings[p] >= 0 for p in phases)
+        assert r.timings["total"] == pytest.approx(sum(r.timings[p] for p in phases))
+
+
 def test_after_eviction_logits_equal_a_masked_full_forward(processor, gen):
     model, session, results = run_session(processor, gen, 7, max_new_tokens=3, horizon=2.0,
                                           max_text_tokens=40, text_sink=10, page_size=16)

@@ -170,7 +170,8 @@ def latency(model, processor, n_windows: int, size, device, runs: tuple = tuple(
                "prefill_tokens": statistics.fmean(r["prefill_tokens"] for r in steady),
                "final_cache_tokens": run[-1]["cache_tokens"]}
         if "vision_ms" in steady[0]:  # livecc's own phase timings
-            row.update(vision_ms=statistics.median(r["vision_ms"] for r in steady),
+            row.update(preprocess_ms=statistics.median(r["preprocess_ms"] for r in steady),
+                       vision_ms=statistics.median(r["vision_ms"] for r in steady),
                        prefill_ms=statistics.median(r["prefill_ms"] for r in steady),
                        decode_ms_per_token=statistics.median(r["decode_ms"] / max(1, r["new_tokens"] - 1)
                                                              for r in steady))
@@ -301,9 +302,9 @@ def run(argv=()) -> Sweep:
     if mem:
         notes += (f" livecc's memory run: visual horizon {horizon:.0f} s, old text capped at {text_tokens} tokens "
                   f"(64 sink), over {args.memory_windows} windows.")
-    cols = ["provider", "windows", "p50_ms", "p99_ms", "floor_ms", "p50_over_floor", "vision_ms", "vision_floor_ms",
-            "prefill_ms", "prefill_floor_ms", "decode_ms_per_token", "decode_floor_ms_per_token", "gpu_busy",
-            "new_tokens", "prefill_tokens",
+    cols = ["provider", "windows", "p50_ms", "p99_ms", "floor_ms", "p50_over_floor", "preprocess_ms", "vision_ms",
+            "vision_floor_ms", "prefill_ms", "prefill_floor_ms", "decode_ms_per_token", "decode_floor_ms_per_token",
+            "gpu_busy", "new_tokens", "prefill_tokens",
             "speedup_vs_reference", "streams", "round_p50_ms", "round_p99_ms", "real_time", "vs_one_at_a_time",
             "window", "cache_tokens", "held_mb", "pool_mb", "evict_ms", "stream_hours", "largest_position",
             "evicted_tokens"]

@@ -170,7 +170,7 @@ class StreamEngine:
         saved = [_Saved(s) for s in streams]
         clock = _PhaseClock(self.device)
         try:
-            visual = self.encode(streams, [w.frames for w in windows])
+            visual = self.encode(streams, [w.frames for w in windows], clock)
             clock.mark()
             asked = [list(s.questions) for s in streams]
             ids, logits = self._prefill(streams, windows, visual)
@@ -185,17 +185,19 @@ class StreamEngine:
             raise
         evicted = [self._evict(s, w.end) for s, w in zip(streams, windows)]
         clock.mark()
-        vision, prefill, decode, evict = clock.milliseconds()
-        timings = {"vision": vision, "prefill": prefill, "decode": decode, "evict": evict,
-                   "total": vision + prefill + decode + evict}
+        preprocess, vision, prefill, decode, evict = clock.milliseconds()
+        timings = {"preprocess": preprocess, "vision": vision, "prefill": prefill, "decode": decode, "evict": evict,
+                   "total": preprocess + vision + prefill + decode + evict}
         return [self._finish(s, w, g, dict(timings), int(t.numel()), e, a)
                 for s, w, g, t, e, a in zip(streams, windows, generated, ids, evicted, asked)]
 
-    def encode(self, streams: list[StreamState], frames: list[torch.Tensor]):
+    def encode(self, streams: list[StreamState], frames: list[torch.Tensor], clock: _PhaseClock | None = None):
         """One ViT call over every stream's window of frames -> per stream (visual embeds, pixel
-        rows, grid)."""
+        rows, grid); a window's ``clock`` is marked where the frames' preprocessing ends."""
         patches = [preprocess_frames(f.to(self.device), self.check_frames(s, f), self.spec, self.dtype)
                    for s, f in zip(streams, frames)]
+        if clock is not None:
+            clock.mark()
         grids = torch.cat([g for _, g in patches])
         embeds = self.runner.encode(torch.cat([p for p, _ in patches]), grids, self.spec.merge_size)
         return [(e, p, g[None]) for e, (p, _), g in zip(embeds, patches, grids)]

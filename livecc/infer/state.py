@@ -19,7 +19,8 @@ class WindowResult:
     end: float
     text: str  # the commentary of this window, without the streaming EOS
     token_ids: list[int]
-    timings: dict[str, float]  # milliseconds: vision, prefill, decode, evict, total
+    # milliseconds: preprocess (frames to patch rows), vision (the ViT), prefill, decode, evict, total
+    timings: dict[str, float]
     prefill_tokens: int
     cache_tokens: int
     evicted_tokens: int = 0
