@@ -56,16 +56,11 @@ def aa_bicubic_taps(in_size: int, out_size: int, device) -> tuple[torch.Tensor, 
     return _DEVICE_TAPS[key]
 
 
-_DEVICE_NORMALISATION: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
+@lru_cache(maxsize=16)
 def _normalisation(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std on ``device``, copied there once (not a host-to-device copy per call)."""
-    key = (mean, std, device)
-    if key not in _DEVICE_NORMALISATION:
-        _DEVICE_NORMALISATION[key] = (torch.tensor(mean, dtype=torch.float32, device=device),
-                                      torch.tensor(std, dtype=torch.float32, device=device))
-    return _DEVICE_NORMALISATION[key]
+    return (torch.tensor(mean, dtype=torch.float32, device=device),
+            torch.tensor(std, dtype=torch.float32, device=device))
 
 
 @triton.jit

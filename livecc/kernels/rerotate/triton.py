@@ -9,8 +9,8 @@ import triton.language as tl
 __all__ = ["rerotate_keys_fwd"]
 
 
-@triton.jit(do_not_specialize=["n"])
-def _rerotate_kernel(K, SLOT, ROW, COS, SIN, n, stride_s, stride_h, H, HALF: tl.constexpr, BH: tl.constexpr,
+@triton.jit
+def _rerotate_kernel(K, SLOT, ROW, COS, SIN, stride_s, stride_h, H, HALF: tl.constexpr, BH: tl.constexpr,
                      BD: tl.constexpr):
     i, hb = tl.program_id(0), tl.program_id(1)
     slot = tl.load(SLOT + i).to(tl.int64)
@@ -35,5 +35,5 @@ def rerotate_keys_fwd(keys: torch.Tensor, slots: torch.Tensor, rows: torch.Tenso
     _, h, d = keys.shape
     half = d // 2
     bh = min(triton.next_power_of_2(h), 8)
-    _rerotate_kernel[(n, triton.cdiv(h, bh))](keys, slots, rows, cos, sin, n, keys.stride(0), keys.stride(1), h,
+    _rerotate_kernel[(n, triton.cdiv(h, bh))](keys, slots, rows, cos, sin, keys.stride(0), keys.stride(1), h,
                                                HALF=half, BH=bh, BD=triton.next_power_of_2(half))
