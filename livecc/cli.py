@@ -39,12 +39,16 @@ def _print_sample(sample, tokenizer, elapsed: float) -> None:
           f"labelled={n_labels} patch_rows={tuple(sample.pixel_values_videos.shape)} built in {elapsed:.2f}s")
 
 
+MODEL_HELP = "local Qwen2-VL, Qwen2.5-VL or Qwen3-VL checkpoint directory, or 'tiny' / 'tiny:qwen3_vl' (random)"
+
+
 def cmd_demo(args) -> int:
     """Synthesize commentated clips, train a tiny model on them, stream held-out clips, and score."""
     from .demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=args.out, train_clips=args.train_clips, test_clips=args.test_clips,
-                        duration=args.duration, steps=args.steps, seed=args.seed, realtime=not args.fast))
+                        duration=args.duration, steps=args.steps, seed=args.seed, realtime=not args.fast,
+                        arch=args.arch))
     return 0
 
 
@@ -181,10 +185,10 @@ def cmd_serve(args) -> int:
 def cmd_cc_generate(args) -> int:
     """Generate LiveSports-3K commentary for every event (resumable, shardable; a rerun retries failed events)."""
     from .eval import cc_generate, load_events
-    from .models import load_model
+    from .models import TINY_MODELS, load_model
 
     model, processor = load_model(args.model, args.device)
-    made_by = {"model": args.model if args.model == "tiny" else str(Path(args.model).resolve()),
+    made_by = {"model": args.model if args.model in TINY_MODELS else str(Path(args.model).resolve()),
                "annotations": str(Path(args.annotations).resolve())}
     counts = cc_generate(load_events(args.annotations), model, processor, args.video_root, args.out,
                          style=args.style, shard=args.shard, num_shards=args.num_shards,
@@ -353,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=450, help="training steps")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--fast", action="store_true", help="stream held-out clips as fast as possible")
+    demo.add_argument("--arch", choices=("qwen2_vl", "qwen3_vl"), default="qwen2_vl",
+                      help="the tiny model's architecture")
     demo.set_defaults(func=cmd_demo)
 
     sample = sub.add_parser("sample", help=cmd_sample.__doc__, description=cmd_sample.__doc__)
@@ -366,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     stream = sub.add_parser("stream", help=cmd_stream.__doc__, description=cmd_stream.__doc__)
     stream.add_argument("source", help="video file, URL (rtsp/http/udp), or - for a stream on stdin")
-    stream.add_argument("--model", required=True, help="local Qwen2-VL checkpoint directory, or 'tiny'")
+    stream.add_argument("--model", required=True, help=MODEL_HELP)
     stream.add_argument("--query", default="", help="user prompt in the first turn")
     stream.add_argument("--jsonl", default=None, help="also write each window's commentary here")
     stream.add_argument("--vtt", default=None, help="also write the commentary as WebVTT subtitles here")
@@ -381,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.set_defaults(func=cmd_stream)
 
     serve = sub.add_parser("serve", help=cmd_serve.__doc__, description=cmd_serve.__doc__)
-    serve.add_argument("--model", required=True, help="local Qwen2-VL checkpoint directory, or 'tiny'")
+    serve.add_argument("--model", required=True, help=MODEL_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-streams", type=int, default=8, help="streams served at once (more: HTTP 429)")
@@ -420,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = ev_sub.add_parser("cc-generate", help=cmd_cc_generate.__doc__, description=cmd_cc_generate.__doc__)
     gen.add_argument("--annotations", required=True, help="LiveSports-3K CC events (JSONL)")
     gen.add_argument("--video-root", required=True)
-    gen.add_argument("--model", required=True, help="local Qwen2-VL checkpoint directory, or 'tiny'")
+    gen.add_argument("--model", required=True, help=MODEL_HELP)
     gen.add_argument("--out", required=True, help="prediction JSONL (appended; a rerun resumes)")
     gen.add_argument("--style", choices=["instruct", "base"], default="instruct")
     gen.add_argument("--shard", type=int, default=0)

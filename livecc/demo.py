@@ -2,8 +2,8 @@
 
 1. Synthesize real H.264 clips of coloured shapes entering and leaving, with the commentary words
    at the event times, as Live-CC records (training and held-out clips).
-2. Train a tiny Qwen2-VL-architecture model (random init) with the streaming objective, through
-   ``livecc.train``: packed varlen attention and the text-only loss.
+2. Train a tiny Qwen2-VL-architecture model (random init; ``arch="qwen3_vl"``: Qwen3-VL) with the
+   streaming objective, through ``livecc.train``: packed varlen attention and the text-only loss.
 3. Stream the held-out clips through ``livecc.infer`` at real-time pace, printing the words.
 4. Score words (precision / recall / F1, a word counts when the same word is said within 1 s of
    the truth) for the trained model, the untrained one, and the trained one on blank frames.
@@ -31,7 +31,8 @@ DEMO_DECODING = "--max-new-tokens 8 --repetition-penalty 1.0"  # how the demo st
 
 TINY = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, vision_depth=2, vision_dim=64, vision_heads=4,
             tie_word_embeddings=True)
-FRAME = 112  # pixels per side: 16 LLM tokens per 1 s window
+FRAME = {"qwen2_vl": 112, "qwen3_vl": 128}  # pixels per side: 16 LLM tokens per 1 s window (14- or 16-pixel patches)
+NAMES = {"qwen2_vl": "Qwen2-VL", "qwen3_vl": "Qwen3-VL"}
 
 
 @dataclass
@@ -45,6 +46,15 @@ class DemoConfig:
     events: int = 2  # shapes per clip
     seed: int = 0
     realtime: bool = True
+    arch: str = "qwen2_vl"  # or "qwen3_vl"
+
+    def __post_init__(self):
+        if self.arch not in FRAME:
+            raise ValueError(f"demo arch must be one of {', '.join(FRAME)}, got {self.arch!r}")
+
+    @property
+    def frame(self) -> int:
+        return FRAME[self.arch]
 
 
 def word_f1(predicted: list[Word], truth: list[Word], tolerance: float = 1.0) -> dict:
@@ -69,11 +79,11 @@ def _synthesize(root: Path, cfg: DemoConfig) -> tuple[Path, list[ClipRecord]]:
     with RecordWriter(train_file) as writer:
         for i in tqdm(range(cfg.train_clips), desc="synthesize training clips", unit="clip"):
             writer.write(synthesize_clip(root, f"train{i:03d}", seed=cfg.seed * 100_003 + i, duration=cfg.duration,
-                                         n_events=cfg.events, size=(FRAME, FRAME)))
+                                         n_events=cfg.events, size=(cfg.frame, cfg.frame)))
     with RecordWriter(root / "test.jsonl") as writer:
         for i in tqdm(range(cfg.test_clips), desc="synthesize held-out clips", unit="clip"):
             record = synthesize_clip(root, f"test{i:03d}", seed=10**6 + cfg.seed * 1009 + i, duration=cfg.duration,
-                                     n_events=cfg.events, size=(FRAME, FRAME))
+                                     n_events=cfg.events, size=(cfg.frame, cfg.frame))
             writer.write(record)
             tests.append(record)
     return train_file, tests
@@ -121,11 +131,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     t_synth = time.perf_counter() - started
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"training a tiny Qwen2-VL ({TINY}) for {cfg.steps} steps on {cfg.train_clips} clips, on {device}")
-    train_cfg = TrainConfig(model="tiny", tiny=TINY, data=[str(train_file)], video_root=str(root),
+    tiny = dict(TINY, arch=cfg.arch)
+    print(f"training a tiny {NAMES[cfg.arch]} ({tiny}) for {cfg.steps} steps on {cfg.train_clips} clips, on {device}")
+    train_cfg = TrainConfig(model="tiny", tiny=tiny, data=[str(train_file)], video_root=str(root),
                             output_dir=str(root / "run"), lr=cfg.lr, warmup_ratio=0.05, max_steps=cfg.steps,
                             global_batch_clips=4, token_budget=1600, gradient_checkpointing=False,
-                            freeze_vision=False, min_pixels=FRAME * FRAME, max_pixels=FRAME * FRAME,
+                            freeze_vision=False, min_pixels=cfg.frame**2, max_pixels=cfg.frame**2,
                             log_every=10, seed=cfg.seed)
     t0 = time.perf_counter()
     trainer = Trainer(train_cfg)
@@ -135,13 +146,13 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     print("\nheld-out clips, streamed at real-time pace" if cfg.realtime else "\nheld-out clips")
     t0 = time.perf_counter()
-    # as it was trained to stream (its recorded window plan and 112x112 frames), for all three runs
+    # as it was trained to stream (its recorded window plan and frame size), for all three runs
     config = SessionConfig.for_model(model, max_new_tokens=8, repetition_penalty=1.0)  # = DEMO_DECODING
     trained = _score(model, processor, config, root, tests, realtime=cfg.realtime, show=True)
     t_stream = time.perf_counter() - t0
     # On the device and dtype of the trained model: the kernels of one process run on one device.
     param = next(model.parameters())
-    baseline = tiny_qwen2vl(seed=cfg.seed, **TINY).to(device=param.device, dtype=param.dtype).eval()
+    baseline = tiny_qwen2vl(seed=cfg.seed, **tiny).to(device=param.device, dtype=param.dtype).eval()
     untrained = _score(baseline, processor, config, root, tests)
     blanked = _score(model, processor, config, root, tests, blank=True)
 

@@ -135,14 +135,15 @@ def test_plan_windows():
 @pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
 def test_position_ids_match_hugging_face_rope_index(processor, arch):
     from livecc.models import tiny_qwen2vl
-    from livecc.qwen2vl import rope_time_interval
+    from livecc.qwen2vl import VideoFormat
 
     model = tiny_qwen2vl(arch=arch)
-    interval = rope_time_interval(model.config)
-    assert interval == (1.0 if arch == "qwen2_vl" else 2.0)  # Qwen2.5-VL: 2 positions per second
+    video = VideoFormat.of(model.config)
+    assert video.time_interval == (1.0 if arch == "qwen2_vl" else 2.0)  # Qwen2.5-VL: 2 positions per second
+    assert not video.timestamps
     clip = make_clip(12)
     sample = build_streaming_sample(record([(10.1, 10.3, "a"), (15.1, 15.4, "b")], query="q"), processor, clip=clip,
-                                    time_interval=interval)
+                                    video=video)
     ids = sample.input_ids[None]
     mm_types = torch.where(ids == model.config.video_token_id, 2, 0)
     seconds = {"second_per_grid_ts": torch.ones(len(sample.video_grid_thw))} if arch == "qwen2_5_vl" else {}

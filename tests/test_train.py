@@ -131,7 +131,7 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(records, tmp_path):
     torch.testing.assert_close(torch.tensor(losses), torch.tensor([m["loss"] for m in full]), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_checkpoint_loads_with_from_pretrained(records, tmp_path, arch):
     from transformers import AutoModelForImageTextToText
 
@@ -146,6 +146,19 @@ def test_checkpoint_loads_with_from_pretrained(records, tmp_path, arch):
     assert (tmp_path / "run" / "checkpoint-1" / "tokenizer.json").is_file()
     model, _ = load_model(str(tmp_path / "run" / "checkpoint-1"), "cpu")  # what `livecc stream --model` uses
     assert type(model) is type(loaded)
+
+
+def test_data_of_which_no_record_builds_ends_the_run_with_an_error(tmp_path):
+    """With max_steps the loader cycles epochs; when none of them builds a pack the run stops, naming
+    the data and the rejects file, instead of cycling forever."""
+    with RecordWriter(tmp_path / "missing.jsonl") as w:
+        for i in range(3):
+            w.write(synthesize_clip(tmp_path, f"m{i}", seed=i, duration=6.0, n_events=2, size=(64, 64)))
+    for i in range(3):
+        (tmp_path / f"m{i}.mp4").unlink()
+    cfg = config(tmp_path, tmp_path, data=[str(tmp_path / "missing.jsonl")], max_steps=50)
+    with pytest.raises(RuntimeError, match=r"no record of .*missing.jsonl builds a sample \(6 failures; see .*rejects"):
+        Trainer(cfg).fit()
 
 
 def test_non_finite_gradient_skips_the_step(records, tmp_path):

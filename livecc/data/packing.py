@@ -105,7 +105,7 @@ def _cat_rows(rows: list[torch.Tensor]) -> torch.Tensor:
 
 
 # Options the conversation builder shares with the streaming one; the rest are streaming-only.
-CONVERSATION_KWARGS = ("budget", "backend", "dtype", "device", "time_interval", "frame_rule", "allow_absolute_paths")
+CONVERSATION_KWARGS = ("budget", "backend", "dtype", "device", "video", "frame_rule", "allow_absolute_paths")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from ..qwen2vl.turns import (
     tokenize_with_video,
     user_turn,
 )
+from ..qwen2vl.video_format import VideoFormat
 from ..qwen2vl.vision import PixelBudget, VisionSpec, clip_frame_size
 from .image import image_pixel_bounds, image_size, load_image
 from .paths import resolve_under, video_under
@@ -77,7 +78,7 @@ class StreamingSample:
     pixel_values_videos: torch.Tensor  # [N, 1176]
     video_grid_thw: torch.Tensor  # [n_windows, 3]
     windows: list[Window]
-    text: str  # the rendered conversation, one <|video_pad|> per window
+    text: str  # the rendered conversation, one <|video_pad|> per LLM video block
     # images of an SFT conversation, in order (Hugging Face's ``pixel_values`` / ``image_grid_thw``)
     pixel_values_images: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 1176))
     image_grid_thw: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 3, dtype=torch.long))
@@ -122,9 +123,9 @@ def _open_clip(video, start: float | None, end: float | None, *, source: str, vi
     return decode_clip(path, start, end, resize=False, **decode)
 
 
-def _frame_size(clip: VideoClip, budget: PixelBudget) -> tuple[int, int]:
+def _frame_size(clip: VideoClip, budget: PixelBudget, spec: VisionSpec) -> tuple[int, int]:
     try:
-        return clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts), budget)
+        return clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts), budget, spec.factor)
     except ValueError as e:  # a 1-pixel or 10000x10 video
         raise VideoError(f"{clip.source}: {e}") from e
 
@@ -141,14 +142,15 @@ def build_streaming_sample(
     backend: str = "auto",
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
-    time_interval: float = 1.0,
+    video: VideoFormat = VideoFormat(),
     frame_rule: str = "reference",
     allow_absolute_paths: bool = False,
     source: str = "<record>",
 ) -> StreamingSample:
     """Decode the record's clip and build its streaming sample (``clip`` skips the decode).
-    ``time_interval`` is the model's :func:`~livecc.qwen2vl.rope.rope_time_interval` (Qwen2.5-VL: 2);
-    ``frame_rule`` the sampling rule of :mod:`livecc.data.video`; the video path resolves under
+    ``video`` is the model's :class:`~livecc.qwen2vl.video_format.VideoFormat` (Qwen2.5-VL's
+    temporal spacing, Qwen3-VL's timestamped frame pairs); ``frame_rule`` the sampling rule of
+    :mod:`livecc.data.video`; the video path resolves under
     ``video_root`` (absolute paths only with ``allow_absolute_paths``).
 
     With ``device="cuda"`` the clip is decoded there on NVDEC when it can, and resized and
@@ -174,18 +176,22 @@ def build_streaming_sample(
         raise EmptySampleError(f"{source}: no words within the frames of {clip.source}")
 
     n_frames = windows[-1].frames.stop
-    pixel_values, grid = preprocess_frames(clip.frames[:n_frames].to(device), _frame_size(clip, budget), spec, dtype)
+    pixel_values, grid = preprocess_frames(clip.frames[:n_frames].to(device), _frame_size(clip, budget, spec),
+                                           spec, dtype)
     _, gh, gw = grid[0].tolist()
     tp = spec.temporal_patch_size
-    grids = torch.tensor([[(w.frames.stop - w.frames.start) // tp, gh, gw] for w in windows])
+    # a last window of odd length (a clip not decoded in pairs) repeats its last frame into its pair
+    grids = torch.tensor([[-(-(w.frames.stop - w.frames.start) // tp), gh, gw] for w in windows])
 
     query = context_text(record, with_context)
     text = SYSTEM_TURN + "".join(
-        user_turn(w.start, w.end, query if i == 0 else "") + assistant_turn(w.text) for i, w in enumerate(windows)
+        user_turn(w.start, w.end, query if i == 0 else "", video.block(w.frames.stop - w.frames.start, w.start))
+        + assistant_turn(w.text) for i, w in enumerate(windows)
     )
-    input_ids = tokenize_with_video(tokenizer, text, ids.video_pad, grids, spec.merge_size)
-    position_ids, _ = mrope_position_ids(input_ids, grids, (ids.video_pad,), spec.merge_size,
-                                         time_interval=time_interval)
+    blocks = video.llm_grids(grids)
+    input_ids = tokenize_with_video(tokenizer, text, ids.video_pad, blocks, spec.merge_size)
+    position_ids, _ = mrope_position_ids(input_ids, blocks, (ids.video_pad,), spec.merge_size,
+                                         time_interval=video.time_interval)
     return StreamingSample(
         input_ids=input_ids,
         labels=assistant_labels(input_ids, ids),
@@ -223,7 +229,7 @@ def build_conversation_sample(
     backend: str = "auto",
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
-    time_interval: float = 1.0,
+    video: VideoFormat = VideoFormat(),
     frame_rule: str = "reference",
     allow_absolute_paths: bool = False,
     source: str = "<conversation>",
@@ -236,7 +242,7 @@ def build_conversation_sample(
     naming the record: nothing of a conversation is left out silently."""
     tokenizer = getattr(processor, "tokenizer", processor)
     ids, spec = TokenIds.from_tokenizer(tokenizer), VisionSpec.from_processor(processor)
-    text, video, images, blocks = "", None, [], []  # blocks: "image"/"video" in the order they appear
+    text, element_video, images, blocks = "", None, [], []  # blocks: "image"/"video" in the order they appear
     if not isinstance(messages, list) or not messages:
         raise RecordError(f"{source}: expected a list of chat messages")
     if not (isinstance(messages[0], dict) and messages[0].get("role") == "system"):
@@ -249,9 +255,9 @@ def build_conversation_sample(
         for element in _content(message, source):
             kind = element.get("type")
             if kind == "video":
-                if video is not None:
+                if element_video is not None:
                     raise RecordError(f"{source}: more than one video")
-                video = element
+                element_video = element
                 parts.append(VIDEO_BLOCK)
                 blocks.append(kind)
             elif kind == "image":
@@ -266,27 +272,30 @@ def build_conversation_sample(
         text += f"<|im_start|>{role}\n{''.join(parts)}<|im_end|>\n"
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         raise EmptySampleError(f"{source}: no assistant turn to learn from")
-    if video is None:
+    if element_video is None:
         pixel_values, grids = torch.zeros(0, spec.row_size, dtype=dtype), torch.zeros(0, 3, dtype=torch.long)
     else:
         if clip is None:
-            start, end = video.get("video_start"), video.get("video_end")
+            start, end = element_video.get("video_start"), element_video.get("video_end")
             for name, value in (("video_start", start), ("video_end", end)):
                 if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                     raise RecordError(f"{source}: {name} is not a number ({value!r})")
-            clip = _open_clip(video.get("video"), start, end, source=source, video_root=video_root,
+            clip = _open_clip(element_video.get("video"), start, end, source=source, video_root=video_root,
                               allow_absolute_paths=allow_absolute_paths, budget=budget, backend=backend,
                               device=device, rule=frame_rule)
-        pixel_values, grids = preprocess_frames(clip.frames.to(device), _frame_size(clip, budget), spec, dtype)
+        pixel_values, grids = preprocess_frames(clip.frames.to(device), _frame_size(clip, budget, spec), spec, dtype)
+        text = text.replace(VIDEO_BLOCK, video.block(len(clip.frames)), 1)
     image_values, image_grids = _images(images, processor, spec, dtype, device, video_root, allow_absolute_paths,
                                         source)
-    input_ids = tokenize_with_video(tokenizer, text, ids.video_pad, grids, spec.merge_size, ids.image_pad,
+    video_blocks = video.llm_grids(grids)
+    input_ids = tokenize_with_video(tokenizer, text, ids.video_pad, video_blocks, spec.merge_size, ids.image_pad,
                                     image_grids)
     # M-RoPE reads the vision blocks in the order they appear, images and the video mixed.
-    by_kind = {"image": iter(image_grids), "video": iter(grids)}
-    in_order = torch.stack([next(by_kind[k]) for k in blocks]) if blocks else grids
+    images_left = iter(image_grids)
+    in_order = [video_blocks if k == "video" else next(images_left)[None] for k in blocks]
+    in_order = torch.cat(in_order) if in_order else grids
     position_ids, _ = mrope_position_ids(input_ids, in_order, (ids.video_pad, ids.image_pad), spec.merge_size,
-                                         time_interval=time_interval)
+                                         time_interval=video.time_interval)
     return StreamingSample(input_ids=input_ids, labels=assistant_labels(input_ids, ids), position_ids=position_ids,
                            pixel_values_videos=pixel_values, video_grid_thw=grids, windows=[], text=text,
                            pixel_values_images=image_values, image_grid_thw=image_grids)

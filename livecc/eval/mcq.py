@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..data.paths import video_under
 from ..data.video import decode_clip
 from ..jsonl import write_rows
-from ..qwen2vl import clip_frame_size, video_prompt_logits
+from ..qwen2vl import VisionSpec, clip_frame_size, video_prompt_logits
 
 __all__ = ["Question", "answer_logits", "load_questions", "normalize_question", "score_mcq"]
 
@@ -104,7 +104,8 @@ def answer_logits(model, processor, q: Question, video_root: str | Path, *, allo
     device = next(model.parameters()).device
     path = video_under(video_root, q.video, source=source, allow_absolute=allow_absolute_paths)
     clip = decode_clip(path, q.start, q.end, resize=False, device=str(device))
-    size = clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts))
+    factor = VisionSpec.from_processor(processor).factor
+    size = clip_frame_size(clip.frames.shape[1], clip.frames.shape[2], len(clip.pts), factor=factor)
     logits = video_prompt_logits(model, processor, clip.frames, size, _prompt(q), "Answer:")
     letters = [tokenizer(f" {LETTERS[i]}", add_special_tokens=False).input_ids[-1] for i in range(len(q.options))]
     return logits[letters].float().cpu()

@@ -27,7 +27,7 @@ import torch
 
 from ..data.windows import FrameWindow
 from ..kernels import preprocess_frames
-from ..qwen2vl import VisionSpec, rope_time_interval, smart_resize
+from ..qwen2vl import VideoFormat, VisionSpec, smart_resize
 from .cache import TEXT, KVPool, StreamKVCache
 from .config import SessionConfig
 from .policy import MAX_QUERY_TOKENS, MAX_QUESTION_TOKENS, StreamPolicy
@@ -123,8 +123,8 @@ class StreamEngine:
         return StreamState(config=config, cache=StreamKVCache(self.pool),
                            seen=torch.zeros(self.vocab, dtype=torch.bool, device=self.device),
                            penalty=torch.tensor(config.repetition_penalty, device=self.device), generator=generator,
-                           time_interval=rope_time_interval(self.model.config, self.spec.temporal_patch_size,
-                                                            config.plan.fps),
+                           video=VideoFormat.of(self.model.config, self.spec.temporal_patch_size,
+                                                config.plan.fps),
                            trace=Trace() if trace else None)
 
     def close(self, stream: StreamState) -> None:
@@ -192,33 +192,43 @@ class StreamEngine:
                 for s, w, g, t, e, a in zip(streams, windows, generated, ids, evicted, asked)]
 
     def encode(self, streams: list[StreamState], frames: list[torch.Tensor], clock: _PhaseClock | None = None):
-        """One ViT call over every stream's window of frames -> per stream (visual embeds, pixel
-        rows, grid); a window's ``clock`` is marked where the frames' preprocessing ends."""
+        """One ViT call over every stream's window of frames -> per stream (visual embeds, their
+        DeepStack features, pixel rows, grid); a window's ``clock`` is marked where the frames'
+        preprocessing ends."""
         patches = [preprocess_frames(f.to(self.device), self.check_frames(s, f), self.spec, self.dtype)
                    for s, f in zip(streams, frames)]
         if clock is not None:
             clock.mark()
         grids = torch.cat([g for _, g in patches])
-        embeds = self.runner.encode(torch.cat([p for p, _ in patches]), grids, self.spec.merge_size)
-        return [(e, p, g[None]) for e, (p, _), g in zip(embeds, patches, grids)]
+        encoded = self.runner.encode(torch.cat([p for p, _ in patches]), grids, self.spec.merge_size)
+        return [(e, deep, p, g[None]) for (e, deep), (p, _), g in zip(encoded, patches, grids)]
 
     def _prefill(self, streams, windows, visual):
         """Every stream's user turn (with its frames' embeddings) in one packed forward over the
         caches -> (the ids fed per stream, the logits after each stream's last token)."""
-        ids, positions, embeds, metas = [], [], [], []
-        for s, window, (embeds_v, pixel_values, grid) in zip(streams, windows, visual):
-            turn, pos, kinds, lo, hi = self.policy.prompt(s, window.start, window.end, grid)
+        ids, positions, embeds, metas, rows = [], [], [], [], []
+        fed = 0
+        for s, window, (embeds_v, _, pixel_values, grid) in zip(streams, windows, visual):
+            turn, pos, kinds, lo, hi = self.policy.prompt(s, window.start, window.end, len(window.frames), grid)
             turn_dev = turn.to(self.device)
             e = self.runner.embed(turn_dev)
-            pads = (turn == self.policy.ids.video_pad).nonzero().flatten().to(self.device)  # found on the host
-            e.index_copy_(0, pads, embeds_v.to(e.dtype))
+            pads = (turn == self.policy.ids.video_pad).nonzero().flatten()  # found on the host
+            e.index_copy_(0, pads.to(self.device), embeds_v.to(e.dtype))
             ids.append(turn), positions.append(pos), embeds.append(e), metas.append((kinds, lo, hi))
+            rows.append(pads + fed)
+            fed += turn.numel()
             s.seen[turn_dev] = True
             if s.trace is not None:
                 s.trace.pixel_values.append(pixel_values.cpu())
                 s.trace.grids.append(grid)
-        logits = self.runner.prefill([s.cache for s in streams], torch.cat(embeds), torch.cat(positions, dim=1),
-                                     [t.numel() for t in ids])
+        embeds = torch.cat(embeds)
+        deep = None
+        if visual[0][1]:  # DeepStack: earlier ViT blocks' features, added at the new visual rows only
+            per_layer = [torch.cat(layer) for layer in zip(*(v[1] for v in visual))]
+            deep = embeds.new_zeros((len(per_layer), *embeds.shape))
+            deep[:, torch.cat(rows).to(self.device)] = torch.stack(per_layer).to(embeds.dtype)
+        logits = self.runner.prefill([s.cache for s in streams], embeds, torch.cat(positions, dim=1),
+                                     [t.numel() for t in ids], deep)
         return ids, self._record(streams, ids, positions, [w.end for w in windows], metas, logits)
 
     def _decode(self, streams: list[StreamState], logits: list[torch.Tensor], times: list[float],

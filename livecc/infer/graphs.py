@@ -133,12 +133,14 @@ class DecodeGraphs:
 
 class _Prefill:
     """Static buffers of a prefill of ``bucket`` tokens over up to ``streams`` streams: the
-    embeddings, and one int64 vector holding the positions, write slots, query offsets, cache
-    lengths and page tables (the padding's document last)."""
+    embeddings (and DeepStack features), and one int64 vector holding the positions, write slots,
+    query offsets, cache lengths and page tables (the padding's document last)."""
 
-    def __init__(self, bucket: int, streams: int, width: int, hidden: int, dtype, device):
+    def __init__(self, bucket: int, streams: int, width: int, hidden: int, deep: int, dtype, device):
         self.bucket, self.streams, self.width = bucket, streams, width
         self.embeds = torch.zeros((bucket, hidden), dtype=dtype, device=device)
+        # DeepStack features (Qwen3-VL), dense over the bucket: zero off the visual rows
+        self.deep = torch.zeros((deep, bucket, hidden), dtype=dtype, device=device) if deep else None
         docs = streams + 1
         self.inputs = torch.zeros(4 * bucket + 2 * docs + 1 + docs * width, dtype=torch.long, device=device)
         self.staging = torch.zeros_like(self.inputs, device="cpu")
@@ -183,7 +185,7 @@ class PrefillGraphs:
 
     @torch.no_grad()
     def run(self, caches: list[StreamKVCache], embeds: torch.Tensor, positions: torch.Tensor,
-            counts: list[int]) -> torch.Tensor:
+            counts: list[int], deep: torch.Tensor | None = None) -> torch.Tensor:
         if any(c.pool is not self.pool for c in caches):
             raise ValueError("PrefillGraphs runs the streams of its own KVPool only")
         n = sum(counts)
@@ -202,6 +204,12 @@ class PrefillGraphs:
         self._stage(step, caches, positions, counts)
         step.embeds[:n].copy_(embeds)
         step.embeds[n:].zero_()
+        if step.deep is not None:
+            if deep is None:
+                step.deep.zero_()
+            else:
+                step.deep[:, :n].copy_(deep)
+                step.deep[:, n:].zero_()
         if fresh:
             self._build(step)
         if step.graph is not None:
@@ -246,7 +254,8 @@ class PrefillGraphs:
     def _new(self, bucket: int) -> _Prefill:
         """A bucket's buffers, holding an empty round (every token padding) until staged."""
         hidden = self.model.get_input_embeddings().embedding_dim
-        step = self.steps[bucket] = _Prefill(bucket, self.streams, self.width, hidden, self.pool.dtype,
+        deep = len(getattr(self.model.config.vision_config, "deepstack_visual_indexes", None) or ())
+        step = self.steps[bucket] = _Prefill(bucket, self.streams, self.width, hidden, deep, self.pool.dtype,
                                              self.pool.device)
         self._stage(step, [], torch.zeros(3, 0, dtype=torch.long), [])
         return step
@@ -261,7 +270,7 @@ class PrefillGraphs:
         def attend(i, q):
             return varlen_attention_paged(q, pool.keys[i], pool.values[i], tables, cu, lengths, step.bucket, scale)
 
-        return run_layers(lm, step.embeds, positions, pool, slots, attend)
+        return run_layers(lm, step.embeds, positions, pool, slots, attend, step.deep)
 
     def _build(self, step: _Prefill) -> None:
         self.builds += 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..qwen2vl import SYSTEM_TURN, TokenIds, VisionSpec, expand_pads, mrope_position_ids, user_turn
+from ..qwen2vl import SYSTEM_TURN, TokenIds, VisionSpec, expand_pads, mrope_position_ids, user_turn, vision_runs
 from .cache import TEXT, VISION
 from .state import StreamState
 
@@ -46,23 +46,25 @@ class StreamPolicy:
 
     # ------------------------------------------------------------------ prompts
 
-    def prompt(self, s: StreamState, start: float, end: float, grid: torch.Tensor):
-        """The window's user turn (after the closing of the previous answer): ``(ids [n], M-RoPE
-        positions [3, n], kinds [n], position ranges lo, hi [n])``. A text token occupies its
-        position; the window's visual tokens occupy their grid's whole range, as one block."""
+    def prompt(self, s: StreamState, start: float, end: float, n_frames: int, grid: torch.Tensor):
+        """The window's user turn (after the closing of the previous answer) for its ``n_frames``
+        frames of ViT ``grid [1, 3]``: ``(ids [n], M-RoPE positions [3, n], kinds [n], position
+        ranges lo, hi [n])``. A text token occupies its position; each visual block (the window's
+        frames, or with Qwen3-VL each frame pair) occupies its grid's whole range."""
         head = SYSTEM_TURN if s.window_index == 0 else ""
         asked = ([s.config.query] if s.window_index == 0 and s.config.query else []) + s.questions
         s.questions = []
-        text = head + user_turn(start, end, "\n".join(asked)) + "<|im_start|>assistant\n"
+        text = head + user_turn(start, end, "\n".join(asked), s.video.block(n_frames, start)) + "<|im_start|>assistant\n"
         ids = torch.tensor(s.pending + self.tokenizer(text, add_special_tokens=False).input_ids)
-        ids = expand_pads(ids, self.ids.video_pad, [int(grid.prod()) // self.spec.merge_size**2])
-        positions, s.next_pos = mrope_position_ids(ids, grid, (self.ids.video_pad,), self.spec.merge_size,
-                                                   start=s.next_pos, time_interval=s.time_interval)
+        blocks = s.video.llm_grids(grid)
+        ids = expand_pads(ids, self.ids.video_pad, (blocks.prod(-1) // self.spec.merge_size**2).tolist())
+        positions, s.next_pos = mrope_position_ids(ids, blocks, (self.ids.video_pad,), self.spec.merge_size,
+                                                   start=s.next_pos, time_interval=s.video.time_interval)
         visual = ids == self.ids.video_pad
         lo, hi = positions[0].clone(), positions[0] + 1
-        if visual.any():
-            block = positions[:, visual]
-            lo[visual], hi[visual] = int(block.min()), int(block.max()) + 1
+        for begin, stop in vision_runs(visual):
+            block = positions[:, begin:stop]
+            lo[begin:stop], hi[begin:stop] = int(block.min()), int(block.max()) + 1
         return ids, positions, visual.to(torch.int8), lo, hi
 
     def text_positions(self, s: StreamState, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

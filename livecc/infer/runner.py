@@ -51,23 +51,31 @@ class ModelRunner:
         if self.decode_graphs is not None:
             self.decode_graphs.prepare(max_streams, pages)
 
-    def encode(self, pixel_values: torch.Tensor, grids: torch.Tensor, merge: int) -> list[torch.Tensor]:
-        """One ViT call over every window's patch rows -> each window's visual embeddings."""
+    def encode(self, pixel_values: torch.Tensor, grids: torch.Tensor,
+               merge: int) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """One ViT call over every window's patch rows -> each window's visual embeddings and its
+        DeepStack features (Qwen3-VL: one per LLM layer they are added after; else none)."""
         out = self.model.model.visual(pixel_values, grid_thw=grids.to(self.device))
-        embeds = getattr(out, "pooler_output", out)
-        return list(embeds.split([int(g.prod()) // merge**2 for g in grids]))
+        if isinstance(out, tuple):  # transformers before 5: Qwen3-VL's (embeddings, features)
+            embeds, deep = out
+        else:
+            embeds, deep = getattr(out, "pooler_output", out), getattr(out, "deepstack_features", None)
+        sizes = [int(g.prod()) // merge**2 for g in grids]
+        per_layer = [d.split(sizes) for d in deep or []]
+        return [(e, [layer[i] for layer in per_layer]) for i, e in enumerate(embeds.split(sizes))]
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids.to(self.device))
 
     def prefill(self, caches: list[StreamKVCache], embeds: torch.Tensor, positions: torch.Tensor,
-                counts: list[int]) -> torch.Tensor:
+                counts: list[int], deep: torch.Tensor | None = None) -> torch.Tensor:
         """``embeds [n, H]`` at ``positions [3, n]``, the first ``counts[0]`` for ``caches[0]`` and so
-        on, into the caches -> the logits after each stream's last token ``[B, V]`` (fp32)."""
+        on, into the caches (``deep [k, n, H]``: DeepStack features after the first ``k`` layers)
+        -> the logits after each stream's last token ``[B, V]`` (fp32)."""
         if self.prefill_graphs is not None and self.prefill_graphs.fits(counts):
-            hidden = self.prefill_graphs.run(caches, embeds, positions, counts)
+            hidden = self.prefill_graphs.run(caches, embeds, positions, counts, deep)
         else:
-            hidden = forward_tokens(self.model, embeds, positions, caches, counts)
+            hidden = forward_tokens(self.model, embeds, positions, caches, counts, deep)
         last = (torch.tensor(counts).cumsum(0) - 1).to(hidden.device)
         return self.model.lm_head(hidden[last]).float()
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..qwen2vl import VideoFormat
 from .cache import StreamKVCache
 from .config import SessionConfig
 
@@ -57,7 +58,7 @@ class StreamState:
     seen: torch.Tensor  # bool [V] on the device: token ids fed so far, for the repetition penalty
     penalty: torch.Tensor  # the repetition penalty, a scalar on the device (no copy per decode step)
     generator: torch.Generator
-    time_interval: float  # M-RoPE temporal step per frame pair (Qwen2.5-VL spaces them by seconds)
+    video: VideoFormat  # how the model's family writes frames (Qwen2.5-VL's spacing, Qwen3-VL's timestamps)
     next_pos: int = 0
     clock: float = 0.0  # the end of the last window, in stream seconds
     window_index: int = 0

@@ -17,6 +17,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention
 from transformers.models.qwen2_vl.modeling_qwen2_vl import VisionAttention
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionAttention
 
 from ..kernels import cu_seqlens, varlen_attention
 
@@ -116,8 +117,8 @@ def register() -> None:
 
 
 def _vision_attention_forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
-    """Qwen2-VL / Qwen2.5-VL ViT attention over every frame group (or window) at once: one varlen
-    call, not a loop per group."""
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL ViT attention over every frame group (or window) at once:
+    one varlen call, not a loop per group."""
     apply_rotary_pos_emb_vision = sys.modules[type(self).__module__].apply_rotary_pos_emb_vision
     seq_len = hidden_states.shape[0]
     q, k, v = self.qkv(hidden_states).reshape(seq_len, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
@@ -130,9 +131,9 @@ def _vision_attention_forward(self, hidden_states, cu_seqlens, position_embeddin
 
 
 def use_livecc_attention(model) -> None:
-    """Run a Qwen2-VL or Qwen2.5-VL model's LLM and ViT attention on livecc's varlen kernel."""
+    """Run a Qwen2-VL, Qwen2.5-VL or Qwen3-VL model's LLM and ViT attention on livecc's varlen kernel."""
     register()
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     for module in model.modules():
-        if isinstance(module, (VisionAttention, Qwen2_5_VLVisionAttention)):
+        if isinstance(module, (VisionAttention, Qwen2_5_VLVisionAttention, Qwen3VLVisionAttention)):
             module.forward = types.MethodType(_vision_attention_forward, module)

@@ -1,4 +1,4 @@
-"""A randomly initialised tiny Qwen2-VL / Qwen2.5-VL with the real token ids, for CPU runs and tests."""
+"""A randomly initialised tiny Qwen2-VL / Qwen2.5-VL / Qwen3-VL with the real token ids, for CPU runs and tests."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
 )
 
-__all__ = ["tiny_qwen2vl"]
+ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+__all__ = ["ARCHS", "tiny_qwen2vl"]
 
 
 def tiny_qwen2vl(
@@ -28,7 +32,9 @@ def tiny_qwen2vl(
     **text_overrides,
 ):
     """A randomly initialised Qwen2-VL (``arch="qwen2_5_vl"``: Qwen2.5-VL, with its windowed ViT
-    and seconds-spaced temporal positions) with the real token ids, small enough for CPU tests."""
+    and seconds-spaced temporal positions; ``arch="qwen3_vl"``: Qwen3-VL, with QK-norm, interleaved
+    M-RoPE, 16-pixel patches, a learned ViT position grid and DeepStack features from the first
+    two ViT blocks) with the real token ids, small enough for CPU tests."""
     head_dim = hidden_size // num_heads
     section = head_dim // 2  # mrope splits head_dim/2 rotary frequencies over (t, h, w)
     mrope_section = [section - 2 * (section // 3), section // 3, section // 3]
@@ -37,11 +43,20 @@ def tiny_qwen2vl(
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
         max_position_embeddings=32768, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
                                                         "mrope_section": mrope_section},
-        bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, **text_overrides,
+        pad_token_id=151643, **text_overrides,
     )
     vision_config = dict(depth=vision_depth, num_heads=vision_heads, patch_size=14, spatial_merge_size=2,
                          temporal_patch_size=2)
-    if arch == "qwen2_vl":
+    if arch != "qwen3_vl":
+        text_config.update(bos_token_id=151643, eos_token_id=151645)
+    if arch == "qwen3_vl":
+        text_config.update(head_dim=head_dim)
+        text_config["rope_parameters"]["mrope_interleaved"] = True
+        vision_config.update(hidden_size=vision_dim, intermediate_size=vision_dim * 2, out_hidden_size=hidden_size,
+                             patch_size=16, num_position_embeddings=256,
+                             deepstack_visual_indexes=list(range(min(2, vision_depth))))
+        config_cls, model_cls = Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    elif arch == "qwen2_vl":
         vision_config.update(embed_dim=vision_dim, hidden_size=hidden_size, mlp_ratio=2)
         config_cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
     elif arch == "qwen2_5_vl":
@@ -50,8 +65,11 @@ def tiny_qwen2vl(
                              window_size=56, fullatt_block_indexes=[vision_depth - 1], tokens_per_second=2)
         config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     else:
-        raise ValueError(f"arch must be 'qwen2_vl' or 'qwen2_5_vl', got {arch!r}")
-    config = config_cls(text_config=text_config, vision_config=vision_config)
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    top = {}
+    if arch == "qwen3_vl" and "tie_word_embeddings" in text_config:  # Qwen3-VL ties at the top level
+        top["tie_word_embeddings"] = text_config.pop("tie_word_embeddings")
+    config = config_cls(text_config=text_config, vision_config=vision_config, **top)
     config._attn_implementation = attn_implementation
     if seed is not None:
         torch.manual_seed(seed)

@@ -1,5 +1,6 @@
-"""The Qwen2-VL format that every layer above speaks: token ids and the processor, the vision
-input (patch geometry, resize rule, pixel budget), M-RoPE positions and the chat turns."""
+"""The Qwen-VL format that every layer above speaks (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): token ids and
+the processor, the vision input (patch geometry, resize rule, pixel budget), how a family writes
+frames into the sequence, M-RoPE positions and the chat turns."""
 
 from .ask import video_prompt_logits
 from .offline import QWEN2VL_SPECIAL_TOKENS, offline_processor
@@ -18,6 +19,7 @@ from .turns import (
     tokenize_with_video,
     user_turn,
 )
+from .video_format import TIMESTAMPED_FAMILIES, VideoFormat
 from .vision import FRAME_FACTOR, IMAGE_FACTOR, PixelBudget, VisionSpec, clip_frame_size, smart_resize
 
 __all__ = [
@@ -29,10 +31,12 @@ __all__ = [
     "QWEN2VL_SPECIAL_TOKENS",
     "STREAM_EOS",
     "SYSTEM_TURN",
+    "TIMESTAMPED_FAMILIES",
     "VIDEO_BLOCK",
     "PixelBudget",
     "Qwen2VLTextProcessor",
     "TokenIds",
+    "VideoFormat",
     "VisionSpec",
     "assistant_labels",
     "assistant_turn",

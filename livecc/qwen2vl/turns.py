@@ -26,9 +26,10 @@ IMAGE_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
 IGNORE_INDEX = -100
 
 
-def user_turn(start: float, end: float, query: str = "") -> str:
-    """A streaming window's user turn: ``Time=start-end s``, its frames, and the query (first turn)."""
-    return f"<|im_start|>user\nTime={start:.1f}-{end:.1f}s{VIDEO_BLOCK}{query}<|im_end|>\n"
+def user_turn(start: float, end: float, query: str = "", video: str = VIDEO_BLOCK) -> str:
+    """A streaming window's user turn: ``Time=start-end s``, its frames (``video``, the block
+    :meth:`~livecc.qwen2vl.video_format.VideoFormat.block` writes), and the query (first turn)."""
+    return f"<|im_start|>user\nTime={start:.1f}-{end:.1f}s{video}{query}<|im_end|>\n"
 
 
 def assistant_turn(text: str) -> str:

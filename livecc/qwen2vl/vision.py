@@ -65,6 +65,8 @@ def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels
     return h_bar, w_bar
 
 
-def clip_frame_size(height: int, width: int, nframes: int, budget: PixelBudget = PixelBudget()) -> tuple[int, int]:
-    """The ``(h, w)`` every frame of an ``nframes`` clip is resized to."""
-    return smart_resize(height, width, IMAGE_FACTOR, budget.min_pixels, budget.frame_max_pixels(nframes))
+def clip_frame_size(height: int, width: int, nframes: int, budget: PixelBudget = PixelBudget(),
+                    factor: int = IMAGE_FACTOR) -> tuple[int, int]:
+    """The ``(h, w)`` every frame of an ``nframes`` clip is resized to, both sides multiples of
+    ``factor`` (the vision spec's: 28 for Qwen2-VL, 32 for Qwen3-VL's 16-pixel patches)."""
+    return smart_resize(height, width, factor, budget.min_pixels, budget.frame_max_pixels(nframes))

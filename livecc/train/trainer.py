@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..data.packing import Pack, PackedLoader, StreamingDataset
 from ..data.windows import StreamFormat, WindowPlan
 from ..models import TextOnlyHead, load_model, patch, text_only_causal_lm_loss, tiny_qwen2vl
-from ..qwen2vl import PixelBudget, VisionSpec, offline_processor, rope_time_interval
+from ..qwen2vl import PixelBudget, VideoFormat, VisionSpec, offline_processor
 from .checkpoint import Checkpointer, clear_run, cut_metrics, latest_checkpoint
 from .config import TrainConfig
 from .metrics import MetricsLog, step_throughput
@@ -65,12 +65,12 @@ class Trainer:
         plan = WindowPlan(cfg.initial_frames, cfg.frames_per_window)
         StreamFormat(plan, cfg.min_pixels, cfg.max_pixels).record_in(model)  # saved with every export
         temporal_patch = VisionSpec.from_processor(self.processor).temporal_patch_size
-        interval = rope_time_interval(model.config, temporal_patch)
+        video = VideoFormat.of(model.config, temporal_patch, plan.fps)
         gpu_decode = cfg.decode_device == "cuda"
         if gpu_decode and self.device.type != "cuda":
             raise ValueError("config key 'decode_device': cuda needs training on a CUDA device")
         dataset = StreamingDataset(cfg.data, self.processor, cfg.video_root, with_context=cfg.with_context,
-                                   plan=plan, budget=budget, time_interval=interval, frame_rule=cfg.frame_rule,
+                                   plan=plan, budget=budget, video=video, frame_rule=cfg.frame_rule,
                                    allow_absolute_paths=cfg.allow_absolute_paths,
                                    device=str(self.device) if gpu_decode else "cpu")
         budget = cfg.token_budget if cfg.engine == "livecc" else 1  # "hf": one clip per micro-batch
@@ -100,7 +100,8 @@ class Trainer:
 
     def _build_model(self, dtype):
         if self.cfg.model == "tiny":
-            return tiny_qwen2vl(seed=self.cfg.seed, **self.cfg.tiny).to(dtype), offline_processor()
+            model = tiny_qwen2vl(seed=self.cfg.seed, **self.cfg.tiny).to(dtype)
+            return model, offline_processor(model.config.model_type)
         return load_model(self.cfg.model, "cpu", dtype)
 
     def _prepare(self, model):
@@ -124,15 +125,21 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def _next_pack(self) -> Pack | None:
+        empty = 0  # passes in a row that built no pack: two (a resumed tail, then a whole epoch) mean none ever will
         while True:
             if self._packs is None:
                 if self.loader.epoch >= self.cfg.epochs and not self.cfg.max_steps:
                     return None
+                if empty == 2:
+                    raise RuntimeError(f"no record of {', '.join(map(str, self.cfg.data))} builds a sample "
+                                       f"({sum(self.loader.errors.values())} failures; see "
+                                       f"{self.out}/rejects.rank{self.rank}.jsonl)")
                 self._packs = iter(self.loader)
             pack = next(self._packs, None)
             if pack is not None:
                 return pack
             self._packs = None
+            empty += 1
 
     def _loss_sum(self, pack: Pack) -> torch.Tensor:
         labels = pack.labels.to(self.device)
