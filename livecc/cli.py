@@ -57,13 +57,14 @@ def cmd_sample(args) -> int:
     streaming sequence, or an ordinary chat's conversation sample)."""
     from .data.records import ClipRecord, SeekableRecords
     from .data.sequence import build_conversation_sample, build_streaming_sample, is_streaming_record
-    from .qwen2vl import load_processor, offline_processor
+    from .qwen2vl import VideoFormat, load_processor, offline_processor
 
-    processor = load_processor(args.processor) if args.processor else offline_processor()
+    processor = load_processor(args.processor) if args.processor else offline_processor(args.arch)
     records = SeekableRecords(args.records)
     raw, source = records[args.index], f"{args.records}: record {args.index}"
     t0 = time.perf_counter()
-    common = dict(video_root=args.video_root, allow_absolute_paths=args.allow_absolute_paths, source=source)
+    common = dict(video_root=args.video_root, allow_absolute_paths=args.allow_absolute_paths, source=source,
+                  video=VideoFormat(timestamps=args.arch == "qwen3_vl"))
     if is_streaming_record(raw):
         sample = build_streaming_sample(ClipRecord.from_messages(raw, source), processor,
                                         with_context=args.with_context, **common)
@@ -365,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("records", help="Live-CC JSONL file (with or without the seek line)")
     sample.add_argument("--index", type=int, default=0)
     sample.add_argument("--video-root", default=None, help="directory the records' video paths are relative to")
-    sample.add_argument("--processor", default=None, help="local Qwen2-VL processor directory (default: offline)")
+    sample.add_argument("--processor", default=None, help="local processor directory (default: offline)")
+    sample.add_argument("--arch", choices=("qwen2_vl", "qwen3_vl"), default="qwen2_vl",
+                        help="the sample format: Qwen2-VL's, or Qwen3-VL's timestamped frame pairs")
     sample.add_argument("--with-context", action="store_true", help="put title / previous ASR in the first turn")
     sample.add_argument("--allow-absolute-paths", action="store_true", help="admit absolute video paths in records")
     sample.set_defaults(func=cmd_sample)

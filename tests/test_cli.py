@@ -22,6 +22,9 @@ def test_sample_prints_the_streaming_sequence_of_a_record(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "records.jsonl"), "--video-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "Time=0.0-3.0s<|vision_start|><|video_pad|>x" in out and "windows=" in out and "labelled=" in out
+    assert main(["sample", str(tmp_path / "records.jsonl"), "--video-root", str(tmp_path), "--arch", "qwen3_vl"]) == 0
+    out = capsys.readouterr().out
+    assert "Time=0.0-3.0s<0.2 seconds><|vision_start|><|video_pad|>x" in out and "<2.2 seconds>" in out
 
 
 def test_words_prints_a_text_stream(tmp_path, capsys):

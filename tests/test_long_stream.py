@@ -9,6 +9,7 @@ import torch
 from livecc.data.windows import StreamFormat, WindowPlan
 from livecc.infer import SessionConfig, StreamingSession
 from livecc.models import tiny_qwen2vl
+from livecc.qwen2vl import offline_processor
 
 TOL = {torch.float32: dict(atol=2e-4, rtol=1e-4), torch.bfloat16: dict(atol=8e-2, rtol=5e-2)}
 
@@ -17,16 +18,21 @@ def replay(model, trace, pad: int) -> dict[int, torch.Tensor]:
     """An independent, dense float64 replay of what a stream fed: every block of tokens through the
     decoder over a plain cache of *unrotated* keys, each key rotated at attention time for the
     position it holds then, tokens evicted and positions moved exactly when the trace says. The
-    logits of every fed token, by fed index."""
+    logits of every fed token, by fed index. Qwen3-VL: each head's q and k RMS-normed before the
+    rotation, and the DeepStack features added to the visual rows after the first layers."""
     model = model.double()
     lm = model.model.language_model
     ids_all = torch.cat(trace.ids)
     pads = (ids_all == pad).nonzero().flatten()
     with torch.no_grad():
-        visual = model.model.visual(torch.cat(trace.pixel_values).double(), grid_thw=torch.cat(trace.grids))
-        visual = getattr(visual, "pooler_output", visual)
+        out = model.model.visual(torch.cat(trace.pixel_values).double(), grid_thw=torch.cat(trace.grids))
+        visual = getattr(out, "pooler_output", out)
         embeds = lm.embed_tokens(ids_all).clone()
         embeds[pads] = visual
+        deepstack = list(getattr(out, "deepstack_features", None) or [])
+        deep = embeds.new_zeros((len(deepstack), *embeds.shape))
+        if deepstack:
+            deep[:, pads] = torch.stack(deepstack)
     cache = {"fed": torch.zeros(0, dtype=torch.long), "pos": torch.zeros(3, 0, dtype=torch.long),
              "k": [None] * len(lm.layers), "v": [None] * len(lm.layers)}
     evictions, moves, logits, fed = list(trace.evictions), list(trace.moves), {}, 0
@@ -53,6 +59,8 @@ def replay(model, trace, pad: int) -> dict[int, torch.Tensor]:
                 attn = layer.self_attn
                 x = layer.input_layernorm(h)
                 q, k, v = (proj(x).view(n, -1, attn.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+                if hasattr(attn, "q_norm"):
+                    q, k = attn.q_norm(q), attn.k_norm(k)
                 cache["k"][i] = k if cache["k"][i] is None else torch.cat([cache["k"][i], k])
                 cache["v"][i] = v if cache["v"][i] is None else torch.cat([cache["v"][i], v])
                 group = q.shape[1] // k.shape[1]
@@ -62,6 +70,8 @@ def replay(model, trace, pad: int) -> dict[int, torch.Tensor]:
                 out = torch.einsum("hqk,khd->qhd", scores.softmax(-1), cache["v"][i].repeat_interleave(group, 1))
                 h = h + attn.o_proj(out.reshape(n, -1))
                 h = h + layer.mlp(layer.post_attention_layernorm(h))
+                if i < len(deep):
+                    h = h + deep[i, fed : fed + n]
             for j, row in enumerate(model.lm_head(lm.norm(h))):
                 logits[fed + j] = row
         cache["fed"], cache["pos"] = torch.cat([cache["fed"], torch.arange(fed, fed + n)]), every
@@ -69,15 +79,16 @@ def replay(model, trace, pad: int) -> dict[int, torch.Tensor]:
     return logits
 
 
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen3_vl"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_after_evictions_and_compaction_the_logits_equal_a_dense_replay(processor, gen, dtype):
+def test_after_evictions_and_compaction_the_logits_equal_a_dense_replay(gen, dtype, arch):
     """Evicting at every window and compacting at once (``compact_after=0``): every logit equals a
     float64 replay over a dense cache of unrotated keys where each query sees the tokens the
     stream kept at the positions they held then (so the paged moves, the re-rotated keys and the
     positions new tokens continue from are checked together), within the dtype's tolerance."""
-    model = tiny_qwen2vl(seed=0, attn_implementation="eager").to(dtype)
-    session = StreamingSession(model, processor, query="Go.", trace=True, max_new_tokens=4, horizon=2.0,
-                               text_sink=6, max_text_tokens=24, compact_after=0, page_size=16,
+    model = tiny_qwen2vl(seed=0, attn_implementation="eager", arch=arch).to(dtype)
+    session = StreamingSession(model, offline_processor(arch), query="Go.", trace=True, max_new_tokens=4,
+                               horizon=2.0, text_sink=6, max_text_tokens=24, compact_after=0, page_size=16,
                                min_pixels=56 * 56, max_pixels=84 * 84)
     for w in range(9):
         frames = torch.randint(0, 256, (session.frames_needed, 70, 84, 3), dtype=torch.uint8, generator=gen)
@@ -85,7 +96,7 @@ def test_after_evictions_and_compaction_the_logits_equal_a_dense_replay(processo
     trace = session.trace
     assert trace.moves and session.cache.evicted > 0
     assert session.state.next_pos < 80  # kept near the cache's size, not the stream's length
-    expected = replay(tiny_qwen2vl(seed=0), trace, session.engine.policy.ids.video_pad)
+    expected = replay(tiny_qwen2vl(seed=0, arch=arch), trace, session.engine.policy.ids.video_pad)
     for index, logits in trace.logits:
         torch.testing.assert_close(logits.double(), expected[index], **TOL[dtype])
 

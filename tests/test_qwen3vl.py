@@ -225,3 +225,22 @@ def test_livecc_train_and_stream_take_a_qwen3vl_directory(tmp_path, capsys):
                  "--jsonl", str(out)]) == 0
     said = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["end"] for r in said] == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+
+
+def test_a_question_about_a_video_is_asked_at_hugging_face_positions(processor, gen):
+    """``video_prompt_logits`` (multiple-choice evaluation) writes the frames as Qwen3-VL does: the
+    same logits as Hugging Face's forward computing its own positions over the same ids."""
+    from livecc.qwen2vl import video_prompt_logits
+
+    model = tiny()
+    frames = torch.randint(0, 256, (6, 64, 96, 3), dtype=torch.uint8, generator=gen)
+    seen = {}
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    logits = video_prompt_logits(model, processor, frames, (64, 96), "Who?", "Answer:")
+    hook.remove()
+    ids = seen["input_ids"]
+    assert "<|im_start|>user\n<0.2 seconds><|vision_start|>" in processor.tokenizer.decode(ids[0])
+    with torch.no_grad():
+        theirs = model(input_ids=ids, pixel_values_videos=seen["pixel_values_videos"],
+                       video_grid_thw=seen["video_grid_thw"], mm_token_type_ids=torch.where(ids == 151656, 2, 0))
+    torch.testing.assert_close(logits, theirs.logits[0, -1], atol=1e-5, rtol=1e-5)

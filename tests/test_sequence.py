@@ -216,3 +216,21 @@ def test_mixed_streaming_and_conversation_records_pack_and_train(processor, tmp_
     alone = pack_samples([dataset[1]])  # text only
     assert "pixel_values_videos" not in alone.model_inputs()
     assert torch.isfinite(text_only_causal_lm_loss(model, labels=alone.labels, **alone.model_inputs()))
+
+
+def test_windows_of_odd_length_pad_their_own_last_pair(processor):
+    """With 4- then 3-frame windows, each window's last frame is repeated into its last pair (as a
+    stream pads each window), so the patch rows are the windows' own and agree with the grids."""
+    from livecc.data.windows import WindowPlan
+    from livecc.kernels import preprocess_frames
+    from livecc.qwen2vl import VisionSpec
+
+    clip = make_clip(12)
+    sample = build_streaming_sample(record([(10.2, 10.4, "a"), (15.0, 15.2, "b")]), processor, clip=clip,
+                                    plan=WindowPlan(initial_frames=4, frames_per_window=3))
+    assert [(w.frames.start, w.frames.stop) for w in sample.windows] == [(0, 4), (4, 7), (7, 10), (10, 12)]
+    assert sample.video_grid_thw.tolist() == [[2, 18, 24], [2, 18, 24], [2, 18, 24], [1, 18, 24]]
+    spec = VisionSpec.from_processor(processor)
+    rows = [preprocess_frames(clip.frames[w.frames], (252, 336), spec)[0] for w in sample.windows]
+    assert torch.equal(sample.pixel_values_videos, torch.cat(rows))
+    assert sample.pixel_values_videos.shape[0] == int(sample.video_grid_thw.prod(-1).sum())

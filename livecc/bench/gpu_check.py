@@ -70,7 +70,8 @@ QUICK_TESTS = [
     f"{KERNELS}test_every_attention_backend_against_the_reference[mixed-torch_varlen]",
     f"{KERNELS}test_every_attention_backend_against_the_reference[equal-auto]",
     f"{MODELS}test_logits_and_every_gradient_match_sdpa[qwen2_vl-bf16]",
-    f"{MODELS}test_streams_stepped_together_equal_one_masked_full_forward[graphs-bf16]",
+    f"{MODELS}test_streams_stepped_together_equal_one_masked_full_forward[qwen2_vl-graphs-bf16]",
+    f"{MODELS}test_streams_stepped_together_equal_one_masked_full_forward[qwen3_vl-graphs-bf16]",
     f"{MODELS}test_training_steps_with_activation_checkpointing_and_a_first_probe",
     f"{MODELS}test_the_demo_runs_on_the_gpu",
     "tests/gpu/test_video_cuda.py::test_nvdec_decodes_a_clip_as_the_cpu_does",
@@ -94,9 +95,9 @@ QUICK = [
          30),
     Item("tests in bf16: attention d128 GQA 28/4 and d80 (fwd, bwd, after a cache), paged prefill after an unpaged "
          "call, paged decode, cross-entropy, rotary, key re-rotation, preprocessing, the attention backends; the tiny "
-         "model against "
-         "SDPA; streams against one masked forward (CUDA graphs); 5 training steps under activation checkpointing "
-         "with the dispatcher probing; the demo, shortened; NVDEC on one clip", "tests", QUICK_TESTS, 180, 60),
+         "model against SDPA; Qwen2-VL and Qwen3-VL streams against one masked forward (CUDA graphs); 5 training "
+         "steps under activation checkpointing with the dispatcher probing; the demo, shortened; NVDEC on one clip",
+         "tests", QUICK_TESTS, 180, 60),
 ]
 
 FULL = [

@@ -175,12 +175,13 @@ def build_streaming_sample(
     if not windows:
         raise EmptySampleError(f"{source}: no words within the frames of {clip.source}")
 
-    n_frames = windows[-1].frames.stop
-    pixel_values, grid = preprocess_frames(clip.frames[:n_frames].to(device), _frame_size(clip, budget, spec),
-                                           spec, dtype)
+    size, tp = _frame_size(clip, budget, spec), spec.temporal_patch_size
+    if all((w.frames.stop - w.frames.start) % tp == 0 for w in windows):  # no pair straddles two windows
+        pixel_values, grid = preprocess_frames(clip.frames[: windows[-1].frames.stop].to(device), size, spec, dtype)
+    else:  # a window of odd length repeats its own last frame into its last pair, as a stream pads it
+        parts = [preprocess_frames(clip.frames[w.frames].to(device), size, spec, dtype) for w in windows]
+        pixel_values, grid = torch.cat([p for p, _ in parts]), parts[0][1]
     _, gh, gw = grid[0].tolist()
-    tp = spec.temporal_patch_size
-    # a last window of odd length (a clip not decoded in pairs) repeats its last frame into its pair
     grids = torch.tensor([[-(-(w.frames.stop - w.frames.start) // tp), gh, gw] for w in windows])
 
     query = context_text(record, with_context)

@@ -54,7 +54,8 @@ class StreamPolicy:
         head = SYSTEM_TURN if s.window_index == 0 else ""
         asked = ([s.config.query] if s.window_index == 0 and s.config.query else []) + s.questions
         s.questions = []
-        text = head + user_turn(start, end, "\n".join(asked), s.video.block(n_frames, start)) + "<|im_start|>assistant\n"
+        turn = user_turn(start, end, "\n".join(asked), s.video.block(n_frames, start))
+        text = head + turn + "<|im_start|>assistant\n"
         ids = torch.tensor(s.pending + self.tokenizer(text, add_special_tokens=False).input_ids)
         blocks = s.video.llm_grids(grid)
         ids = expand_pads(ids, self.ids.video_pad, (blocks.prod(-1) // self.spec.merge_size**2).tolist())

@@ -6,5 +6,5 @@ from .loss import TextOnlyHead, text_only_causal_lm_loss
 from .patch import patch
 from .tiny import ARCHS, tiny_qwen2vl
 
-__all__ = ["ARCHS", "TINY_MODELS", "TextOnlyHead", "load_model", "patch", "register", "text_only_causal_lm_loss", "tiny_qwen2vl",
-           "use_livecc_attention"]
+__all__ = ["ARCHS", "TINY_MODELS", "TextOnlyHead", "load_model", "patch", "register", "text_only_causal_lm_loss",
+           "tiny_qwen2vl", "use_livecc_attention"]

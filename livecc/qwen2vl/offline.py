@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from .processor import Qwen2VLTextProcessor
@@ -72,7 +72,7 @@ def _build_processor(path: Path, family: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@lru_cache(maxsize=None)
+@cache
 def offline_processor(family: str = "qwen2_vl") -> Qwen2VLTextProcessor:
     """The processor of ``family`` (``qwen2_vl``, which Qwen2.5-VL shares, or ``qwen3_vl``): real
     vocabulary, chat template, image settings; built offline."""

@@ -19,7 +19,7 @@ from .turns import VIDEO_BLOCK
 
 __all__ = ["TIMESTAMPED_FAMILIES", "VideoFormat"]
 
-TIMESTAMPED_FAMILIES = ("qwen3_vl", "qwen3_vl_moe")  # model types whose frames carry text timestamps
+TIMESTAMPED_FAMILIES = ("qwen3_vl",)  # model types whose frames carry text timestamps
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ import torch
 
 from livecc.infer import KVPool, StreamingSession, step_streams
 from livecc.models import text_only_causal_lm_loss, tiny_qwen2vl, use_livecc_attention
-from livecc.qwen2vl import mrope_position_ids
+from livecc.qwen2vl import mrope_position_ids, offline_processor
 
 VIDEO_PAD, VISION_START, VISION_END = 151656, 151652, 151653
 LOGIT_TOL = {torch.float32: (2e-4, 1e-4), torch.bfloat16: (6e-2, 3e-2)}
 
 
-def video_doc(n_text=40, groups=3):
+def video_doc(n_text=40, groups=3, row=1176):
     pieces = [torch.randint(0, 5000, (n_text,))]
     for _ in range(groups):
         pieces.append(torch.tensor([VISION_START] + [VIDEO_PAD] * 6 + [VISION_END]))
@@ -24,16 +24,16 @@ def video_doc(n_text=40, groups=3):
     ids = torch.cat(pieces)
     grid = torch.tensor([[1, 4, 6]] * groups)
     pos, _ = mrope_position_ids(ids, grid, (VIDEO_PAD,))
-    return ids.cuda(), grid.cuda(), torch.randn(groups * 24, 1176, device="cuda"), pos.cuda()
+    return ids.cuda(), grid.cuda(), torch.randn(groups * 24, row, device="cuda"), pos.cuda()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_logits_and_every_gradient_match_sdpa(arch, dtype):
     ref = tiny_qwen2vl(seed=0, attn_implementation="sdpa", arch=arch).cuda().to(dtype)
     ours = tiny_qwen2vl(seed=0, arch=arch).cuda().to(dtype)
     use_livecc_attention(ours)
-    ids, grid, pixels, pos = video_doc()
+    ids, grid, pixels, pos = video_doc(row=1536 if arch == "qwen3_vl" else 1176)
     weights = torch.randn(1, ids.numel(), ref.config.text_config.vocab_size, device="cuda")
     logits, grads = [], []
     for model in (ref, ours):
@@ -67,9 +67,11 @@ def full_forward_logits(model, trace):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cuda_graphs", [True, False], ids=["graphs", "eager"])
-def test_streams_stepped_together_equal_one_masked_full_forward(processor, dtype, cuda_graphs):
-    model = tiny_qwen2vl(seed=0, attn_implementation="eager").cuda().to(dtype)
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen3_vl"])  # Qwen3-VL: DeepStack in the captured prefill
+def test_streams_stepped_together_equal_one_masked_full_forward(arch, dtype, cuda_graphs):
+    model = tiny_qwen2vl(seed=0, attn_implementation="eager", arch=arch).cuda().to(dtype)
     pool = KVPool.for_model(model, page_size=16, pages=2)
+    processor = offline_processor(arch)
     sessions = [StreamingSession(model, processor, query=q, max_new_tokens=6, trace=True, pool=pool, horizon=2.0,
                                  max_text_tokens=60, text_sink=8, cuda_graphs=cuda_graphs, min_pixels=56 * 56,
                                  max_pixels=90 * 120)
