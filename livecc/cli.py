@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-clips", type=int, default=96)
     demo.add_argument("--test-clips", type=int, default=6)
     demo.add_argument("--duration", type=float, default=12.0, help="clip length in seconds")
-    demo.add_argument("--steps", type=int, default=450, help="training steps")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: 450, Qwen3-VL 700)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--fast", action="store_true", help="stream held-out clips as fast as possible")
     demo.add_argument("--arch", choices=("qwen2_vl", "qwen3_vl"), default="qwen2_vl",

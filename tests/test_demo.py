@@ -41,3 +41,12 @@ def test_shortened_demo_learns_from_the_pixels(tmp_path, capsys):
     score = word_f1(words, record.words)
     print(f"livecc stream on {Path(clip).name}: F1 {score['f1']:.3f} against the truth")
     assert score["f1"] > 0
+
+
+def test_a_tiny_qwen3vl_learns_the_demo_task(tmp_path):
+    # About 9 minutes on 2 CPU cores: the demo's training, four held-out clips, no real-time wait.
+    result = run_demo(DemoConfig(out=str(tmp_path), arch="qwen3_vl", test_clips=4, realtime=False))
+    scores = result["scores"]
+    trained, untrained, blank = scores["trained"], scores["untrained"], scores["trained, blank frames"]
+    assert trained["f1"] > untrained["f1"] + 0.3
+    assert trained["f1"] > blank["f1"] + 0.1  # the frames carry what it says

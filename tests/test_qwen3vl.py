@@ -244,3 +244,24 @@ def test_a_question_about_a_video_is_asked_at_hugging_face_positions(processor, 
         theirs = model(input_ids=ids, pixel_values_videos=seen["pixel_values_videos"],
                        video_grid_thw=seen["video_grid_thw"], mm_token_type_ids=torch.where(ids == 151656, 2, 0))
     torch.testing.assert_close(logits, theirs.logits[0, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_a_served_stream_comments_with_qwen3vl(processor, tmp_path):
+    """``livecc serve``'s hub steps a Qwen3-VL stream fed frame by frame: windows of its plan, said
+    with their times."""
+    import time
+
+    from livecc.serve import Hub
+
+    hub = Hub(tiny(), processor, max_streams=1, upload_dir=tmp_path / "u")
+    try:
+        stream = hub.open("frames", "Go.")
+        for _ in range(8):
+            hub.add_frame(stream, torch.zeros(64, 64, 3, dtype=torch.uint8))
+        deadline = time.monotonic() + 60
+        while len(stream.viewers.said) < 2:
+            assert time.monotonic() < deadline and not stream.closed
+            time.sleep(0.05)
+        assert [(e["start"], e["end"]) for e in stream.viewers.said] == [(0.0, 3.0), (3.0, 4.0)]
+    finally:
+        hub.shutdown()
