@@ -1,8 +1,8 @@
 """The Qwen-VL language model's forward over new tokens of several streams on one ``KVPool``.
 
 Reuses the Hugging Face modules' weights (norms, projections, MLPs, M-RoPE tables; Qwen3-VL's
-per-head QK-norms and interleaved M-RoPE, and its DeepStack features added after the first layers). The streams'
-new tokens run as one packed batch through every projection and MLP. Attention reads the pages in
+per-head QK-norms and interleaved M-RoPE, and its DeepStack features added after the first
+layers). The streams' new tokens run as one packed batch through every projection and MLP. Attention reads the pages in
 place: a decode step (one token per stream) with the paged decode op, a prefill with the paged
 varlen op (bottom-right causal over each stream's cache). The rotary embedding of q and k is one
 fused op. All run where the tensors are (``livecc.kernels.dispatch``).

@@ -56,7 +56,7 @@ class ModelRunner:
         """One ViT call over every window's patch rows -> each window's visual embeddings and its
         DeepStack features (Qwen3-VL: one per LLM layer they are added after; else none)."""
         out = self.model.model.visual(pixel_values, grid_thw=grids.to(self.device))
-        if isinstance(out, tuple):  # transformers before 5: Qwen3-VL's (embeddings, features)
+        if isinstance(out, tuple):  # Qwen3-VL in transformers that return (embeddings, DeepStack features)
             embeds, deep = out
         else:
             embeds, deep = getattr(out, "pooler_output", out), getattr(out, "deepstack_features", None)

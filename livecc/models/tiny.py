@@ -47,28 +47,28 @@ def tiny_qwen2vl(
     )
     vision_config = dict(depth=vision_depth, num_heads=vision_heads, patch_size=14, spatial_merge_size=2,
                          temporal_patch_size=2)
-    if arch != "qwen3_vl":
-        text_config.update(bos_token_id=151643, eos_token_id=151645)
-    if arch == "qwen3_vl":
+    top = {}  # keys of the model's own config
+    if arch == "qwen3_vl":  # its text config has no bos/eos; it ties embeddings at the top level
         text_config.update(head_dim=head_dim)
         text_config["rope_parameters"]["mrope_interleaved"] = True
+        if "tie_word_embeddings" in text_config:
+            top["tie_word_embeddings"] = text_config.pop("tie_word_embeddings")
         vision_config.update(hidden_size=vision_dim, intermediate_size=vision_dim * 2, out_hidden_size=hidden_size,
                              patch_size=16, num_position_embeddings=256,
                              deepstack_visual_indexes=list(range(min(2, vision_depth))))
         config_cls, model_cls = Qwen3VLConfig, Qwen3VLForConditionalGeneration
     elif arch == "qwen2_vl":
+        text_config.update(bos_token_id=151643, eos_token_id=151645)
         vision_config.update(embed_dim=vision_dim, hidden_size=hidden_size, mlp_ratio=2)
         config_cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
     elif arch == "qwen2_5_vl":
         # 2x2-token attention windows, the last block global: both ViT attention kinds run.
+        text_config.update(bos_token_id=151643, eos_token_id=151645)
         vision_config.update(hidden_size=vision_dim, intermediate_size=vision_dim * 2, out_hidden_size=hidden_size,
                              window_size=56, fullatt_block_indexes=[vision_depth - 1], tokens_per_second=2)
         config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     else:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-    top = {}
-    if arch == "qwen3_vl" and "tie_word_embeddings" in text_config:  # Qwen3-VL ties at the top level
-        top["tie_word_embeddings"] = text_config.pop("tie_word_embeddings")
     config = config_cls(text_config=text_config, vision_config=vision_config, **top)
     config._attn_implementation = attn_implementation
     if seed is not None:
