@@ -16,9 +16,11 @@ browser:
 demo: setup
 	livecc demo
 
-# pytest exits 5 when it collects nothing: that must fail, not pass.
+# One pytest worker per core (the Ray tests share one worker and its local cluster), the ten
+# slowest tests named at the end. pytest exits 5 when it collects nothing: that must fail, not pass.
 test: setup browser
-	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+	$(PY) -m pytest -q -n auto --dist loadgroup --durations=10; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
 lint:
 	ruff check .

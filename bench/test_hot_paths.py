@@ -15,7 +15,7 @@ from livecc.data.words import Word, parse_vtt
 
 @pytest.fixture(scope="module")
 def processor():
-    from livecc.qwen2vl import offline_processor
+    from livecc.qwen_vl import offline_processor
 
     return offline_processor()
 

@@ -7,12 +7,26 @@ import torch  # only its CUDA query: Triton is not imported yet
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Under pytest-xdist each worker takes its share of the cores (and so do the processes its tests
+# start): workers that each spin every core's threads would only take turns.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    torch.set_num_threads(_THREADS)
+
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first: spread over the workers from the start, they do not end the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +39,25 @@ def real_clip():
 
 @pytest.fixture(scope="session")
 def processor():
-    from livecc.qwen2vl import offline_processor
+    from livecc.qwen_vl import offline_processor
 
     return offline_processor()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """The address of one local Ray cluster of several worker processes (``ray start --head``), for
+    every Ray test of the session: they share a pytest worker (``xdist_group("ray")``) and it."""
+    pytest.importorskip("ray", reason="ray[data] is part of the dev extra (make setup installs it)")
+    temp = tmp_path_factory.mktemp("ray")
+    started = subprocess.run(["ray", "start", "--head", "--node-ip-address=127.0.0.1", "--port=0", "--num-cpus=4",
+                              "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
+                              "--object-store-memory=200000000"], capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        yield "auto"  # the cluster this machine runs: the one just started
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ def test_the_kernels_and_their_references_are_public():
         varlen_attention_reference,
     )
 
-    for name in ("livecc", "livecc.kernels", "livecc.qwen2vl", "livecc.models", "livecc.data", "livecc.data.pipeline",
+    for name in ("livecc", "livecc.kernels", "livecc.qwen_vl", "livecc.models", "livecc.data", "livecc.data.pipeline",
                  "livecc.infer", "livecc.train", "livecc.eval", "livecc.bench"):
         package = importlib.import_module(name)
         assert package.__all__ and all(hasattr(package, item) for item in package.__all__), name
@@ -34,9 +34,9 @@ def test_the_kernels_and_their_references_are_public():
 
 
 def test_from_pretrained_with_attn_implementation_livecc_after_a_bare_import(tmp_path):
-    from livecc.models import tiny_qwen2vl
+    from livecc.models import tiny_qwen_vl
 
-    tiny_qwen2vl().save_pretrained(tmp_path / "model")
+    tiny_qwen_vl().save_pretrained(tmp_path / "model")
     script = (
         "import torch, livecc\n"
         "from transformers import AutoModelForImageTextToText\n"
@@ -52,10 +52,10 @@ def test_from_pretrained_with_attn_implementation_livecc_after_a_bare_import(tmp
 
 def test_patch_gives_the_text_only_loss_without_full_logits(gen):
     import livecc
-    from livecc.models import text_only_causal_lm_loss, tiny_qwen2vl
+    from livecc.models import text_only_causal_lm_loss, tiny_qwen_vl
 
-    model = livecc.patch(tiny_qwen2vl(seed=0))
-    reference = tiny_qwen2vl(seed=0, attn_implementation="sdpa")
+    model = livecc.patch(tiny_qwen_vl(seed=0))
+    reference = tiny_qwen_vl(seed=0, attn_implementation="sdpa")
     ids = torch.randint(0, 5000, (1, 30), generator=gen)
     labels = torch.where(torch.rand(1, 30, generator=gen) < 0.3, ids, -100)
     calls = []

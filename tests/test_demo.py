@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from livecc.cli import main
 from livecc.data.records import ClipRecord, read_records
 from livecc.data.words import Word
@@ -16,9 +18,10 @@ def test_word_f1_matches_words_within_the_tolerance():
     assert word_f1([], truth)["f1"] == 0.0
 
 
+@pytest.mark.slow
 def test_shortened_demo_learns_from_the_pixels(tmp_path, capsys):
-    # About 6 minutes on 2 CPU cores: fewer held-out clips and steps than the demo, no real-time wait.
-    result = run_demo(DemoConfig(out=str(tmp_path), train_clips=96, test_clips=4, steps=350, realtime=False))
+    # About 3 minutes on one core: fewer held-out clips and steps than the demo, no real-time wait.
+    result = run_demo(DemoConfig(out=str(tmp_path), train_clips=96, test_clips=4, steps=250, realtime=False))
     scores = result["scores"]
     trained, untrained, blank = scores["trained"], scores["untrained"], scores["trained, blank frames"]
     assert trained["f1"] > untrained["f1"] + 0.2
@@ -43,9 +46,10 @@ def test_shortened_demo_learns_from_the_pixels(tmp_path, capsys):
     assert score["f1"] > 0
 
 
+@pytest.mark.slow
 def test_a_tiny_qwen3vl_learns_the_demo_task(tmp_path):
-    # About 9 minutes on 2 CPU cores: the demo's training, four held-out clips, no real-time wait.
-    result = run_demo(DemoConfig(out=str(tmp_path), arch="qwen3_vl", test_clips=4, realtime=False))
+    # About 3 minutes on one core: fewer held-out clips and steps than the demo, no real-time wait.
+    result = run_demo(DemoConfig(out=str(tmp_path), arch="qwen3_vl", test_clips=4, steps=200, realtime=False))
     scores = result["scores"]
     trained, untrained, blank = scores["trained"], scores["untrained"], scores["trained, blank frames"]
     assert trained["f1"] > untrained["f1"] + 0.3

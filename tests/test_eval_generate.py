@@ -7,7 +7,7 @@ from livecc.cli import main
 from livecc.data.synth import synthesize_clip
 from livecc.eval import Event, commentary_prompt, load_questions, normalize_question, score_mcq
 from livecc.eval.mcq import answer_logits
-from livecc.models import tiny_qwen2vl
+from livecc.models import tiny_qwen_vl
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_mcq_picks_the_highest_letter_logit_and_reports_per_type(dataset, proces
     ]
     path = tmp_path / "qa.jsonl"
     path.write_text("".join(json.dumps(q) + "\n" for q in questions))
-    model = tiny_qwen2vl(seed=0)
+    model = tiny_qwen_vl(seed=0)
     loaded = load_questions(path)
     result = score_mcq(model, processor, loaded, root / "videos", tmp_path / "pred.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]

@@ -23,6 +23,7 @@ def run_python(code: str, timeout: int = 900) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_every_kernel_compiles_for_hopper_within_shared_memory_and_without_spills(tmp_path):
     """The gate itself: no launch fails to compile, none needs more shared memory than an H100
     block has, no bf16/fp16 kernel spills registers; and no kernel of the package escapes it."""

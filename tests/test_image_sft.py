@@ -11,7 +11,7 @@ from livecc.data.image import ImageError, image_pixel_bounds
 from livecc.data.records import RecordError
 from livecc.data.sequence import build_conversation_sample
 from livecc.data.video import VideoClip
-from livecc.qwen2vl import smart_resize
+from livecc.qwen_vl import smart_resize
 
 LEVEL = 1 / 255 / 0.26130258  # one uint8 step, in normalised units
 
@@ -46,7 +46,7 @@ def pictures(tmp_path):
 
 
 def test_images_match_hugging_face(processor, tmp_path, pictures):
-    from livecc.models import tiny_qwen2vl
+    from livecc.models import tiny_qwen_vl
 
     conversation = [
         {"role": "user", "content": [{"type": "image", "image": "p0.png"}, {"type": "text", "text": "And this one?"},
@@ -66,14 +66,14 @@ def test_images_match_hugging_face(processor, tmp_path, pictures):
     assert diff.max() <= 3.001 and diff.mean() < 0.25
     assert processor.tokenizer.decode(sample.input_ids[sample.labels != -100]) == \
         "A wave and a stripe.<|im_end|>The wave.<|im_end|>"
-    model = tiny_qwen2vl()
+    model = tiny_qwen_vl()
     mm_types = torch.where(ids == model.config.image_token_id, 1, 0)[None]
     expected, _ = model.model.get_rope_index(ids[None], mm_token_type_ids=mm_types, image_grid_thw=grids)
     assert torch.equal(sample.position_ids, expected[:, 0])
 
 
 def test_images_beside_a_video_keep_the_order_of_their_blocks(processor, tmp_path, pictures):
-    from livecc.models import tiny_qwen2vl
+    from livecc.models import tiny_qwen_vl
 
     frames = torch.randint(0, 256, (4, 84, 112, 3), dtype=torch.uint8)
     clip = VideoClip(frames, [0.0, 0.5, 1.0, 1.5], "clip.mp4", "test")
@@ -85,7 +85,7 @@ def test_images_beside_a_video_keep_the_order_of_their_blocks(processor, tmp_pat
     sample = build_conversation_sample(conversation, processor, video_root=tmp_path, clip=clip)
     ids, _, grids = hugging_face(processor, sample.text, [pictures[1], pictures[0]], sample.video_grid_thw)
     assert torch.equal(sample.input_ids, ids) and torch.equal(sample.image_grid_thw, grids)
-    model = tiny_qwen2vl()
+    model = tiny_qwen_vl()
     mm_types = (torch.where(ids == model.config.image_token_id, 1, 0)
                 + torch.where(ids == model.config.video_token_id, 2, 0))[None]
     expected, _ = model.model.get_rope_index(ids[None], mm_token_type_ids=mm_types, image_grid_thw=grids,
@@ -95,7 +95,7 @@ def test_images_beside_a_video_keep_the_order_of_their_blocks(processor, tmp_pat
 
 def test_packed_image_conversations_train_like_hugging_face(processor, tmp_path, pictures):
     from livecc.data.packing import pack_samples
-    from livecc.models import text_only_causal_lm_loss, tiny_qwen2vl, use_livecc_attention
+    from livecc.models import text_only_causal_lm_loss, tiny_qwen_vl, use_livecc_attention
 
     one = [{"role": "user", "content": [{"type": "image", "image": "p0.png"}, {"type": "text", "text": "What?"}]},
            {"role": "assistant", "content": "Waves."}]
@@ -104,9 +104,9 @@ def test_packed_image_conversations_train_like_hugging_face(processor, tmp_path,
     samples = [build_conversation_sample(c, processor, video_root=tmp_path) for c in (one, two)]
     pack = pack_samples(samples)
     assert pack.image_grid_thw.shape == (3, 3) and pack.n_vision_patches == pack.pixel_values_images.shape[0]
-    ours = tiny_qwen2vl(seed=0)
+    ours = tiny_qwen_vl(seed=0)
     use_livecc_attention(ours)
-    ref = tiny_qwen2vl(seed=0, attn_implementation="sdpa")
+    ref = tiny_qwen_vl(seed=0, attn_implementation="sdpa")
     with torch.no_grad():
         packed = text_only_causal_lm_loss(ours, labels=pack.labels, reduction="sum", **pack.model_inputs())
         separate = 0.0

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from livecc.models import tiny_qwen2vl, use_livecc_attention
-from livecc.qwen2vl import mrope_position_ids
+from livecc.models import tiny_qwen_vl, use_livecc_attention
+from livecc.qwen_vl import mrope_position_ids
 
 pytestmark = pytest.mark.usefixtures("triton_interpreter")  # the kernels inside the model
 
@@ -10,8 +10,8 @@ VIDEO_PAD, VISION_START, VISION_END = 151656, 151652, 151653
 
 
 def models(arch="qwen2_vl"):
-    ref = tiny_qwen2vl(seed=0, attn_implementation="sdpa", arch=arch)
-    ours = tiny_qwen2vl(seed=0, arch=arch)
+    ref = tiny_qwen_vl(seed=0, attn_implementation="sdpa", arch=arch)
+    ours = tiny_qwen_vl(seed=0, arch=arch)
     use_livecc_attention(ours)
     return ref, ours
 
@@ -25,7 +25,7 @@ def video_doc(gen, n_text=5, groups=2):
     ids = torch.cat(pieces)
     grid = torch.tensor([[1, 4, 6]] * groups)
     pixels = torch.randn(groups * 24, 1176, generator=gen)
-    pos, _ = mrope_position_ids(ids, grid, (VIDEO_PAD,))
+    pos, _ = mrope_position_ids(ids, {VIDEO_PAD: grid})
     return ids, grid, pixels, pos
 
 
@@ -84,9 +84,9 @@ def test_cached_decoding_matches_a_full_forward(gen):
 
 def test_a_vit_forward_reads_its_longest_frame_group_once(monkeypatch):
     """Every ViT block gets the same offsets: one host read of the longest document per forward."""
-    from livecc.models import attention, tiny_qwen2vl, use_livecc_attention
+    from livecc.models import attention, tiny_qwen_vl, use_livecc_attention
 
-    model = tiny_qwen2vl(seed=0, vision_depth=3)
+    model = tiny_qwen_vl(seed=0, vision_depth=3)
     use_livecc_attention(model)
     reads, read = [], attention._lengths_max
     monkeypatch.setattr(attention, "_lengths_max", lambda cu: reads.append(1) or read(cu))

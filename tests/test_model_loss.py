@@ -4,7 +4,7 @@ from livecc.data.records import ClipRecord
 from livecc.data.sequence import build_streaming_sample
 from livecc.data.video import VideoClip
 from livecc.data.words import Word
-from livecc.models import text_only_causal_lm_loss, tiny_qwen2vl
+from livecc.models import text_only_causal_lm_loss, tiny_qwen_vl
 
 
 def streaming_batch(processor, gen):
@@ -18,7 +18,7 @@ def streaming_batch(processor, gen):
 
 
 def train(processor, batch, use_ours, steps=4):
-    model = tiny_qwen2vl(seed=0).train()
+    model = tiny_qwen_vl(seed=0).train()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     calls = []
     model.lm_head.register_forward_hook(lambda *a: calls.append(1))

@@ -211,9 +211,12 @@ def test_shards_partition_the_inputs(manifest, tmp_path):
     assert sum(r.outputs for r in reports) == whole.outputs and sum(r.kept for r in reports) == whole.kept
 
 
-def test_ray_engine_writes_what_the_local_engine_writes(manifest, tmp_path):
-    """Batches run on Ray Data actors (two workers, windows of two batches, one input per batch
-    failing); outputs, side files and reports are byte for byte the local engine's."""
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+def test_ray_engine_writes_what_the_local_engine_writes(ray_cluster, manifest, tmp_path):
+    """Batches run on Ray actors (two workers, two batches in flight, one input per batch failing),
+    from this process as a driver of the suite's cluster; outputs, side files and reports are byte
+    for byte the local engine's."""
     pytest.importorskip("ray.data")
     import functools
 
@@ -223,7 +226,7 @@ def test_ray_engine_writes_what_the_local_engine_writes(manifest, tmp_path):
     from livecc.data.pipeline.ray_engine import RayStage
 
     factory = functools.partial(ClipStage, ClipRules(), tmp_path, {"Sports"}, "en")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address=ray_cluster, log_to_driver=False, configure_logging=False)
     try:
         remote = run_stage(RayStage("clips", factory, window=2, workers=2, num_cpus=0.5), [manifest],
                            tmp_path / "ray", batch_size=2, progress=False)
@@ -356,7 +359,7 @@ def test_cli_clips_and_rank(manifest, tmp_path, capsys):
 def causal_lm_dir(tmp_path_factory):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from livecc.qwen2vl import offline_processor
+    from livecc.qwen_vl import offline_processor
 
     path = tmp_path_factory.mktemp("lm")
     torch.manual_seed(0)
@@ -400,14 +403,14 @@ def test_lm_filter_batched_losses_equal_one_by_one(causal_lm_dir, tmp_path):
     assert all(stage.low <= x <= stage.high for x in losses) and len(losses) == 3
 
 
-def test_talking_head_with_a_tiny_qwen2vl(tmp_path, processor):
+def test_talking_head_with_a_tiny_qwen_vl(tmp_path, processor):
     from livecc.data.pipeline import TalkingHeadStage, load_scorer
     from livecc.data.records import RecordWriter
     from livecc.data.synth import synthesize_clip
-    from livecc.models import tiny_qwen2vl
+    from livecc.models import tiny_qwen_vl
 
     model_dir = tmp_path / "vlm"
-    tiny_qwen2vl(seed=0).save_pretrained(model_dir)
+    tiny_qwen_vl(seed=0).save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
     scorer = load_scorer("qwen-vl", str(model_dir))
     with RecordWriter(tmp_path / "clips.jsonl", with_seeks=False) as w:

@@ -134,10 +134,10 @@ def test_plan_windows():
 
 @pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
 def test_position_ids_match_hugging_face_rope_index(processor, arch):
-    from livecc.models import tiny_qwen2vl
-    from livecc.qwen2vl import VideoFormat
+    from livecc.models import tiny_qwen_vl
+    from livecc.qwen_vl import VideoFormat
 
-    model = tiny_qwen2vl(arch=arch)
+    model = tiny_qwen_vl(arch=arch)
     video = VideoFormat.of(model.config)
     assert video.time_interval == (1.0 if arch == "qwen2_vl" else 2.0)  # Qwen2.5-VL: 2 positions per second
     assert not video.timestamps
@@ -174,7 +174,7 @@ CONVERSATION = [
 
 def test_conversation_sample_for_sft(processor):
     from livecc.data.sequence import build_conversation_sample, is_streaming_record
-    from livecc.models import tiny_qwen2vl
+    from livecc.models import tiny_qwen_vl
 
     assert not is_streaming_record(CONVERSATION) and is_streaming_record(record([(10.1, 10.3, "a")]).to_messages())
     sample = build_conversation_sample(CONVERSATION, processor, clip=make_clip(8))
@@ -184,7 +184,7 @@ def test_conversation_sample_for_sft(processor):
     assert processor.apply_chat_template(as_template, tokenize=False) == sample.text
     assert labelled_text(sample, processor.tokenizer) == "The striker.<|im_end|>A corner.<|im_end|>"
     assert sample.video_grid_thw.tolist() == [[4, 18, 24]] and sample.windows == []
-    model = tiny_qwen2vl()
+    model = tiny_qwen_vl()
     ids = sample.input_ids[None]
     mm_types = torch.where(ids == model.config.video_token_id, 2, 0)
     expected, _ = model.model.get_rope_index(ids, mm_token_type_ids=mm_types, video_grid_thw=sample.video_grid_thw)
@@ -195,7 +195,7 @@ def test_mixed_streaming_and_conversation_records_pack_and_train(processor, tmp_
     from livecc.data.packing import PackedLoader, StreamingDataset, pack_samples
     from livecc.data.records import RecordWriter
     from livecc.data.synth import synthesize_clip
-    from livecc.models import text_only_causal_lm_loss, tiny_qwen2vl, use_livecc_attention
+    from livecc.models import text_only_causal_lm_loss, tiny_qwen_vl, use_livecc_attention
 
     with RecordWriter(tmp_path / "mix.jsonl") as w:
         w.write(synthesize_clip(tmp_path, "clip", seed=0, duration=8.0))
@@ -209,7 +209,7 @@ def test_mixed_streaming_and_conversation_records_pack_and_train(processor, tmp_
     loader = PackedLoader(dataset, token_budget=100_000, shuffle=False)
     (pack,) = list(loader)
     assert pack.n_clips == 3 and sum(loader.errors.values()) == 2
-    model = tiny_qwen2vl()
+    model = tiny_qwen_vl()
     use_livecc_attention(model)
     loss = text_only_causal_lm_loss(model, labels=pack.labels, **pack.model_inputs())
     assert torch.isfinite(loss)
@@ -223,7 +223,7 @@ def test_windows_of_odd_length_pad_their_own_last_pair(processor):
     stream pads each window), so the patch rows are the windows' own and agree with the grids."""
     from livecc.data.windows import WindowPlan
     from livecc.kernels import preprocess_frames
-    from livecc.qwen2vl import VisionSpec
+    from livecc.qwen_vl import VisionSpec
 
     clip = make_clip(12)
     sample = build_streaming_sample(record([(10.2, 10.4, "a"), (15.0, 15.2, "b")]), processor, clip=clip,

@@ -10,7 +10,7 @@ from livecc.cli import main
 from livecc.data.synth import synthesize_clip
 from livecc.infer import StreamingSession
 from livecc.infer.stream import iter_windows, run_stream
-from livecc.models import tiny_qwen2vl
+from livecc.models import tiny_qwen_vl
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_live_stream_from_ffmpeg_pipe_is_commented_while_it_plays(clip, processo
     proc = subprocess.Popen([ffmpeg, "-loglevel", "error", "-re", "-i", str(clip), "-c:v", "libx264",
                              "-preset", "ultrafast", "-tune", "zerolatency", "-muxdelay", "0", "-flush_packets", "1",
                              "-f", "mpegts", "pipe:1"], stdout=subprocess.PIPE)
-    session = StreamingSession(tiny_qwen2vl(seed=0), processor, max_new_tokens=2)
+    session = StreamingSession(tiny_qwen_vl(seed=0), processor, max_new_tokens=2)
     arrivals = []
     start = time.monotonic()
     try:
@@ -57,7 +57,7 @@ def test_falling_behind_drops_windows_and_says_so(clip, processor):
             time.sleep(1.6)  # slower than real time: 1 s windows take 1.6 s
             return super().step(frames, force_text)
 
-    session = SlowSession(tiny_qwen2vl(seed=0), processor, max_new_tokens=1, trace=True)
+    session = SlowSession(tiny_qwen_vl(seed=0), processor, max_new_tokens=1, trace=True)
     said = []
     report = run_stream(session, iter_windows(str(clip)), realtime=True, max_lag=0.5, on_result=said.append)
     assert report.dropped >= 1 and report.windows + report.dropped == 4

@@ -10,7 +10,7 @@ import torch
 from livecc.data.packing import PackedLoader, StreamingDataset, pack_samples
 from livecc.data.records import RecordWriter
 from livecc.data.synth import synthesize_clip
-from livecc.models import text_only_causal_lm_loss, tiny_qwen2vl, use_livecc_attention
+from livecc.models import text_only_causal_lm_loss, tiny_qwen_vl, use_livecc_attention
 from livecc.train import Trainer, load_config
 
 
@@ -36,9 +36,9 @@ def test_packed_loss_equals_sum_of_unpacked_clip_losses(records, processor):
     samples = [dataset[i] for i in range(3)]
     pack = pack_samples(samples)
     assert pack.cu_seqlens.tolist()[-1] == pack.n_tokens and pack.n_clips == 3
-    ours = tiny_qwen2vl(seed=0)
+    ours = tiny_qwen_vl(seed=0)
     use_livecc_attention(ours)
-    ref = tiny_qwen2vl(seed=0, attn_implementation="sdpa")
+    ref = tiny_qwen_vl(seed=0, attn_implementation="sdpa")
     with torch.no_grad():
         packed = text_only_causal_lm_loss(ours, labels=pack.labels, reduction="sum", **pack.model_inputs())
         separate = 0.0
@@ -111,7 +111,7 @@ def test_selective_checkpointing_recomputes_no_gemm(processor):
     ids = torch.randint(0, 1000, (1, 40))
     counts = {}
     for policy in ("none", "selective", "full"):
-        model = tiny_qwen2vl(seed=0).train()
+        model = tiny_qwen_vl(seed=0).train()
         if policy != "none":
             apply_activation_checkpointing(model, policy)
         with CountGemms() as mode:
@@ -172,46 +172,55 @@ def test_non_finite_gradient_skips_the_step(records, tmp_path):
     assert trainer.train_step()["skipped_steps"] == 1 and not torch.equal(weight.detach(), before)
 
 
-def test_two_process_fsdp2_matches_one_process(records, tmp_path):
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
+# One clip per pack, two per step: rank r takes clips r, r+2, ... of the same shuffled order, so
+# every step sees the same clips as a single process does. A checkpoint after every step.
+TWO_PROCESS = ["global_batch_clips=2", "token_budget=1", "lr=0.001", "max_steps=5", "gradient_checkpointing=false",
+               "save_every=1"]
+_ENV = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "OMP_NUM_THREADS": "1"}
+
+
+def train_command(records, out, processes: int = 1) -> list[str]:
+    data = [f"data={json.dumps([str(records / 'train.jsonl')])}", f"video_root={json.dumps(str(records))}"]
+    launcher = [sys.executable, "-m"] if processes == 1 else [shutil.which("torchrun") or "torchrun", "--standalone",
+                                                              f"--nproc_per_node={processes}", "-m"]
+    return [*launcher, "livecc.cli", "train", *data, *TWO_PROCESS, f"output_dir={out}"]
+
+
+def losses(out) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(records, tmp_path_factory):
+    """An uninterrupted two-process (FSDP2) run, for the tests that compare another run with it."""
+    if shutil.which("torchrun") is None:
         pytest.skip("torchrun not on PATH")
-    # One clip per pack, two per step: rank r takes clips r, r+2, ... of the same shuffled order, so
-    # every step sees the same clips as the single process.
-    common = [f"data={json.dumps([str(records / 'train.jsonl')])}", f"video_root={json.dumps(str(records))}",
-              "global_batch_clips=2", "token_budget=1", "lr=0.001", "max_steps=3", "gradient_checkpointing=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)
-    single = subprocess.run([sys.executable, "-m", "livecc.cli", "train", *common, f"output_dir={tmp_path / 'one'}"],
-                            capture_output=True, text=True, env=env, timeout=600)
+    out = tmp_path_factory.mktemp("two-process")
+    done = subprocess.run(train_command(records, out, 2), capture_output=True, text=True, env=_ENV, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.xdist_group("two-process")
+def test_two_process_fsdp2_matches_one_process(records, two_process_run, tmp_path):
+    single = subprocess.run(train_command(records, tmp_path / "one"), capture_output=True, text=True, env=_ENV,
+                            timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]
-    double = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "livecc.cli", "train", *common,
-                             f"output_dir={tmp_path / 'two'}"], capture_output=True, text=True, env=env, timeout=600)
-    assert double.returncode == 0, double.stderr[-3000:]
     one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["clips"] for m in two] == [m["clips"] for m in one] == [2, 2, 2]
+    two = [json.loads(line) for line in (two_process_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["clips"] for m in two] == [m["clips"] for m in one] == [2] * 5
     torch.testing.assert_close(torch.tensor([m["loss"] for m in two]), torch.tensor([m["loss"] for m in one]),
                                rtol=1e-5, atol=1e-5)
 
 
-def test_two_process_run_killed_and_resumed_from_its_shards_gives_the_same_losses(records, tmp_path):
+@pytest.mark.slow
+@pytest.mark.xdist_group("two-process")
+def test_two_process_run_killed_and_resumed_from_its_shards_gives_the_same_losses(records, two_process_run, tmp_path):
     import signal
     import time
 
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not on PATH")
-    common = [f"data={json.dumps([str(records / 'train.jsonl')])}", f"video_root={json.dumps(str(records))}",
-              "global_batch_clips=2", "token_budget=1", "lr=0.001", "max_steps=5", "gradient_checkpointing=false",
-              "save_every=1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)
-    run = lambda out, **kw: subprocess.Popen(
-        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "livecc.cli", "train", *common, f"output_dir={out}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kw)
-    whole = run(tmp_path / "whole")
-    assert whole.wait(timeout=600) == 0, whole.stdout.read()[-3000:]
+    run = lambda out, **kw: subprocess.Popen(train_command(records, out, 2), stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, text=True, env=_ENV, **kw)
     killed = run(tmp_path / "killed", start_new_session=True)
     deadline = time.monotonic() + 600
     while not (tmp_path / "killed" / "checkpoint-2").is_dir():
@@ -225,13 +234,10 @@ def test_two_process_run_killed_and_resumed_from_its_shards_gives_the_same_losse
     again = run(tmp_path / "killed")  # continues from its latest complete checkpoint
     out = again.communicate(timeout=600)[0]
     assert again.returncode == 0 and "resuming from" in out, out[-3000:]
-    losses = {name: [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-              for name in ("whole", "killed")}
-    assert len(losses["killed"]) == len(losses["whole"]) == 5
-    assert losses["killed"] == losses["whole"]
+    assert len(losses(tmp_path / "killed")) == 5 and losses(tmp_path / "killed") == losses(two_process_run)
     # a sharded checkpoint resumes at the world size that wrote it, and says so
-    single = subprocess.run([sys.executable, "-m", "livecc.cli", "train", *common, f"output_dir={tmp_path / 'killed'}",
-                             "max_steps=6"], capture_output=True, text=True, env=env, timeout=600)
+    single = subprocess.run([*train_command(records, tmp_path / "killed"), "max_steps=6"], capture_output=True,
+                            text=True, env=_ENV, timeout=600)
     assert single.returncode != 0 and "resumes at the world size that wrote it" in single.stderr
 
 

@@ -10,7 +10,7 @@ import torch
 
 from livecc.data.synth import write_video
 from livecc.data.video import FpsSampler, VideoError, available_backends, decode_clip
-from livecc.qwen2vl import PixelBudget, clip_frame_size, smart_resize
+from livecc.qwen_vl import PixelBudget, clip_frame_size, smart_resize
 
 CPU_BACKENDS = [b for b in ("decord", "pyav") if b in available_backends()]
 
@@ -113,7 +113,7 @@ def reference_selection(times, start, end, fps=2.0, max_frames=480):
     return chosen
 
 
-RATES = [10, Fraction(25, 2), 15, 24, 25, Fraction(30000, 1001)]
+RATES = [10, Fraction(25, 2), 15, 20, 24, 25, 30, Fraction(30000, 1001)]
 # (container, ffmpeg output options): mp4 at every rate; at 29.97 and 25 fps also files whose video
 # starts after 0 (mpegts, an mp4 without an edit list, a Matroska file with a timestamp offset).
 CONTAINERS = [("mp4", [])] + [(f"{ext}", options) for ext, options in (
@@ -152,9 +152,10 @@ def oracle_videos(tmp_path_factory):
 
 
 def test_every_backend_selects_the_reference_frames(oracle_videos):
-    """The frame oracle: for clips at six frame rates in four containers (three starting after 0),
-    random spans, every CPU backend returns the reference's frames (by the numbers in their pixels)
-    at the reference's times."""
+    """The frame oracle: for clips at eight frame rates in four containers (three starting after 0),
+    spans whose bounds land on the frames' 0.5 s grid (where float32 times tie with the targets)
+    and random ones, every CPU backend returns the reference's frames (by the numbers in their
+    pixels) at the reference's times."""
     decord = pytest.importorskip("decord")
     seed = int(np.random.SeedSequence().entropy % 2**32)
     rng = np.random.default_rng(seed)
@@ -164,7 +165,7 @@ def test_every_backend_selects_the_reference_frames(oracle_videos):
         assert frame_numbers(torch.from_numpy(reader.get_batch(list(range(len(reader)))).asnumpy())) \
             == list(range(len(reader))), path  # decord's order is the encoded order
         starts = rng.uniform(0, 6, 8)
-        spans = [(None, None), (0.0, None), (None, 5.0)] + [
+        spans = [(None, None), (0.0, None), (None, 5.0), (1.2, 4.7), (0.5, 6.0), (2.0, None), (0.1, 3.1)] + [
             (round(float(a), int(r)), round(float(a + b), int(r)))
             for a, b, r in zip(starts, rng.uniform(1, 5.5, 8), rng.integers(1, 17, 8))]
         for span in spans:

@@ -6,8 +6,11 @@ N streams: N WebSocket clients sending frames at 2 FPS in real time for ``--seco
 watched by ``--viewers`` server-sent-event clients, and a client asking for health every 100 ms.
 A level holds when every window of every stream reaches its sender and all its viewers, none is
 dropped, and health's slowest answer is under 1 s; the sweep stops after the first that does not.
+Each window's lag is how long after its last frame was sent its commentary came back. With
+``--flood`` every level runs again beside one more client sending frames as fast as it can, and
+the row says what that neighbour did to the others' p99 lag.
 
-    livecc bench serve [--streams 1,2,4,8,16] [--viewers 4] [--seconds 15]
+    livecc bench serve [--streams 1,2,4,8,16] [--viewers 4] [--seconds 15] [--flood]
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ def _jpeg(value: int, size: int) -> bytes:
     return buffer.getvalue()
 
 
-def _sender(port: int, seconds: float, size: int, got: list, ids: list) -> None:
-    """One live stream: frames at 2 FPS in real time, then the end; counts the windows said to it."""
+def _sender(port: int, seconds: float, size: int, got: list, ids: list, lags: list) -> None:
+    """One live stream: frames at 2 FPS in real time, then the end; counts the windows said to it and
+    how long after its last frame each came back."""
     from websockets.sync.client import connect
 
     with connect(f"ws://127.0.0.1:{port}/v1/ws", max_size=None) as ws:
@@ -53,6 +57,8 @@ def _sender(port: int, seconds: float, size: int, got: list, ids: list) -> None:
                 for message in ws:
                     event = json.loads(message)
                     got.append(event["type"])
+                    if event["type"] == "window":  # its last frame was frame end * 2 - 1, sent at start + that / 2
+                        lags.append(time.monotonic() - (start + (event["end"] * 2 - 1) / 2))
                     if event["type"] == "end":
                         return
             except Exception:  # noqa: BLE001  the connection closing ends the count
@@ -68,6 +74,18 @@ def _sender(port: int, seconds: float, size: int, got: list, ids: list) -> None:
         reader.join(timeout=120)
 
 
+def _flooder(port: int, seconds: float, size: int, sent: list) -> None:
+    """A client sending frames as fast as the connection takes them."""
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{port}/v1/ws", max_size=None) as ws:
+        ws.recv()
+        frame, end = _jpeg(90, size), time.monotonic() + seconds
+        while time.monotonic() < end:
+            ws.send(frame)
+            sent.append(1)
+
+
 def _viewer(port: int, stream_id: str, got: list) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=180)
     conn.request("GET", f"/v1/streams/{stream_id}/events")
@@ -80,8 +98,9 @@ def _viewer(port: int, stream_id: str, got: list) -> None:
     conn.close()
 
 
-def level(port: int, streams: int, viewers: int, seconds: float, size: int) -> dict:
+def level(port: int, streams: int, viewers: int, seconds: float, size: int, flood: bool = False) -> dict:
     sent_to, seen_by, ids, health, stop = [[] for _ in range(streams)], [], [], [], threading.Event()
+    lags, flooded = [], []
 
     def ask_health():
         while not stop.is_set():
@@ -95,8 +114,10 @@ def level(port: int, streams: int, viewers: int, seconds: float, size: int) -> d
 
     prober = threading.Thread(target=ask_health, daemon=True)
     prober.start()
-    senders = [threading.Thread(target=_sender, args=(port, seconds, size, sent_to[i], ids), daemon=True)
+    senders = [threading.Thread(target=_sender, args=(port, seconds, size, sent_to[i], ids, lags), daemon=True)
                for i in range(streams)]
+    if flood:
+        senders.append(threading.Thread(target=_flooder, args=(port, seconds, size, flooded), daemon=True))
     for t in senders:
         t.start()
     deadline = time.monotonic() + 30
@@ -119,17 +140,19 @@ def level(port: int, streams: int, viewers: int, seconds: float, size: int) -> d
     dropped = sum(kinds.count("dropped") for kinds in sent_to)
     holds = (delivered == streams * expected and viewed == streams * viewers * expected and dropped == 0
              and max(health) < 1.0)
-    return {"streams": streams, "viewers_per_stream": viewers, "windows_expected": streams * expected,
+    return {"streams": streams, "flooding_neighbour": flood, "flood_frames_sent": len(flooded),
+            "viewers_per_stream": viewers, "windows_expected": streams * expected,
             "windows_to_senders": delivered, "windows_to_viewers": viewed,
             "viewer_windows_expected": streams * viewers * expected, "dropped": dropped,
+            "lag_p50_s": percentile(lags, 0.5) if lags else None, "lag_p99_s": percentile(lags, 0.99) if lags else None,
             "health_p50_ms": percentile(health, 0.5) * 1e3, "health_max_ms": max(health) * 1e3, "holds": holds}
 
 
 def run(argv=()) -> Sweep:
     import uvicorn
 
-    from ..models import tiny_qwen2vl
-    from ..qwen2vl import offline_processor
+    from ..models import tiny_qwen_vl
+    from ..qwen_vl import offline_processor
     from ..serve import Hub, create_app
     from .measure import random_qwen2vl
 
@@ -138,11 +161,12 @@ def run(argv=()) -> Sweep:
     parser.add_argument("--viewers", type=int, default=4, help="server-sent-event viewers per stream")
     parser.add_argument("--seconds", type=float, default=15.0, help="seconds of frames each stream sends")
     parser.add_argument("--size", type=int, default=112, help="frame side in pixels")
+    parser.add_argument("--flood", action="store_true", help="run each level again beside a flooding client")
     args = parser.parse_args(list(argv))
     counts = [int(n) for n in args.streams.split(",")]
     gpu = on_gpu()
-    model = random_qwen2vl("qwen2vl-7b", "sdpa").eval() if gpu else tiny_qwen2vl(seed=0)
-    hub = Hub(model, offline_processor(), max_streams=max(counts), max_viewers=args.viewers + 1)
+    model = random_qwen2vl("qwen2vl-7b", "sdpa").eval() if gpu else tiny_qwen_vl(seed=0)
+    hub = Hub(model, offline_processor(), max_streams=max(counts) + args.flood, max_viewers=args.viewers + 1)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=port, log_level="warning",
                                            ws_max_size=1 << 24))
@@ -153,23 +177,27 @@ def run(argv=()) -> Sweep:
     rows = []
     try:
         for n in counts:
-            rows.append(level(port, n, args.viewers, args.seconds, args.size))
-            print(f"{n} streams x {args.viewers} viewers: {'holds' if rows[-1]['holds'] else 'does not hold'} "
-                  f"({rows[-1]['windows_to_senders']}/{rows[-1]['windows_expected']} windows, health max "
-                  f"{rows[-1]['health_max_ms']:.0f} ms)", flush=True)
-            if not rows[-1]["holds"]:
+            for flood in (False, True) if args.flood else (False,):
+                rows.append(level(port, n, args.viewers, args.seconds, args.size, flood))
+                r = rows[-1]
+                print(f"{n} streams x {args.viewers} viewers{' beside a flooding client' if flood else ''}: "
+                      f"{'holds' if r['holds'] else 'does not hold'} "
+                      f"({r['windows_to_senders']}/{r['windows_expected']} windows, "
+                      f"lag p99 {r['lag_p99_s'] or 0:.2f} s, health max {r['health_max_ms']:.0f} ms)", flush=True)
+            if not all(r["holds"] for r in rows[-(1 + args.flood):]):
                 break
     finally:
         server.should_exit = True
         thread.join(timeout=15)
         hub.shutdown()
-    held = [r["streams"] for r in rows if r["holds"]]
+    held = [r["streams"] for r in rows if r["holds"] and not r["flooding_neighbour"]]
     notes = (f"{'7B Qwen2-VL shape (random bf16 weights)' if gpu else 'tiny random Qwen2-VL on CPU'}; each stream "
              f"{args.seconds:g} s of {args.size}x{args.size} JPEG frames at 2 FPS over a WebSocket in real time, "
              f"{args.viewers} SSE viewers each, health asked every 100 ms; default session settings.")
     headline = [{"target": "serve load",
                  "figure": f"held up to {max(held) if held else 0} streams x {args.viewers} viewers"
                            + (f"; stopped at {rows[-1]['streams']}" if rows and not rows[-1]["holds"] else "")}]
-    cols = ["streams", "viewers_per_stream", "windows_expected", "windows_to_senders", "viewer_windows_expected",
-            "windows_to_viewers", "dropped", "health_p50_ms", "health_max_ms", "holds"]
+    cols = ["streams", "flooding_neighbour", "flood_frames_sent", "viewers_per_stream", "windows_expected",
+            "windows_to_senders", "viewer_windows_expected", "windows_to_viewers", "dropped", "lag_p50_s", "lag_p99_s",
+            "health_p50_ms", "health_max_ms", "holds"]
     return Sweep("serve", rows, cols, notes, None, headline)

@@ -31,8 +31,8 @@ import torch
 from ..infer import KVPool, SessionConfig, StreamingSession, step_streams
 from ..infer.stream import percentile
 from ..kernels import preprocess_frames
-from ..models import tiny_qwen2vl, use_livecc_attention
-from ..qwen2vl import TokenIds, VisionSpec, expand_pads, offline_processor, smart_resize
+from ..models import tiny_qwen_vl, use_livecc_attention
+from ..qwen_vl import TokenIds, VisionSpec, expand_pads, offline_processor, smart_resize
 from .measure import HBM, PEAK, random_qwen2vl, reference_attention
 from .results import Plot, Sweep, on_gpu
 
@@ -42,7 +42,7 @@ MAX_PIXELS = 384 * 28 * 28
 def build(gpu: bool, attn: str):
     if gpu:
         return random_qwen2vl("qwen2vl-7b", attn).eval()
-    return tiny_qwen2vl(seed=0, attn_implementation=attn).eval()
+    return tiny_qwen_vl(seed=0, attn_implementation=attn).eval()
 
 
 def kv_bytes_per_token(model) -> int:

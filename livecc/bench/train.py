@@ -25,8 +25,8 @@ import time
 
 import torch
 
-from ..models import TextOnlyHead, patch, text_only_causal_lm_loss, tiny_qwen2vl
-from ..qwen2vl import mrope_position_ids
+from ..models import TextOnlyHead, patch, text_only_causal_lm_loss, tiny_qwen_vl
+from ..qwen_vl import mrope_position_ids
 from ..train.metrics import step_throughput
 from ..train.parallelize import apply_activation_checkpointing, apply_compile
 from .measure import random_qwen2vl, reference_attention
@@ -52,7 +52,7 @@ def clip(seconds: int, text_frac: float, g: torch.Generator):
     grid = torch.tensor(grids)
     labels = torch.where(ids == VIDEO_PAD, -100, ids)
     labels[torch.rand(ids.numel(), generator=g) < 0.5] = -100  # prompts and Time= strings carry no loss
-    pos, _ = mrope_position_ids(ids, grid, (VIDEO_PAD,))
+    pos, _ = mrope_position_ids(ids, {VIDEO_PAD: grid})
     pixels = torch.randn(int(grid.prod(-1).sum()), 1176, generator=g, dtype=torch.float32)
     return ids, labels, pos, grid, pixels
 
@@ -70,7 +70,7 @@ def fill(pack_tokens: int, seconds: int, g: torch.Generator) -> list:
 
 def build(shape: str, attn: str, device: torch.device):
     if shape == "tiny":
-        model = tiny_qwen2vl(seed=0, attn_implementation=attn).to(device)
+        model = tiny_qwen_vl(seed=0, attn_implementation=attn).to(device)
     else:
         model = random_qwen2vl(shape, attn)
     model.model.visual.requires_grad_(False)

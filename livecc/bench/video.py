@@ -27,7 +27,7 @@ import torch
 
 from ..data.video import decode_clip
 from ..kernels import preprocess_frames, preprocess_frames_reference
-from ..qwen2vl import VisionSpec, clip_frame_size
+from ..qwen_vl import VisionSpec, clip_frame_size
 from .measure import HBM, median_ms
 from .results import Plot, Sweep, on_gpu
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..qwen2vl.vision import IMAGE_FACTOR, smart_resize
+from ..qwen_vl.vision import smart_resize
 
 __all__ = ["ImageError", "image_pixel_bounds", "image_size", "load_image"]
 
@@ -49,9 +49,11 @@ def image_pixel_bounds(processor) -> tuple[int, int]:
     return int(low), int(high)
 
 
-def image_size(pixels: torch.Tensor, bounds: tuple[int, int], source: str) -> tuple[int, int]:
-    """The size an image of ``pixels [1, H, W, 3]`` is resized to (Qwen2-VL's rule)."""
+def image_size(pixels: torch.Tensor, bounds: tuple[int, int], factor: int, source: str) -> tuple[int, int]:
+    """The size an image of ``pixels [1, H, W, 3]`` is resized to by its processor's rule: both
+    sides multiples of ``factor`` (the vision tower's patch times its merge: 28 for Qwen2-VL, 32
+    for Qwen3-VL), the area within ``bounds``."""
     try:
-        return smart_resize(pixels.shape[1], pixels.shape[2], IMAGE_FACTOR, *bounds)
+        return smart_resize(pixels.shape[1], pixels.shape[2], factor, *bounds)
     except ValueError as e:  # a 1-pixel or 10000x10 image
         raise ImageError(f"{source}: {e}") from e

@@ -19,20 +19,19 @@ from dataclasses import dataclass, field
 import torch
 
 from ..kernels import preprocess_frames
-from ..qwen2vl.rope import mrope_position_ids
-from ..qwen2vl.tokens import TokenIds
-from ..qwen2vl.turns import (
+from ..qwen_vl.tokens import TokenIds
+from ..qwen_vl.turns import (
     IMAGE_BLOCK,
     STREAM_EOS,
     SYSTEM_TURN,
     VIDEO_BLOCK,
     assistant_labels,
     assistant_turn,
-    tokenize_with_video,
+    chat_text,
     user_turn,
 )
-from ..qwen2vl.video_format import VideoFormat
-from ..qwen2vl.vision import PixelBudget, VisionSpec, clip_frame_size
+from ..qwen_vl.video_format import VideoFormat
+from ..qwen_vl.vision import PixelBudget, VisionSpec, clip_frame_size
 from .image import image_pixel_bounds, image_size, load_image
 from .paths import resolve_under, video_under
 from .records import ClipRecord, RecordError
@@ -148,7 +147,7 @@ def build_streaming_sample(
     source: str = "<record>",
 ) -> StreamingSample:
     """Decode the record's clip and build its streaming sample (``clip`` skips the decode).
-    ``video`` is the model's :class:`~livecc.qwen2vl.video_format.VideoFormat` (Qwen2.5-VL's
+    ``video`` is the model's :class:`~livecc.qwen_vl.video_format.VideoFormat` (Qwen2.5-VL's
     temporal spacing, Qwen3-VL's timestamped frame pairs); ``frame_rule`` the sampling rule of
     :mod:`livecc.data.video`; the video path resolves under
     ``video_root`` (absolute paths only with ``allow_absolute_paths``).
@@ -185,14 +184,14 @@ def build_streaming_sample(
     grids = torch.tensor([[-(-(w.frames.stop - w.frames.start) // tp), gh, gw] for w in windows])
 
     query = context_text(record, with_context)
+    # A pair that holds the decoder's repeated last frame is timed by its real frame, as Qwen3-VL's
+    # processor times the frames it sampled.
+    real = lambda w: max(1, min(w.frames.stop, clip.real_frames) - w.frames.start)
     text = SYSTEM_TURN + "".join(
-        user_turn(w.start, w.end, query if i == 0 else "", video.block(w.frames.stop - w.frames.start, w.start))
+        user_turn(w.start, w.end, query if i == 0 else "", video.block(real(w), w.start))
         + assistant_turn(w.text) for i, w in enumerate(windows)
     )
-    blocks = video.llm_grids(grids)
-    input_ids = tokenize_with_video(tokenizer, text, ids.video_pad, blocks, spec.merge_size)
-    position_ids, _ = mrope_position_ids(input_ids, blocks, (ids.video_pad,), spec.merge_size,
-                                         time_interval=video.time_interval)
+    input_ids, position_ids, _ = video.sequence(tokenizer, ids, text, grids)
     return StreamingSample(
         input_ids=input_ids,
         labels=assistant_labels(input_ids, ids),
@@ -243,34 +242,29 @@ def build_conversation_sample(
     naming the record: nothing of a conversation is left out silently."""
     tokenizer = getattr(processor, "tokenizer", processor)
     ids, spec = TokenIds.from_tokenizer(tokenizer), VisionSpec.from_processor(processor)
-    text, element_video, images, blocks = "", None, [], []  # blocks: "image"/"video" in the order they appear
+    element_video, images = None, []
     if not isinstance(messages, list) or not messages:
         raise RecordError(f"{source}: expected a list of chat messages")
-    if not (isinstance(messages[0], dict) and messages[0].get("role") == "system"):
-        text += SYSTEM_TURN
     for message in messages:
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ("system", "user", "assistant"):
             raise RecordError(f"{source}: unknown role {role!r}")
-        parts = []
         for element in _content(message, source):
             kind = element.get("type")
             if kind == "video":
                 if element_video is not None:
                     raise RecordError(f"{source}: more than one video")
                 element_video = element
-                parts.append(VIDEO_BLOCK)
-                blocks.append(kind)
             elif kind == "image":
                 images.append(element.get("image"))
-                parts.append(IMAGE_BLOCK)
-                blocks.append(kind)
-            elif kind == "text" and isinstance(element.get("text"), str):
-                parts.append(element["text"])
-            else:
+            elif not (kind == "text" and isinstance(element.get("text"), str)):
                 raise RecordError(f"{source}: unsupported {kind!r} element in a conversation "
                                   "(supported: text with a string, images, one video)")
-        text += f"<|im_start|>{role}\n{''.join(parts)}<|im_end|>\n"
+    text = chat_text(processor, messages)
+    written = (text.count(IMAGE_BLOCK), text.count(VIDEO_BLOCK))
+    if written != (len(images), int(element_video is not None)):
+        raise RecordError(f"{source}: the processor's chat template writes {written[0]} images and {written[1]} "
+                          f"videos of the conversation's {len(images)} and {int(element_video is not None)}")
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         raise EmptySampleError(f"{source}: no assistant turn to learn from")
     if element_video is None:
@@ -285,18 +279,10 @@ def build_conversation_sample(
                               allow_absolute_paths=allow_absolute_paths, budget=budget, backend=backend,
                               device=device, rule=frame_rule)
         pixel_values, grids = preprocess_frames(clip.frames.to(device), _frame_size(clip, budget, spec), spec, dtype)
-        text = text.replace(VIDEO_BLOCK, video.block(len(clip.frames)), 1)
+        text = text.replace(VIDEO_BLOCK, video.block(clip.real_frames), 1)
     image_values, image_grids = _images(images, processor, spec, dtype, device, video_root, allow_absolute_paths,
                                         source)
-    video_blocks = video.llm_grids(grids)
-    input_ids = tokenize_with_video(tokenizer, text, ids.video_pad, video_blocks, spec.merge_size, ids.image_pad,
-                                    image_grids)
-    # M-RoPE reads the vision blocks in the order they appear, images and the video mixed.
-    images_left = iter(image_grids)
-    in_order = [video_blocks if k == "video" else next(images_left)[None] for k in blocks]
-    in_order = torch.cat(in_order) if in_order else grids
-    position_ids, _ = mrope_position_ids(input_ids, in_order, (ids.video_pad, ids.image_pad), spec.merge_size,
-                                         time_interval=video.time_interval)
+    input_ids, position_ids, _ = video.sequence(tokenizer, ids, text, grids, image_grids)
     return StreamingSample(input_ids=input_ids, labels=assistant_labels(input_ids, ids), position_ids=position_ids,
                            pixel_values_videos=pixel_values, video_grid_thw=grids, windows=[], text=text,
                            pixel_values_images=image_values, image_grid_thw=image_grids)
@@ -311,7 +297,7 @@ def _images(paths: list, processor, spec: VisionSpec, dtype, device, video_root,
     for path in paths:
         where = resolve_under(video_root, path, source=source, allow_absolute=allow_absolute_paths)
         pixels = load_image(where)
-        r, g = preprocess_frames(pixels.to(device), image_size(pixels, bounds, str(where)), spec, dtype)
+        r, g = preprocess_frames(pixels.to(device), image_size(pixels, bounds, spec.factor, str(where)), spec, dtype)
         rows.append(r)
         grids.append(g)
     return torch.cat(rows), torch.cat(grids)

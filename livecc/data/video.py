@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..kernels import resize_frames
-from ..qwen2vl.vision import FRAME_FACTOR, PixelBudget, clip_frame_size
+from ..qwen_vl.vision import FRAME_FACTOR, PixelBudget, clip_frame_size
 
 __all__ = [
     "BACKENDS",
@@ -66,6 +66,11 @@ class VideoClip:
     source: str
     backend: str
     cut_short: bool = False  # the video ended before the clip's end (by more than one sampling step)
+    padded: int = 0  # frames repeated at the end to make the count even (not frames of the video)
+
+    @property
+    def real_frames(self) -> int:
+        return len(self.pts) - self.padded
 
 
 class FpsSampler:
@@ -364,9 +369,9 @@ def decode_clip(
             break
     if not frames:
         raise VideoError(f"{source}: no frames in [{start}, {end}]")
-    while len(frames) % FRAME_FACTOR:
-        frames.append(frames[-1])
-        times.append(times[-1])
+    padded = -len(frames) % FRAME_FACTOR
+    frames += frames[-1:] * padded
+    times += times[-1:] * padded
     video = torch.stack(frames).to(device)
     if resize:
         try:
@@ -375,4 +380,4 @@ def decode_clip(
             raise VideoError(f"{source}: {e}") from e
         video = resize_frames(video, size)
     cut_short = exhausted and end is not None and times[-1] < end - 1 / fps
-    return VideoClip(frames=video, pts=times, source=source, backend=name, cut_short=cut_short)
+    return VideoClip(frames=video, pts=times, source=source, backend=name, cut_short=cut_short, padded=padded)

@@ -10,6 +10,7 @@ not a clock to patch.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -84,11 +85,13 @@ class Windower:
         return out
 
 
-def pace(windows: Iterable[FrameWindow], *, realtime: bool = True) -> Iterator[tuple[FrameWindow, float]]:
+def pace(windows: Iterable[FrameWindow], *, realtime: bool = True,
+         stop: threading.Event | None = None) -> Iterator[tuple[FrameWindow, float]]:
     """``(window, lateness in seconds)`` once each window's last frame is due. Stream second 0 is
     when iteration began, or later by as much as the first window arrives after its own end (a
     live source delivers windows as they happen, a file at once). Without ``realtime`` every
-    window is due at once."""
+    window is due at once. Setting ``stop`` ends a wait for the next window at once, and the
+    iteration with it."""
     began, wall0 = time.monotonic(), None
     for window in windows:
         if not realtime:
@@ -98,7 +101,10 @@ def pace(windows: Iterable[FrameWindow], *, realtime: bool = True) -> Iterator[t
             wall0 = max(began, time.monotonic() - window.end)
         due = wall0 + window.end
         if (wait := due - time.monotonic()) > 0:
-            time.sleep(wait)
+            if stop is None:
+                time.sleep(wait)
+            elif stop.wait(wait):
+                return
         yield window, max(0.0, time.monotonic() - due)
 
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..data.paths import video_under
 from ..data.video import decode_clip
 from ..jsonl import write_rows
-from ..qwen2vl import VisionSpec, clip_frame_size, video_prompt_logits
+from ..qwen_vl import VisionSpec, clip_frame_size, video_prompt_logits
 
 __all__ = ["Question", "answer_logits", "load_questions", "normalize_question", "score_mcq"]
 

@@ -81,7 +81,7 @@ def run_layers(lm, embeds: torch.Tensor, positions: torch.Tensor, pool: KVPool, 
         keys, values = pool.slot_view(i)
         keys[write], values[write] = k, v
         h = h + attn.o_proj(attend(i, q).reshape(n, -1))
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
+        h = h + layer.mlp(layer.post_attention_layernorm(h)[None])[0]  # [1, n, H]: an MoE block routes 3D input
         if deep is not None and i < deep.shape[0]:
             h = h + deep[i]
     return lm.norm(h)

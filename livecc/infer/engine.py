@@ -27,7 +27,7 @@ import torch
 
 from ..data.windows import FrameWindow
 from ..kernels import preprocess_frames
-from ..qwen2vl import VideoFormat, VisionSpec, smart_resize
+from ..qwen_vl import VideoFormat, VisionSpec, smart_resize
 from .cache import TEXT, KVPool, StreamKVCache
 from .config import SessionConfig
 from .policy import MAX_QUERY_TOKENS, MAX_QUESTION_TOKENS, StreamPolicy
@@ -91,7 +91,7 @@ class StreamEngine:
         self.model, self.pool, self.device, self.dtype = model, pool, self.runner.device, self.runner.dtype
         self.spec = VisionSpec.from_processor(processor)
         self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.policy = StreamPolicy(self.tokenizer, self.spec)
+        self.policy = StreamPolicy(self.tokenizer)
         self.vocab = model.get_output_embeddings().out_features
 
     @classmethod

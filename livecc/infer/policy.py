@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..qwen2vl import SYSTEM_TURN, TokenIds, VisionSpec, expand_pads, mrope_position_ids, user_turn, vision_runs
+from ..qwen_vl import SYSTEM_TURN, TokenIds, user_turn, vision_runs
 from .cache import TEXT, VISION
 from .state import StreamState
 
@@ -17,8 +17,8 @@ MAX_QUESTION_TOKENS = 256  # a question asked mid-stream
 
 
 class StreamPolicy:
-    def __init__(self, tokenizer, spec: VisionSpec):
-        self.tokenizer, self.spec = tokenizer, spec
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
         self.ids = TokenIds.from_tokenizer(tokenizer)
         eos = tokenizer(" ...", add_special_tokens=False).input_ids
         if len(eos) != 1:
@@ -35,6 +35,10 @@ class StreamPolicy:
         most ``limit`` tokens; else a ValueError that says which rule it broke."""
         if not isinstance(text, str):
             raise ValueError(f"{what} must be text, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate, which JSON's \uD800 escapes can carry
+            raise ValueError(f"{what} is not well-formed Unicode text ({e.reason} at {e.start})") from e
         text = text.strip()
         found = next((t for t in self.special if t in text), None)
         if found is not None:
@@ -56,11 +60,8 @@ class StreamPolicy:
         s.questions = []
         turn = user_turn(start, end, "\n".join(asked), s.video.block(n_frames, start))
         text = head + turn + "<|im_start|>assistant\n"
-        ids = torch.tensor(s.pending + self.tokenizer(text, add_special_tokens=False).input_ids)
-        blocks = s.video.llm_grids(grid)
-        ids = expand_pads(ids, self.ids.video_pad, (blocks.prod(-1) // self.spec.merge_size**2).tolist())
-        positions, s.next_pos = mrope_position_ids(ids, blocks, (self.ids.video_pad,), self.spec.merge_size,
-                                                   start=s.next_pos, time_interval=s.video.time_interval)
+        ids, positions, s.next_pos = s.video.sequence(self.tokenizer, self.ids, text, grid, prefix=s.pending,
+                                                      start=s.next_pos)
         visual = ids == self.ids.video_pad
         lo, hi = positions[0].clone(), positions[0] + 1
         for begin, stop in vision_runs(visual):

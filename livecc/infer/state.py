@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..qwen2vl import VideoFormat
+from ..qwen_vl import VideoFormat
 from .cache import StreamKVCache
 from .config import SessionConfig
 

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from ..cache import cache_root
+
 __all__ = ["Launch", "compile_only", "launches", "problems", "resources"]
 
 
@@ -230,24 +232,42 @@ def _tool(name: str) -> str:
 
 def resources(kernel, ptxas_log: str = "") -> dict:
     """Shared memory, registers and spills of a compiled kernel (from its cubin), and whether its
-    matrix products are Hopper's ``wgmma`` and its loads the tensor copy engine's."""
+    matrix products are Hopper's ``wgmma`` and its loads the tensor copy engine's. The cubin's
+    numbers are kept under the kernel's hash (Triton's cache key) in livecc's cache, so a kernel
+    Triton's cache already holds costs no tool run the next time."""
     ptx = kernel.asm.get("ptx", "")
     out = {"shared": kernel.metadata.shared, "num_warps": kernel.metadata.num_warps,
            "num_stages": kernel.metadata.num_stages, "wgmma": "wgmma.mma_async" in ptx,
            "tma": "cp.async.bulk.tensor" in ptx}
+    out.update(_cubin_resources(kernel))
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptxas_log)
+    out["spill_bytes"] = int(spill.group(1)) + int(spill.group(2)) if spill else None
+    out["spills"] = bool(out.get("local") or out["spill_instructions"] or out["spill_bytes"])
+    return out
+
+
+def _cubin_resources(kernel) -> dict:
+    """Registers, stack and local memory from ``cuobjdump``; the local loads and stores of the SASS
+    are counted only where there is local memory (without it a kernel has none)."""
+    cached = cache_root() / "aot" / f"{kernel.hash}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(kernel.asm["cubin"])
         usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", str(cubin)], capture_output=True,
                                text=True).stdout
-        sass = subprocess.run([_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True).stdout
-    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage)
-    if m:
-        out.update(registers=int(m.group(1)), stack=int(m.group(2)), local=int(m.group(3)))
-    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptxas_log)
-    out["spill_bytes"] = int(spill.group(1)) + int(spill.group(2)) if spill else None
+        m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage)
+        out = {"registers": int(m.group(1)), "stack": int(m.group(2)), "local": int(m.group(3))} if m else {}
+        sass = ""
+        if not m or out["local"] or out["stack"]:
+            sass = subprocess.run([_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True).stdout
     out["spill_instructions"] = len(re.findall(r"\b(?:STL|LDL)(?:\.\w+)*\s", sass))
-    out["spills"] = bool(out.get("local") or out["spill_instructions"] or out["spill_bytes"])
+    if m:  # a cubin the tool could not read is read again next time
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(out))
+        partial.replace(cached)
     return out
 
 

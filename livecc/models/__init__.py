@@ -4,7 +4,7 @@ from .attention import register, use_livecc_attention
 from .loading import TINY_MODELS, load_model
 from .loss import TextOnlyHead, text_only_causal_lm_loss
 from .patch import patch
-from .tiny import ARCHS, tiny_qwen2vl
+from .tiny import ARCHS, tiny_qwen_vl
 
 __all__ = ["ARCHS", "TINY_MODELS", "TextOnlyHead", "load_model", "patch", "register", "text_only_causal_lm_loss",
-           "tiny_qwen2vl", "use_livecc_attention"]
+           "tiny_qwen_vl", "use_livecc_attention"]

@@ -18,6 +18,7 @@ from transformers.masking_utils import AttentionMaskInterface, flash_attention_m
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention
 from transformers.models.qwen2_vl.modeling_qwen2_vl import VisionAttention
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionAttention
+from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeVisionAttention
 
 from ..kernels import cu_seqlens, varlen_attention
 
@@ -25,6 +26,8 @@ __all__ = ["ATTN_IMPLEMENTATION", "cu_seqlens_from_position_ids", "livecc_attent
            "use_livecc_attention"]
 
 ATTN_IMPLEMENTATION = "livecc"
+# The ViT attention of every family (Qwen3-VL-MoE's ViT is Qwen3-VL's, in a class of its own)
+VISION_ATTENTION = (VisionAttention, Qwen2_5_VLVisionAttention, Qwen3VLVisionAttention, Qwen3VLMoeVisionAttention)
 
 
 def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
@@ -117,7 +120,7 @@ def register() -> None:
 
 
 def _vision_attention_forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
-    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL ViT attention over every frame group (or window) at once:
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL(-MoE) ViT attention over every frame group (or window) at once:
     one varlen call, not a loop per group."""
     apply_rotary_pos_emb_vision = sys.modules[type(self).__module__].apply_rotary_pos_emb_vision
     seq_len = hidden_states.shape[0]
@@ -131,9 +134,10 @@ def _vision_attention_forward(self, hidden_states, cu_seqlens, position_embeddin
 
 
 def use_livecc_attention(model) -> None:
-    """Run a Qwen2-VL, Qwen2.5-VL or Qwen3-VL model's LLM and ViT attention on livecc's varlen kernel."""
+    """Run a Qwen2-VL, Qwen2.5-VL or Qwen3-VL (dense or MoE) model's LLM and ViT attention on livecc's
+    varlen kernel."""
     register()
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     for module in model.modules():
-        if isinstance(module, (VisionAttention, Qwen2_5_VLVisionAttention, Qwen3VLVisionAttention)):
+        if isinstance(module, VISION_ATTENTION):
             module.forward = types.MethodType(_vision_attention_forward, module)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from ..kernels import text_only_linear_cross_entropy
@@ -37,10 +39,22 @@ def text_only_causal_lm_loss(
 
     Runs the decoder (``model.model``) for hidden states, shifts labels by one as Hugging Face's
     causal-LM loss does, and applies the LM head only where a target exists. ``model_inputs``
-    (``position_ids``, ``pixel_values_videos``, ``video_grid_thw``, ...) go to the decoder.
+    (``position_ids``, ``pixel_values_videos``, ``video_grid_thw``, ...) go to the decoder. A
+    mixture-of-experts model whose config asks for its router's logits (Qwen3-VL-MoE's
+    ``output_router_logits``) adds its load-balancing loss times ``router_aux_loss_coef``, as its own
+    forward does, to the mean (once per labelled token to a sum, so that a step's mean is it).
     """
-    out = model.model(input_ids=input_ids, use_cache=False, **model_inputs)
+    text = getattr(model.config, "text_config", model.config)
+    router = bool(getattr(text, "output_router_logits", False))
+    out = model.model(input_ids=input_ids, use_cache=False, **({"output_router_logits": True} if router else {}),
+                      **model_inputs)
     hidden = out.last_hidden_state[..., :-1, :]
-    targets = labels[..., 1:]
+    targets = labels[..., 1:].reshape(-1)
     head = head if head is not None else TextOnlyHead(model.lm_head)
-    return head(hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1), reduction, ignore_index)
+    loss = head(hidden.reshape(-1, hidden.shape[-1]), targets, reduction, ignore_index)
+    if router:  # the family's own load-balancing loss, as its forward computes it
+        balance = sys.modules[type(model).__module__].load_balancing_loss_func
+        aux = text.router_aux_loss_coef * balance(out.router_logits, text.num_experts, text.num_experts_per_tok)
+        labelled = targets != ignore_index
+        loss = loss + {"mean": aux, "sum": aux * labelled.sum(), "none": aux * labelled}[reduction]
+    return loss

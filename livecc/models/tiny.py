@@ -1,4 +1,5 @@
-"""A randomly initialised tiny Qwen2-VL / Qwen2.5-VL / Qwen3-VL with the real token ids, for CPU runs and tests."""
+"""A randomly initialised tiny Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE with the real token ids, for CPU
+runs and tests."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
 )
 
-ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
-__all__ = ["ARCHS", "tiny_qwen2vl"]
+__all__ = ["ARCHS", "tiny_qwen_vl"]
 
 
-def tiny_qwen2vl(
+def tiny_qwen_vl(
     hidden_size: int = 64,
     num_layers: int = 2,
     num_heads: int = 4,
@@ -34,7 +37,9 @@ def tiny_qwen2vl(
     """A randomly initialised Qwen2-VL (``arch="qwen2_5_vl"``: Qwen2.5-VL, with its windowed ViT
     and seconds-spaced temporal positions; ``arch="qwen3_vl"``: Qwen3-VL, with QK-norm, interleaved
     M-RoPE, 16-pixel patches, a learned ViT position grid and DeepStack features from the first
-    two ViT blocks) with the real token ids, small enough for CPU tests."""
+    two ViT blocks; ``arch="qwen3_vl_moe"``: the same with a mixture of four experts, two per token,
+    in every decoder layer, its router's auxiliary loss on) with the real token ids, small enough
+    for CPU tests."""
     head_dim = hidden_size // num_heads
     section = head_dim // 2  # mrope splits head_dim/2 rotary frequencies over (t, h, w)
     mrope_section = [section - 2 * (section // 3), section // 3, section // 3]
@@ -48,7 +53,7 @@ def tiny_qwen2vl(
     vision_config = dict(depth=vision_depth, num_heads=vision_heads, patch_size=14, spatial_merge_size=2,
                          temporal_patch_size=2)
     top = {}  # keys of the model's own config
-    if arch == "qwen3_vl":  # its text config has no bos/eos; it ties embeddings at the top level
+    if arch in ("qwen3_vl", "qwen3_vl_moe"):  # its text config has no bos/eos; it ties embeddings at the top level
         text_config.update(head_dim=head_dim)
         text_config["rope_parameters"]["mrope_interleaved"] = True
         if "tie_word_embeddings" in text_config:
@@ -57,6 +62,10 @@ def tiny_qwen2vl(
                              patch_size=16, num_position_embeddings=256,
                              deepstack_visual_indexes=list(range(min(2, vision_depth))))
         config_cls, model_cls = Qwen3VLConfig, Qwen3VLForConditionalGeneration
+        if arch == "qwen3_vl_moe":
+            text_config.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size,
+                               decoder_sparse_step=1, output_router_logits=True, router_aux_loss_coef=0.01)
+            config_cls, model_cls = Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
     elif arch == "qwen2_vl":
         text_config.update(bos_token_id=151643, eos_token_id=151645)
         vision_config.update(embed_dim=vision_dim, hidden_size=hidden_size, mlp_ratio=2)

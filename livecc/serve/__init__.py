@@ -1,6 +1,7 @@
 """``livecc serve``: many viewers on one streaming engine, in the browser and over an API."""
 
-from .hub import Hub, HubFull, ServedStream
+from .hub import Hub
+from .served import HubFull, ServedStream
 from .vtt import VttWriter, vtt_text
 
 __all__ = ["Hub", "HubFull", "ServedStream", "VttWriter", "create_app", "vtt_text"]

@@ -11,32 +11,38 @@
                                     errors out
     GET  /v1/health, /v1/metrics
 
-With an API key every ``/v1`` request but health must carry it (``Authorization: Bearer KEY``, or
-``?key=KEY``, which the page uses). A request that changes anything, and every WebSocket, must come
-from the page's own origin or one of ``allowed_origins`` when it names one (browsers always do), so
-another web site cannot drive the server through a visitor's browser. Bodies are read with limits
-and refused while reading; uploads are written under server-chosen names and deleted with their
-stream; URLs pass :class:`~.sources.SourcePolicy`. Nothing that waits (decoding frames, tokenizing
-a question, opening a source) runs on the event loop, and nothing on it waits for the engine.
+Every request and WebSocket must name an allowed host in its ``Host`` header (an IP address,
+``localhost``, or a name given with ``allowed_hosts``), checked before anything else, so a page on
+a name an attacker rebinds to this machine cannot reach it. With an API key every ``/v1`` request
+but health must carry it (``Authorization: Bearer KEY``, or ``?key=KEY``, which the page uses). A
+request that changes anything, and every WebSocket, must come from the page's own origin (scheme,
+host and port) or one of ``allowed_origins`` when it names one (browsers always do), so another
+web site cannot drive the server through a visitor's browser. A stream's slot is taken before its
+body is read (a refused upload costs no disk); bodies are read with limits and refused while
+reading; text must be well-formed Unicode and JSON no deeper than Python parses; uploads are
+written under server-chosen names and deleted with their stream; URLs pass
+:class:`~.sources.SourcePolicy`. Nothing that waits (decoding frames, tokenizing a question,
+opening a source) runs on the event loop, and nothing on it waits for the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from .fanout import TooManyViewers
-from .hub import Hub, HubFull, ServedStream
-from .sources import SourceError, SourcePolicy, decode_frame, probe
-from .uploads import read_json, receive_upload
+from .hub import Hub
+from .served import HubFull, ServedStream
+from .sources import FILE_OPTIONS, Location, SourceError, SourcePolicy, decode_frame, probe
+from .uploads import parse_json, read_json, receive_upload
 from .vtt import vtt_text
 
 __all__ = ["create_app"]
@@ -46,9 +52,23 @@ FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect wi
            'fill="#1d1d1d"/><path d="M5 4l7 4-7 4z" fill="#8ab4f8"/></svg>')
 
 
+def allowed_host(host: str, names: tuple[str, ...]) -> bool:
+    """Whether a ``Host`` header names this server: an IP address or ``localhost`` (no page on a
+    rebound name can be either), or one of ``names``."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    if name == "localhost" or name in names:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 512 << 20, realtime: bool = True,
                policy: SourcePolicy | None = None, allowed_origins: tuple[str, ...] = (),
-               url_probes: int = 4) -> FastAPI:
+               allowed_hosts: tuple[str, ...] = (), url_probes: int = 4) -> FastAPI:
     """The ASGI app over ``hub``. ``realtime=False`` reads uploads and URLs as fast as the engine
     goes (tests, batch use); ``url_probes`` URL sources are opened at once, on threads of their
     own (a silent URL holds one for its timeout, never the threads uploads use)."""
@@ -73,16 +93,19 @@ def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 
         auth = headers.get("authorization", "")
         return auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else params.get("key")
 
+    hosts = tuple(h.lower() for h in allowed_hosts)
+
     def same_origin(headers) -> bool:
         origin = headers.get("origin")
         if origin is None:  # not a browser's cross-site request: browsers name the origin of those
             return True
-        host = headers.get("host", "")
-        return origin in allowed_origins or urlsplit(origin).netloc == host
+        return origin in allowed_origins or origin == f"http://{headers.get('host', '')}"
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         path = request.url.path
+        if not allowed_host(request.headers.get("host", ""), hosts):
+            return JSONResponse({"detail": "this server does not answer to that Host"}, status_code=421)
         if request.method in CHANGES and not same_origin(request.headers):
             return JSONResponse({"detail": "cross-site request refused (origin not allowed)"}, status_code=403)
         if path.startswith("/v1/") and path != "/v1/health" and not authorized(
@@ -114,8 +137,15 @@ def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 
 
     @app.post("/v1/streams", status_code=201)
     async def create(request: Request) -> dict:
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            return await _from_upload(request)
+        slot = _reserve()  # before a byte of the body is read
+        try:
+            if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                return await _from_upload(request, slot)
+            return await _from_url(request, slot)
+        finally:
+            slot.release()  # unless the stream took it over
+
+    async def _from_url(request: Request, slot) -> dict:
         body = await read_json(request)
         url, query = body.get("url"), body.get("query", "")
         if not isinstance(url, str) or not isinstance(query, str):
@@ -126,32 +156,37 @@ def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 
             loop = asyncio.get_running_loop()
             try:
                 location = await loop.run_in_executor(probes, policy.check, url)
-                await loop.run_in_executor(probes, lambda: probe(location, url=True))
+                await loop.run_in_executor(probes, lambda: probe(location))
             except SourceError as e:
                 raise HTTPException(400, str(e)) from e
-        stream = _open("url", query)
-        hub.read(stream, location, url=True, realtime=realtime)
+        stream = _open(slot, "url", query)
+        hub.read(stream, location, realtime=realtime)
         return {"id": stream.id, "events": f"/v1/streams/{stream.id}/events"}
 
-    async def _from_upload(request: Request) -> dict:
+    async def _from_upload(request: Request, slot) -> dict:
         path = hub.new_upload(".upload")
         fields = await receive_upload(request, path, max_upload_bytes)
+        location = Location(str(path), dict(FILE_OPTIONS))
         try:
-            await asyncio.to_thread(probe, str(path), url=False)
-            stream = _open("upload", fields.get("query", ""), upload=path)
+            await asyncio.to_thread(probe, location)
+            stream = _open(slot, "upload", fields.get("query", ""), upload=path)
         except BaseException as e:
             path.unlink(missing_ok=True)
             if isinstance(e, SourceError):
                 raise HTTPException(400, str(e)) from e
             raise
-        hub.read(stream, str(path), url=False, realtime=realtime)
+        hub.read(stream, location, realtime=realtime)
         return {"id": stream.id, "events": f"/v1/streams/{stream.id}/events"}
 
-    def _open(source: str, query: str, upload=None) -> ServedStream:
+    def _reserve():
         try:
-            return hub.open(source, query, upload=upload)
+            return hub.reserve()
         except HubFull as e:
             raise HTTPException(429, str(e)) from e
+
+    def _open(slot, source: str, query: str, upload=None) -> ServedStream:
+        try:
+            return hub.open(slot, source, query, upload=upload)
         except ValueError as e:
             raise HTTPException(400, str(e)) from e
 
@@ -213,13 +248,15 @@ def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 
     async def frames(websocket: WebSocket) -> None:
         await websocket.accept()
         refusal = None
-        if not same_origin(websocket.headers):
+        if not allowed_host(websocket.headers.get("host", ""), hosts):
+            refusal = "this server does not answer to that Host"
+        elif not same_origin(websocket.headers):
             refusal = "cross-site WebSocket refused (origin not allowed)"
         elif not authorized(key_of(websocket.headers, websocket.query_params)):
             refusal = "missing or wrong API key"
         if refusal is None:
             try:
-                stream = hub.open("frames", websocket.query_params.get("query", ""))
+                stream = hub.open(hub.reserve(), "frames", websocket.query_params.get("query", ""))
             except (HubFull, ValueError) as e:
                 refusal = str(e)
         if refusal is not None:
@@ -243,7 +280,7 @@ def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 
                 if message["type"] == "websocket.disconnect":
                     break
                 try:
-                    if message.get("bytes"):
+                    if message.get("bytes") and hub.take_frame(stream):  # past the frame rate: dropped, undecoded
                         frame = await asyncio.to_thread(decode_frame, message["bytes"])
                         hub.add_frame(stream, frame)
                     elif message.get("text"):
@@ -258,11 +295,8 @@ def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 
             sender.cancel()
 
     async def _message(stream: ServedStream, text: str) -> None:
-        try:
-            body = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError("a text message must be JSON, e.g. {\"type\": \"ask\", \"text\": ...}") from e
-        kind = body.get("type") if isinstance(body, dict) else None
+        body = parse_json(text, "a text message")
+        kind = body.get("type")
         if kind == "end":  # no more frames: the windows sent are said, then the stream ends
             stream.finished = True
             hub.loop.wake.set()

@@ -9,17 +9,29 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .hub import Hub, ServedStream
+from .served import ServedStream
 
-__all__ = ["StepLoop"]
+__all__ = ["StepLoop", "StreamBook"]
+
+
+class StreamBook(Protocol):
+    """What the loop needs of the streams' owner (the hub): the streams to step, what to do with a
+    window's result or a stream's failure, and its own work between rounds."""
+
+    def live_streams(self) -> list[ServedStream]: ...
+
+    def said(self, stream: ServedStream, window, result, arrived: float) -> None: ...
+
+    def fail(self, stream: ServedStream, message: str) -> None: ...
+
+    def housekeeping(self) -> None: ...
 
 
 class StepLoop:
-    def __init__(self, hub: Hub):
-        self.hub, self.engine = hub, hub.engine
+    def __init__(self, engine, book: StreamBook):
+        self.engine, self.book = engine, book
         self.wake = threading.Event()
         self.running = True
         self.busy_seconds = 0.0
@@ -35,16 +47,16 @@ class StepLoop:
         while self.running:
             self.wake.wait(timeout=0.1)
             self.wake.clear()
-            self.hub.housekeeping()
+            self.book.housekeeping()
             while self.running and self._round():
-                self.hub.housekeeping()
+                self.book.housekeeping()
 
     def _round(self) -> bool:
         """One step over every stream with a window; False when none had one."""
         ready = []
-        for stream in self.hub.live_streams():
+        for stream in self.book.live_streams():
             try:
-                window = stream.windows.get_nowait()
+                window, arrived = stream.windows.get_nowait()
             except queue.Empty:
                 continue
             while stream.questions:
@@ -52,24 +64,24 @@ class StepLoop:
             try:
                 self.engine.check_frames(stream.state, window.frames)
             except ValueError as e:
-                self.hub.fail(stream, str(e))
+                self.book.fail(stream, str(e))
                 continue
-            ready.append((stream, window))
+            ready.append((stream, window, arrived))
         if not ready:
             return False
         started = time.perf_counter()
         try:
-            self._publish(ready, self.engine.step([s.state for s, _ in ready], [w for _, w in ready]))
+            self._publish(ready, self.engine.step([s.state for s, _, _ in ready], [w for _, w, _ in ready]))
         except Exception:  # one of them: each alone now (the engine put every stream back as it was)
-            for stream, window in ready:
+            for stream, window, arrived in ready:
                 try:
-                    self._publish([(stream, window)], self.engine.step([stream.state], [window]))
+                    self._publish([(stream, window, arrived)], self.engine.step([stream.state], [window]))
                 except Exception as e:  # this stream's window: its error, its end; never the others'
-                    self.hub.fail(stream, f"{type(e).__name__}: {e}")
+                    self.book.fail(stream, f"{type(e).__name__}: {e}")
         finally:
             self.busy_seconds += time.perf_counter() - started
         return True
 
-    def _publish(self, ready: list[tuple[ServedStream, object]], results) -> None:
-        for (stream, window), result in zip(ready, results):
-            self.hub.said(stream, window, result)
+    def _publish(self, ready: list[tuple[ServedStream, object, float]], results) -> None:
+        for (stream, window, arrived), result in zip(ready, results):
+            self.book.said(stream, window, result, arrived)

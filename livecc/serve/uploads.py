@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-__all__ = ["read_json", "receive_upload"]
+__all__ = ["parse_json", "read_json", "receive_upload"]
 
 FIELD_LIMIT = 16 << 10  # bytes of a form field that is not the file
 
@@ -36,16 +36,27 @@ def _size(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
 
 
+def parse_json(text: str | bytes, what: str) -> dict:
+    """The JSON object ``text`` holds, or a ValueError naming ``what`` and what is wrong (not JSON,
+    nested deeper than the parser goes, not an object)."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} is not JSON ({e.msg if hasattr(e, 'msg') else e})") from e
+    except RecursionError as e:
+        raise ValueError(f"{what} is nested too deeply") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
 async def read_json(request: Request, limit: int = 64 << 10) -> dict:
     """The request's JSON object, or 400/413 saying what is wrong with it."""
     body = b"".join([chunk async for chunk in _limited_chunks(request, limit, "a JSON body")])
     try:
-        value = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HTTPException(400, f"the body is not JSON ({e.msg if hasattr(e, 'msg') else e})") from e
-    if not isinstance(value, dict):
-        raise HTTPException(400, f"the body must be a JSON object, not {type(value).__name__}")
-    return value
+        return parse_json(body, "the body")
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from e
 
 
 async def receive_upload(request: Request, path: Path, limit: int) -> dict[str, str]:

@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 class TrainConfig:
     # model: a local Qwen2-VL / Qwen2.5-VL checkpoint directory, or "tiny" (random, built from `tiny`)
     model: str = "tiny"
-    tiny: dict = field(default_factory=dict)  # tiny_qwen2vl() arguments when model == "tiny"
+    tiny: dict = field(default_factory=dict)  # tiny_qwen_vl() arguments when model == "tiny"
     data: list[str] = field(default_factory=list)  # Live-CC JSONL files (with seek lines or not)
     video_root: str | None = None
     allow_absolute_paths: bool = False  # records may name videos by absolute path

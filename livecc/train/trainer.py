@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from ..data.packing import Pack, PackedLoader, StreamingDataset
 from ..data.windows import StreamFormat, WindowPlan
-from ..models import TextOnlyHead, load_model, patch, text_only_causal_lm_loss, tiny_qwen2vl
-from ..qwen2vl import PixelBudget, VideoFormat, VisionSpec, offline_processor
+from ..models import TextOnlyHead, load_model, patch, text_only_causal_lm_loss, tiny_qwen_vl
+from ..qwen_vl import PixelBudget, VideoFormat, VisionSpec, offline_processor
 from .checkpoint import Checkpointer, clear_run, cut_metrics, latest_checkpoint
 from .config import TrainConfig
 from .metrics import MetricsLog, step_throughput
@@ -100,7 +100,7 @@ class Trainer:
 
     def _build_model(self, dtype):
         if self.cfg.model == "tiny":
-            model = tiny_qwen2vl(seed=self.cfg.seed, **self.cfg.tiny).to(dtype)
+            model = tiny_qwen_vl(seed=self.cfg.seed, **self.cfg.tiny).to(dtype)
             return model, offline_processor(model.config.model_type)
         return load_model(self.cfg.model, "cpu", dtype)
 

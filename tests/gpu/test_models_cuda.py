@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
+from oracles import check_stream_logits
 
 from livecc.infer import KVPool, StreamingSession, step_streams
-from livecc.models import text_only_causal_lm_loss, tiny_qwen2vl, use_livecc_attention
-from livecc.qwen2vl import mrope_position_ids, offline_processor
+from livecc.models import text_only_causal_lm_loss, tiny_qwen_vl, use_livecc_attention
+from livecc.qwen_vl import mrope_position_ids, offline_processor
 
 VIDEO_PAD, VISION_START, VISION_END = 151656, 151652, 151653
 LOGIT_TOL = {torch.float32: (2e-4, 1e-4), torch.bfloat16: (6e-2, 3e-2)}
@@ -23,15 +24,15 @@ def video_doc(n_text=40, groups=3, row=1176):
     pieces.append(torch.randint(0, 5000, (n_text,)))
     ids = torch.cat(pieces)
     grid = torch.tensor([[1, 4, 6]] * groups)
-    pos, _ = mrope_position_ids(ids, grid, (VIDEO_PAD,))
+    pos, _ = mrope_position_ids(ids, {VIDEO_PAD: grid})
     return ids.cuda(), grid.cuda(), torch.randn(groups * 24, row, device="cuda"), pos.cuda()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_logits_and_every_gradient_match_sdpa(arch, dtype):
-    ref = tiny_qwen2vl(seed=0, attn_implementation="sdpa", arch=arch).cuda().to(dtype)
-    ours = tiny_qwen2vl(seed=0, arch=arch).cuda().to(dtype)
+    ref = tiny_qwen_vl(seed=0, attn_implementation="sdpa", arch=arch).cuda().to(dtype)
+    ours = tiny_qwen_vl(seed=0, arch=arch).cuda().to(dtype)
     use_livecc_attention(ours)
     ids, grid, pixels, pos = video_doc(row=1536 if arch == "qwen3_vl" else 1176)
     weights = torch.randn(1, ids.numel(), ref.config.text_config.vocab_size, device="cuda")
@@ -50,26 +51,11 @@ def test_logits_and_every_gradient_match_sdpa(arch, dtype):
         assert ((a - b).norm() / b.norm().clamp(min=1e-12)).item() < (1e-3 if dtype == torch.float32 else 5e-2), name
 
 
-def full_forward_logits(model, trace):
-    ids = torch.cat(trace.ids).cuda()
-    positions = torch.cat(trace.positions, dim=1).cuda()
-    n = ids.numel()
-    visible = torch.ones(n, n, dtype=torch.bool, device="cuda").tril()
-    for fed_by_then, origins in trace.evictions:
-        visible[fed_by_then:, origins.cuda()] = False
-    mask = torch.zeros(1, 1, n, n, device="cuda").masked_fill(~visible, float("-inf")).to(model.dtype)
-    with torch.no_grad():
-        out = model(input_ids=ids[None], position_ids=positions[:, None], attention_mask=mask,
-                    pixel_values_videos=torch.cat(trace.pixel_values).cuda().to(model.dtype),
-                    video_grid_thw=torch.cat(trace.grids).cuda())
-    return out.logits[0].float()
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cuda_graphs", [True, False], ids=["graphs", "eager"])
 @pytest.mark.parametrize("arch", ["qwen2_vl", "qwen3_vl"])  # Qwen3-VL: DeepStack in the captured prefill
 def test_streams_stepped_together_equal_one_masked_full_forward(arch, dtype, cuda_graphs):
-    model = tiny_qwen2vl(seed=0, attn_implementation="eager", arch=arch).cuda().to(dtype)
+    model = tiny_qwen_vl(seed=0, attn_implementation="eager", arch=arch).cuda().to(dtype)
     pool = KVPool.for_model(model, page_size=16, pages=2)
     processor = offline_processor(arch)
     sessions = [StreamingSession(model, processor, query=q, max_new_tokens=6, trace=True, pool=pool, horizon=2.0,
@@ -84,9 +70,7 @@ def test_streams_stepped_together_equal_one_masked_full_forward(arch, dtype, cud
     atol, rtol = LOGIT_TOL[dtype]
     for s in sessions:
         assert s.trace.evictions  # the horizon of 2 s evicted frames
-        full = full_forward_logits(model, s.trace)
-        for index, logits in s.trace.logits:
-            torch.testing.assert_close(logits.float().cuda(), full[index], atol=atol, rtol=rtol)
+        check_stream_logits(model, s.trace, dtype, tol=dict(atol=atol, rtol=rtol))
     if cuda_graphs:
         graphs = sessions[0].engine.runner.decode_graphs
         assert graphs is not None and graphs.builds > 0
@@ -149,7 +133,7 @@ def test_training_steps_with_activation_checkpointing_and_a_first_probe(tmp_path
 
 
 def test_text_only_loss_on_cuda_equals_hugging_face(processor):
-    model = tiny_qwen2vl(seed=0).cuda()
+    model = tiny_qwen_vl(seed=0).cuda()
     use_livecc_attention(model)
     ids, grid, pixels, pos = video_doc()
     labels = torch.where(torch.rand(ids.shape, device="cuda") < 0.3, ids, -100)

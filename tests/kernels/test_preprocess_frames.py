@@ -4,7 +4,7 @@ from PIL import Image
 
 from livecc.data.video import decode_clip
 from livecc.kernels import preprocess_frames, preprocess_frames_reference
-from livecc.qwen2vl import VisionSpec, smart_resize
+from livecc.qwen_vl import VisionSpec, smart_resize
 
 LEVEL = 1 / 255 / min(VisionSpec().std)  # one uint8 step, in normalised units
 
@@ -14,9 +14,9 @@ LEVEL = 1 / 255 / min(VisionSpec().std)  # one uint8 step, in normalised units
     (2, 40, 60, (56, 84)),  # upscale, landscape
     (3, 90, 50, (112, 56)),  # odd frame count, portrait, downscale one axis
     (2, 100, 130, (56, 84)),  # downscale: 4+ taps per axis
-    (4, 56, 84, (56, 84)),  # no resize
+    (2, 56, 84, (56, 84)),  # no resize
     (1, 33, 47, (28, 56)),  # one frame (repeated into its temporal pair), odd sides
-    (5, 61, 131, (84, 28)),  # T not a multiple of 2, odd width, upscale one axis, downscale the other
+    (3, 61, 131, (84, 28)),  # T not a multiple of 2, odd width, upscale one axis, downscale the other
     (2, 13, 9, (84, 56)),  # upscale several times: windows narrower than a tile
 ])
 def test_triton_kernel_matches_reference(nan_empty, gen, dtype, t, h, w, size):

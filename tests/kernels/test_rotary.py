@@ -47,9 +47,9 @@ def test_contiguous_inputs_and_hugging_face_formula(gen):
 def test_a_patched_model_equals_the_unpatched_one(monkeypatch, gen, arch):
     import sys
 
-    from livecc.models import patch, tiny_qwen2vl
+    from livecc.models import patch, tiny_qwen_vl
 
-    reference, fused = tiny_qwen2vl(seed=0, arch=arch), tiny_qwen2vl(seed=0, arch=arch)
+    reference, fused = tiny_qwen_vl(seed=0, arch=arch), tiny_qwen_vl(seed=0, arch=arch)
     module = sys.modules[type(fused).__module__]
     for name in ("apply_rotary_pos_emb", "apply_multimodal_rotary_pos_emb"):
         if hasattr(module, name):  # restored after the test

@@ -90,16 +90,21 @@ def test_compiles_without_graph_breaks(gen):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_cpu_path_matches_the_reference(gen, dtype):
-    """SDPA per document (what runs on CPU outside the tests): the same outputs and gradients,
-    queries after a cache, queries before every key (0, finite gradients), empty documents."""
-    q_lens, k_lens = [5, 1, 20, 0, 6], [37, 9, 20, 4, 3]
+@pytest.mark.parametrize("q_lens, k_lens, causal", [
+    ([5, 1, 20, 0, 6], [37, 9, 20, 4, 3], True),  # a window after a cache, queries before every key, empty
+    ([12, 12, 12], [12, 12, 12], True),  # one batched call (a uniform pack)
+    ([9, 9, 9, 9], [9, 9, 9, 9], False),  # one batched call (a ViT's frame groups)
+])
+def test_the_cpu_path_matches_the_reference(gen, dtype, q_lens, k_lens, causal):
+    """SDPA (what runs on CPU outside the tests; one call per document, or one batched call for
+    documents of one length): the same outputs and gradients as the reference, queries after a
+    cache, queries before every key (0, finite gradients), empty documents."""
     q = torch.randn(sum(q_lens), 4, 64, generator=gen).to(dtype).requires_grad_()
     k, v = (torch.randn(sum(k_lens), 2, 64, generator=gen).to(dtype).requires_grad_() for _ in range(2))
-    out = varlen_attention_sdpa(q, k, v, cu(q_lens), cu(k_lens), causal=True, scale=0.125)
+    out = varlen_attention_sdpa(q, k, v, cu(q_lens), cu(k_lens), causal=causal, scale=0.125)
     grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
     ref_in = [t.detach().double().requires_grad_() for t in (q, k, v)]
-    ref, _ = varlen_attention_reference(*ref_in, cu(q_lens), cu(k_lens), causal=True, softmax_scale=0.125)
+    ref, _ = varlen_attention_reference(*ref_in, cu(q_lens), cu(k_lens), causal=causal, softmax_scale=0.125)
     ref_grads = torch.autograd.grad(ref, ref_in, torch.ones_like(ref))
     assert rel_err(out, ref) < TOL[dtype]
     for g, r in zip(grads, ref_grads):
@@ -114,8 +119,8 @@ def test_tiles_of_unequal_sides_split_the_diagonal_right(nan_empty, gen, monkeyp
 
     forced = {k: kernels.TileConfig(k, bm, bn, 4, 1) for k in ("fwd", "bwd_kv", "bwd_q")}
     monkeypatch.setattr(kernels, "FORCED", forced)
-    compare(gen, [70, 5, 129], [70, 40, 129], 4, 2, 64, True, torch.float32)
-    compare(gen, [70, 33], [70, 33], 3, 3, 80, False, torch.bfloat16)
+    compare(gen, [37, 5, 65], [37, 20, 65], 4, 2, 64, True, torch.float32)  # none a multiple of a block
+    compare(gen, [37, 33], [37, 33], 3, 3, 80, False, torch.bfloat16)
 
 
 def test_rejects_bad_head_counts():

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ...models import load_model
-from ...qwen2vl import VisionSpec, smart_resize, video_prompt_logits
+from ...qwen_vl import VisionSpec, smart_resize, video_prompt_logits
 from ..paths import video_under
 from ..records import ClipRecord
 from ..video import VideoError, decode_clip

@@ -23,7 +23,7 @@ from .sdpa import varlen_attention_sdpa
 __all__ = ["available_backends", "kernel_serves", "varlen_attention", "varlen_attention_paged",
            "varlen_attention_reference", "varlen_attention_sdpa"]
 
-_dispatchers: dict[str, Dispatcher] = {}
+_dispatchers: dict[int, Dispatcher] = {}  # CUDA device index -> its dispatcher
 
 
 @torch.library.custom_op("livecc::varlen_attention_fwd", mutates_args=())
@@ -70,14 +70,21 @@ def _backward(ctx, grad_out, grad_lse):
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _dispatcher(index: int) -> Dispatcher:
+    """The dispatcher of CUDA device ``index``, its choices on disk per device model (the device is
+    named once, not on every call)."""
+    if index not in _dispatchers:
+        _dispatchers[index] = Dispatcher(torch.cuda.get_device_name(index))
+    return _dispatchers[index]
+
+
 def _auto(args: tuple, aligned: bool) -> str:
     """The backend the dispatcher picked for this call's shape class (probing it the first time)."""
     q, k = args[0], args[1]
     names = available_backends(aligned)
     if not q.is_cuda or len(names) == 1 or torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
         return "triton"  # nothing to choose, or no probing inside a traced or captured region
-    device = torch.cuda.get_device_name(q.device)
-    dispatcher = _dispatchers.setdefault(device, Dispatcher(device))
+    dispatcher = _dispatcher(q.device.index or 0)
 
     def run(name):
         def fwd_bwd():

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..kernels import preprocess_frames
-from .rope import mrope_position_ids
 from .tokens import TokenIds
-from .turns import SYSTEM_TURN, tokenize_with_video
+from .turns import VIDEO_BLOCK, chat_text
 from .video_format import VideoFormat
 from .vision import VisionSpec
 
@@ -24,11 +23,9 @@ def video_prompt_logits(model, processor, frames: torch.Tensor, size: tuple[int,
     device = next(model.parameters()).device
     pixels, grid = preprocess_frames(frames.to(device), size, spec)
     video = VideoFormat.of(model.config, spec.temporal_patch_size)
-    text = (SYSTEM_TURN + f"<|im_start|>user\n{video.block(len(frames))}{prompt}<|im_end|>\n"
-            f"<|im_start|>assistant\n{answer_prefix}")
-    blocks = video.llm_grids(grid)
-    ids = tokenize_with_video(tokenizer, text, token_ids.video_pad, blocks, spec.merge_size)
-    positions, _ = mrope_position_ids(ids, blocks, (token_ids.video_pad,), spec.merge_size,
-                                      time_interval=video.time_interval)
+    question = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+    text = chat_text(processor, question, add_generation_prompt=True).replace(VIDEO_BLOCK, video.block(len(frames)), 1)
+    text += answer_prefix
+    ids, positions, _ = video.sequence(tokenizer, token_ids, text, grid)
     return model(input_ids=ids[None].to(device), position_ids=positions[:, None].to(device),
                  pixel_values_videos=pixels.to(model.dtype), video_grid_thw=grid.to(device)).logits[0, -1]

@@ -29,29 +29,34 @@ def vision_runs(is_vision: torch.Tensor) -> list[tuple[int, int]]:
 
 def mrope_position_ids(
     input_ids: torch.Tensor,
-    grids: torch.Tensor,
-    vision_token_ids: tuple[int, ...],
+    grids: dict[int, torch.Tensor],
     merge_size: int = 2,
     start: int = 0,
     time_interval: float = 1.0,
 ) -> tuple[torch.Tensor, int]:
     """Positions ``[3, L]`` for one sequence and the next free position.
 
-    ``grids`` ``[n, 3]`` are the ViT grids (before the spatial merge) of the vision blocks in the
-    order they appear; ``vision_token_ids`` are the pad tokens that mark them (video and image).
-    ``start`` continues a sequence already in a KV cache; ``time_interval`` is
+    ``grids`` maps each vision pad token (video, image) to the LLM grids ``[n, 3]`` (before the
+    spatial merge) of its blocks in the order they appear; a run of pads takes the next grid of its
+    token. ``start`` continues a sequence already in a KV cache; ``time_interval`` is
     :func:`rope_time_interval` of the model.
     """
     ids = input_ids.flatten()
     is_vision = torch.zeros_like(ids, dtype=torch.bool)
-    for token in vision_token_ids:
+    for token in grids:
         is_vision |= ids == token
     runs = vision_runs(is_vision)
-    if len(runs) != len(grids):
-        raise ValueError(f"{len(runs)} vision blocks in input_ids but {len(grids)} grids")
+    if len(runs) != sum(len(g) for g in grids.values()):
+        raise ValueError(f"{len(runs)} vision blocks in input_ids but {sum(len(g) for g in grids.values())} grids")
+    taken = dict.fromkeys(grids, 0)
     pos = torch.empty(3, ids.numel(), dtype=torch.long)
     cursor, next_pos = 0, start
-    for (begin, end), (t, h, w) in zip(runs, grids.tolist()):
+    for begin, end in runs:
+        token = int(ids[begin])
+        if taken[token] == len(grids[token]):
+            raise ValueError(f"more blocks of token {token} in input_ids than its {len(grids[token])} grids")
+        t, h, w = grids[token][taken[token]].tolist()
+        taken[token] += 1
         h, w = h // merge_size, w // merge_size
         if end - begin != t * h * w:
             raise ValueError(f"vision block at {begin} has {end - begin} tokens, grid needs {t * h * w}")

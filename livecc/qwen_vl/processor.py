@@ -11,15 +11,14 @@ import json
 import logging
 from pathlib import Path
 
-__all__ = ["QWEN2VL_CHAT_TEMPLATE", "Qwen2VLTextProcessor", "load_processor"]
+__all__ = ["QWEN2VL_CHAT_TEMPLATE", "QWEN3VL_CHAT_TEMPLATE", "Qwen2VLTextProcessor", "load_processor"]
 
-log = logging.getLogger("livecc.qwen2vl")
+log = logging.getLogger("livecc.qwen_vl")
 
-# The chat template shipped with Qwen2-VL checkpoints.
-QWEN2VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+# The chat template shipped with Qwen2-VL checkpoints: a default system turn opens every chat.
+_DEFAULT_SYSTEM = ("{% if loop.first and message['role'] != 'system' %}"
+                   "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}")
+_TURNS = (
     "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
     "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
@@ -31,6 +30,11 @@ QWEN2VL_CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+_COUNTERS = "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+QWEN2VL_CHAT_TEMPLATE = _COUNTERS + "{% for message in messages %}" + _DEFAULT_SYSTEM + _TURNS
+# Qwen3-VL's writes the turns the same way (text, images, videos) with no default system turn.
+QWEN3VL_CHAT_TEMPLATE = _COUNTERS + "{% for message in messages %}" + _TURNS
+
 
 class Qwen2VLTextProcessor:
     """A Qwen2-VL processor without torchvision: tokenizer, image-processor settings, chat template."""
