@@ -8,6 +8,7 @@ setup:
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[video,dev]'
 	@command -v ffprobe >/dev/null || { apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null; }
+	@command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; }
 
 # The page's browser test drives Debian's Chromium through Playwright (skipped, with the reason, without it).
 browser:

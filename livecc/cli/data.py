@@ -23,6 +23,10 @@ def make_stage(args):
     """The stage the arguments describe (called in each Ray actor too)."""
     from ..data import pipeline as p
 
+    if args.data_command == "asr":
+        vocabulary = p.read_vocabulary(args.vocabulary) if args.vocabulary else None
+        return p.AsrStage(p.load_engine(args.asr, args.model, vocabulary, args.device), args.video_root,
+                          args.chunk_s, allow_absolute_paths=args.allow_absolute_paths)
     if args.data_command == "clips":
         rules = p.ClipRules(sft=args.sft, max_gap=args.max_gap, max_duration=args.max_duration,
                             min_duration=args.min_duration, min_rate=args.min_rate, max_rate=args.max_rate)
@@ -58,8 +62,24 @@ def run(args) -> int:
     report = run_stage(stage, args.inputs, args.out, shard=shard, num_shards=num_shards, batch_size=args.batch_size,
                        progress=not args.quiet, options=options, overwrite=args.overwrite)
     print(report.summary())
+    if hasattr(stage, "summary"):  # what a stage run here measured of itself (the ASR's audio hours)
+        print(stage.summary())
     side = shard_paths(args.out, args.data_command, shard, num_shards)["side"]
     return failures_exit(f"data {args.data_command}", sum(report.failed.values()), args.allow_failures, str(side))
+
+
+def _asr_options(st) -> None:
+    from ..data.pipeline import ENGINES
+
+    st.add_argument("--asr", choices=ENGINES, default="pocketsphinx", help="pocketsphinx (English, shipped with "
+                    "its wheel), whisper (a local checkpoint) or faster-whisper (a local CTranslate2 one), --model")
+    st.add_argument("--model", default=None, help="local Whisper checkpoint directory (the Whisper engines)")
+    st.add_argument("--vocabulary", default=None, help="file of the words the speech may hold: a grammar for "
+                    "pocketsphinx, the prompt or hotwords for the Whisper engines")
+    st.add_argument("--chunk-s", type=float, default=30.0, help="longest piece of audio heard at once, cut at silences")
+    st.add_argument("--video-root", default=None, help="directory the inputs' video paths are relative to")
+    st.add_argument("--allow-absolute-paths", action="store_true", help="admit absolute video paths")
+    st.add_argument("--device", default=None)
 
 
 def _clips_options(st) -> None:
@@ -108,6 +128,7 @@ def _prompts_options(st) -> None:
 
 # name -> (what it does, its own options)
 STAGES = {
+    "asr": ("B2: word-timed transcripts heard in the videos' audio (one video per input line)", _asr_options),
     "clips": ("A1 / B3 clipping of word-timed transcripts (one video per input line) into records", _clips_options),
     "rank": ("keep the N clips with the largest vocabulary (A1; all shards' clip files as inputs)", _rank_options),
     "lm-filter": ("A2 / B4: per-clip text loss under a causal LM from a local directory", _lm_filter_options),
