@@ -21,6 +21,7 @@ BENCHMARKS = {
     "stream": "streaming windows against the reference loop; streams stepped together; memory over a stream",
     "train": "training tokens/s and MFU against the reference stack",
     "serve": "live streams and viewers one server holds, every window delivered and health under 1 s",
+    "asr": "speech recognition: audio hours heard per hour of work and word errors on spoken phrases",
 }
 
 

@@ -165,10 +165,10 @@ class FasterWhisperEngine:
 ENGINES = ("pocketsphinx", "whisper", "faster-whisper")
 
 
-def _placed(word: Word, shift: float, length: float) -> Word:
-    """A word heard ``word.start`` into a chunk of ``length`` seconds that starts ``shift`` seconds
-    into the video, on the video's clock."""
-    at = lambda t: max(0.0, min(t, length) + shift)  # noqa: E731
+def _placed(word: Word, begin: float, end: float) -> Word:
+    """A word heard ``word.start`` into a chunk that spans ``[begin, end]`` of the video's clock, on
+    that clock (within the chunk, and not before the video's start)."""
+    at = lambda t: max(0.0, min(begin + t, end))  # noqa: E731
     return Word(at(word.start), max(at(word.start), at(word.end)), word.text)
 
 
@@ -215,7 +215,7 @@ class AsrStage:
             audio = read_audio(path)
             if audio.silent:
                 return Outcome(dropped=[("silent", item)])
-            words, language, score = self._hear(audio)
+            words, language, score = self.hear(audio)
             self.audio_seconds += audio.seconds
             self.busy_seconds += time.perf_counter() - started
         except (ValueError, OSError, AudioError) as e:
@@ -226,15 +226,15 @@ class AsrStage:
                   "language": language, **({"language_score": round(score, 4)} if score is not None else {})}
         return Outcome(kept=[record])
 
-    def _hear(self, audio) -> tuple[list[Word], str | None, float | None]:
+    def hear(self, audio) -> tuple[list[Word], str | None, float | None]:
         """Every chunk heard, its words moved onto the video's clock; the first chunk's language. A
         word is kept within its chunk's audio (Whisper times words on its 30 s window, past a shorter
         chunk's end) and within the video (audio heard before the first frame is said at 0)."""
         words, language, score = [], None, None
         for begin, end in cut_at_silences(audio.samples, self.chunk_s):
             heard = self.engine.transcribe(audio.samples[begin:end])
-            words += sorted((_placed(w, audio.offset + begin / RATE, (end - begin) / RATE) for w in heard.words),
-                            key=lambda w: w.start)
+            span = (audio.offset + begin / RATE, audio.offset + end / RATE)  # the next chunk begins at its end
+            words += sorted((_placed(w, *span) for w in heard.words), key=lambda w: w.start)
             if language is None:
                 language, score = heard.language, heard.score
         return validate_words(words, "heard words"), language, score
