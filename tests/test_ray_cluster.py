@@ -71,7 +71,7 @@ def test_clips_and_rank_on_a_cluster_write_what_the_local_engine_writes(ray_clus
 def test_a_model_stage_on_a_cluster_and_a_worker_killed_mid_stage(ray_cluster, causal_lm_dir, tmp_path):  # noqa: F811
     clips = write_lines(tmp_path / "clips.jsonl", clip_records(60, seed=2) + ["[not json"])
     options = ["--model", causal_lm_dir, "--keep", "0,100", "--batch-size", "2"]
-    data(["lm-filter", clips, "--out", tmp_path / "local", *options])
+    local(["lm-filter", clips, "--out", tmp_path / "local", *options])
     ray_options = ["--engine", "ray", "--ray-workers", "2", "--ray-cpus", "1", "--ray-window", "4"]
     data(["lm-filter", clips, "--out", tmp_path / "ray", *options, *ray_options], ray_cluster)
     assert same_files("lm-filter", tmp_path / "local", tmp_path / "ray")["kept"] == 60

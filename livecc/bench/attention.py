@@ -26,6 +26,7 @@ SHAPES = [
     ("llm-4-mixed", [2048, 6144, 12288, 4096], 28, 4, 128, True),
     ("vit-64x1536", [1536] * 64, 16, 16, 80, False),
     ("vit-mixed-groups", [324, 660, 1200, 1600, 300, 896] * 12, 16, 16, 80, False),
+    ("vit3-64x1024", [1024] * 64, 16, 16, 72, False),  # Qwen3-VL's ViT: 1152 wide, 16 heads of 72
 ]
 
 
@@ -159,7 +160,8 @@ def run(argv=()) -> Sweep | None:
     for name in args.shapes.split(","):
         rows += run_shape(*known[name], only=only)
         torch.cuda.empty_cache()
-    notes = ("bf16. LLM packs: Qwen2-7B heads 28/4, d128, causal. ViT: 16 heads, d80, non-causal frame groups. "
+    notes = ("bf16. LLM packs: Qwen2-7B heads 28/4, d128, causal. ViT: 16 heads, d80 (Qwen2-VL) or d72 (vit3: "
+             "Qwen3-VL), non-causal frame groups. "
              "*_x_fa2: PyTorch FlashAttention-2 varlen time / livecc time (>1 means livecc is faster).")
     cols = ["shape", "provider", "fwd_tflops", "bwd_tflops", "fwd+bwd_tflops", "fwd_x_fa2", "bwd_x_fa2",
             "fwd+bwd_x_fa2", "rel_err_vs_livecc", "error"]
