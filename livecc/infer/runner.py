@@ -24,8 +24,10 @@ class ModelRunner:
         self.model, self.pool = model.eval(), pool
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        # An fp32 prefill attends through SDPA per stream (host reads of the lengths): not capturable.
-        graphs = cuda_graphs and self.device.type == "cuda"
+        # An fp32 prefill attends through SDPA per stream (host reads of the lengths): not capturable;
+        # nor is a mixture of experts' routing as Hugging Face runs it (it reads the chosen experts back).
+        experts = getattr(model.config.get_text_config(), "num_experts", None)
+        graphs = cuda_graphs and self.device.type == "cuda" and not experts
         self.decode_graphs = DecodeGraphs(model, pool) if graphs else None
         self.prefill_graphs = PrefillGraphs(model, pool) if graphs and self.dtype != torch.float32 else None
         rotary = model.model.language_model.rotary_emb
