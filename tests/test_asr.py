@@ -2,7 +2,6 @@
 (espeak-ng) at known times, heard by the embedded engine (PocketSphinx with the clips' vocabulary),
 words timed on the video's own clock, then ``data clips`` and a training sample."""
 
-import io
 import json
 import shutil
 import subprocess
@@ -16,21 +15,12 @@ pytest.importorskip("pocketsphinx", reason="pocketsphinx is part of the dev extr
 from livecc.cli import main  # noqa: E402
 from livecc.data.audio import RATE, cut_at_silences, read_audio  # noqa: E402
 from livecc.data.pipeline import shard_paths  # noqa: E402
+from livecc.data.synth import speak  # noqa: E402
 
 # four three-word phrases at 1, 3, 5 and 7 s, as a commentator of the demo's shapes would say them
 PHRASES = [(1.0, "red circle enters"), (3.0, "green square leaves"), (5.0, "blue triangle enters"),
            (7.0, "yellow diamond leaves")]
 VOCABULARY = "red green blue yellow circle square triangle diamond enters leaves"
-
-
-def spoken(text: str) -> np.ndarray:
-    """``text`` said by espeak-ng, 16 kHz mono int16."""
-    out = subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "--stdout", text], capture_output=True,
-                         check=True).stdout
-    with wave.open(io.BytesIO(out)) as w:
-        rate, pcm = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-    t = np.arange(int(len(pcm) * RATE / rate)) * rate / RATE
-    return np.interp(t, np.arange(len(pcm)), pcm.astype(np.float32)).astype(np.int16)
 
 
 def speech_video(path, seconds=9.0, audio_delay=0.0, options=()) -> list[tuple[float, float, list[str]]]:
@@ -40,7 +30,7 @@ def speech_video(path, seconds=9.0, audio_delay=0.0, options=()) -> list[tuple[f
         pytest.skip("ffmpeg and espeak-ng are needed (make setup installs them)")
     audio, spans = np.zeros(int(seconds * RATE), dtype=np.int16), []
     for t, text in PHRASES:
-        said = spoken(text)
+        said = (speak(text) * 32767).astype(np.int16)
         audio[int(t * RATE): int(t * RATE) + len(said)] = said[: len(audio) - int(t * RATE)]
         spans.append((t + audio_delay, t + audio_delay + len(said) / RATE, text.split()))
     wav = path.with_suffix(".wav")

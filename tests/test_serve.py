@@ -91,6 +91,17 @@ def upload(base, data: bytes, filename="clip.mp4", query="", headers=None):
                    {"Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})})
 
 
+def upload_when_admitted(base, data: bytes) -> dict:
+    """An upload stream, asked for again while the server is full: a closed stream holds its slot
+    until its reader has ended."""
+    status, made = upload(base, data)
+    while status == 429:
+        time.sleep(0.01)
+        status, made = upload(base, data)
+    assert status == 201, made
+    return made
+
+
 def events(base, stream_id, headers=None):
     """Every event of a stream's server-sent events until its end."""
     req = urllib.request.Request(f"{base}/v1/streams/{stream_id}/events", headers=headers or {})
@@ -404,12 +415,8 @@ def test_nothing_is_left_behind(processor, tmp_path, clip):
         until(lambda: request(f"{server.url}/v1/streams/{body['id']}/vtt")[0] == 404)
 
         def cycles(n):
-            for _ in range(n):  # a closed stream holds its slot until its reader has ended: 429 until then
-                status, made = upload(server.url, clip)
-                while status == 429:
-                    time.sleep(0.01)
-                    status, made = upload(server.url, clip)
-                assert status == 201, made
+            for _ in range(n):
+                made = upload_when_admitted(server.url, clip)
                 assert request(f"{server.url}/v1/streams/{made['id']}", "DELETE")[0] == 200
 
         cycles(50)  # warm: caches, pools and allocators at their working size

@@ -9,26 +9,14 @@ audio hours heard per hour of work (one worker) and the word error rate.
 from __future__ import annotations
 
 import argparse
-import io
 import shutil
-import subprocess
 import time
-import wave
 
 import numpy as np
 
 from ..data.audio import RATE
-from ..data.synth import COLORS, SHAPES
+from ..data.synth import COLORS, SHAPES, speak
 from .results import Sweep
-
-
-def _spoken(text: str) -> np.ndarray:
-    out = subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "--stdout", text], capture_output=True,
-                         check=True).stdout
-    with wave.open(io.BytesIO(out)) as w:
-        rate, pcm = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-    t = np.arange(int(len(pcm) * RATE / rate)) * rate / RATE
-    return np.interp(t, np.arange(len(pcm)), pcm.astype(np.float32)) / 32768
 
 
 def _speech(minutes: float, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
@@ -37,7 +25,7 @@ def _speech(minutes: float, rng: np.random.Generator) -> tuple[np.ndarray, list[
     for t in np.arange(0.5, minutes * 60 - 2, 2.0):
         color = str(rng.choice(list(COLORS)))
         phrase = f"{color} {SHAPES[color]} {rng.choice(['enters', 'leaves'])}"
-        clip = _spoken(phrase)[: int(1.8 * RATE)]
+        clip = speak(phrase)[: int(1.8 * RATE)]
         audio[int(t * RATE): int(t * RATE) + len(clip)] = clip
         said += phrase.split()
     return audio, said

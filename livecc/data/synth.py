@@ -18,7 +18,7 @@ import numpy as np
 from .records import ClipRecord
 from .words import Word
 
-__all__ = ["COLORS", "SHAPES", "ShapeEvent", "background", "event_words", "random_events", "render_frame",
+__all__ = ["COLORS", "SHAPES", "ShapeEvent", "background", "event_words", "random_events", "render_frame", "speak",
            "synthesize_clip"]
 
 COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 80, 230), "yellow": (235, 215, 40)}
@@ -132,3 +132,18 @@ def synthesize_clip(root: str | Path, name: str, seed: int, duration: float = 12
     words = [w for w in event_words(events) if w.end <= duration]
     return ClipRecord(video=f"{name}.mp4", video_start=0.0, video_end=duration, words=words,
                       title="shapes on a grey field", meta={"category": "synthetic"})
+
+
+def speak(text: str, rate: int = 16000) -> np.ndarray:
+    """``text`` said by espeak-ng (an American voice, 150 words a minute) as float32 mono samples in
+    [-1, 1] at ``rate``: speech of known words for the speech-recognition stage's tests."""
+    import io
+    import subprocess
+    import wave
+
+    out = subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "--stdout", text], capture_output=True,
+                         check=True).stdout
+    with wave.open(io.BytesIO(out)) as w:
+        native, pcm = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    t = np.arange(int(len(pcm) * rate / native)) * native / rate
+    return (np.interp(t, np.arange(len(pcm)), pcm.astype(np.float32)) / 32768).astype(np.float32)
