@@ -18,6 +18,7 @@ from livecc.data.video import VideoClip
 from livecc.data.words import Word
 from livecc.infer import StreamingSession
 from livecc.infer.graphs import DecodeGraphs, PrefillGraphs
+from livecc.infer.vision import VisionGraphs
 from livecc.models import patch, text_only_causal_lm_loss, tiny_qwen_vl
 from livecc.qwen_vl import SYSTEM_TURN, PixelBudget, VideoFormat, assistant_turn, offline_processor, user_turn
 
@@ -234,12 +235,13 @@ def test_a_streaming_session_equals_one_masked_full_forward(processor, gen, arch
 @pytest.mark.slow
 def test_the_kernel_path_and_static_steps_equal_one_full_forward(processor, gen, triton_interpreter):
     """The paged varlen prefill and paged decode kernels (interpreted) inside the model, from the
-    static buffers CUDA graphs replay (the prefill's DeepStack features among them)."""
+    static buffers CUDA graphs replay (the ViT's DeepStack features and the prefill's among them)."""
     model = tiny(attn_implementation="eager")
     session = StreamingSession(model, processor, max_new_tokens=3, trace=True, page_size=16,
                                min_pixels=32 * 32, max_pixels=32 * 32)
     session.engine.runner.decode_graphs = DecodeGraphs(model, session.cache.pool)
     session.engine.runner.prefill_graphs = PrefillGraphs(model, session.cache.pool)
+    session.engine.runner.vision_graphs = VisionGraphs(model)
     for _ in range(3):
         session.step(torch.randint(0, 256, (session.frames_needed, 32, 32, 3), dtype=torch.uint8, generator=gen))
     assert session.engine.runner.prefill_graphs.builds >= 1 and session.engine.runner.decode_graphs.builds >= 1

@@ -4,6 +4,7 @@ from oracles import check_stream_logits
 
 from livecc.infer import KVPool, StreamingSession, step_streams
 from livecc.infer.graphs import BUCKETS, DecodeGraphs, PrefillGraphs
+from livecc.infer.vision import VisionGraphs
 from livecc.models import tiny_qwen_vl
 
 
@@ -61,6 +62,7 @@ def test_the_kernel_path_equals_one_full_forward(processor, gen, triton_interpre
     if static:
         session.engine.runner.decode_graphs = DecodeGraphs(model, session.cache.pool)
         session.engine.runner.prefill_graphs = PrefillGraphs(model, session.cache.pool)
+        session.engine.runner.vision_graphs = VisionGraphs(model)
     for _ in range(2):
         session.step(torch.randint(0, 256, (session.frames_needed, 56, 56, 3), dtype=torch.uint8, generator=gen))
     check_stream_logits(model, session.trace, at_least=4)  # two prefills and decode steps
@@ -127,8 +129,8 @@ def test_bad_frames_are_rejected(processor):
 
 
 def test_static_decode_steps_and_prefills_say_what_the_plain_path_says(processor, gen):
-    """Decode steps and prefills from static buffers (what CUDA graphs capture and replay; run
-    eagerly here), across batch sizes, buckets, page-table growth and pool reallocation: same
+    """The ViT, decode steps and prefills from static buffers (what CUDA graphs capture and replay;
+    run eagerly here), across batch sizes, buckets, page-table growth and pool reallocation: same
     tokens, logits equal to one full forward."""
     model = tiny_qwen_vl(seed=0, attn_implementation="eager")
     options = [dict(query="Who scores?"), dict(query="", temperature=0.8, seed=3), dict(query="Describe it.")]
@@ -143,6 +145,7 @@ def test_static_decode_steps_and_prefills_say_what_the_plain_path_says(processor
         if static:
             sessions[0].engine.runner.decode_graphs = DecodeGraphs(model, pool)
             sessions[0].engine.runner.prefill_graphs = PrefillGraphs(model, pool)
+            sessions[0].engine.runner.vision_graphs = VisionGraphs(model)
         results = [step_streams(sessions, [f[w] for f in frames], [forced(i, w) for i in range(3)])
                    for w in range(4)]
         return sessions, results, pool

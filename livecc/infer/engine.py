@@ -28,10 +28,11 @@ import torch
 from ..data.windows import FrameWindow
 from ..kernels import preprocess_frames
 from ..qwen_vl import VideoFormat, VisionSpec, smart_resize
+from . import census
 from .cache import TEXT, KVPool, StreamKVCache
 from .config import SessionConfig
 from .policy import MAX_QUERY_TOKENS, MAX_QUESTION_TOKENS, StreamPolicy
-from .runner import ModelRunner
+from .runner import ModelRunner, upload
 from .state import StreamState, Trace, WindowResult
 
 __all__ = ["StreamEngine", "StreamState", "Trace", "WindowResult"]
@@ -46,9 +47,12 @@ class _PhaseClock:
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.marks: list = []
+        census.window()
         self.mark()
 
     def mark(self) -> None:
+        if self.marks:
+            census.mark()
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
@@ -57,6 +61,7 @@ class _PhaseClock:
             self.marks.append(time.perf_counter())
 
     def milliseconds(self) -> list[float]:
+        census.read()  # on a GPU, the window's one wait for the device (its last event)
         if self.cuda:
             self.marks[-1].synchronize()
             return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
@@ -195,40 +200,43 @@ class StreamEngine:
         """One ViT call over every stream's window of frames -> per stream (visual embeds, their
         DeepStack features, pixel rows, grid); a window's ``clock`` is marked where the frames'
         preprocessing ends."""
-        patches = [preprocess_frames(f.to(self.device), self.check_frames(s, f), self.spec, self.dtype)
-                   for s, f in zip(streams, frames)]
+        sizes = [self.check_frames(s, f) for s, f in zip(streams, frames)]
+        patches = [preprocess_frames(upload(f, self.device), size, self.spec, self.dtype)[0]
+                   for f, size in zip(frames, sizes)]
         if clock is not None:
             clock.mark()
-        grids = torch.cat([g for _, g in patches])
-        encoded = self.runner.encode(torch.cat([p for p, _ in patches]), grids, self.spec.merge_size)
-        return [(e, deep, p, g[None]) for (e, deep), (p, _), g in zip(encoded, patches, grids)]
+        grids = [self.spec.thw(len(f), size) for f, size in zip(frames, sizes)]
+        encoded = self.runner.encode(torch.cat(patches), grids)
+        return [(e, deep, p, torch.tensor([g])) for (e, deep), p, g in zip(encoded, patches, grids)]
 
     def _prefill(self, streams, windows, visual):
         """Every stream's user turn (with its frames' embeddings) in one packed forward over the
-        caches -> (the ids fed per stream, the logits after each stream's last token)."""
-        ids, positions, embeds, metas, rows = [], [], [], [], []
-        fed = 0
-        for s, window, (embeds_v, _, pixel_values, grid) in zip(streams, windows, visual):
+        caches -> (the ids fed per stream, the logits after each stream's last token). The round's
+        ids, visual rows and last rows go to the device in one copy."""
+        ids, positions, metas = [], [], []
+        for s, window, (_, _, pixel_values, grid) in zip(streams, windows, visual):
             turn, pos, kinds, lo, hi = self.policy.prompt(s, window.start, window.end, len(window.frames), grid)
-            turn_dev = turn.to(self.device)
-            e = self.runner.embed(turn_dev)
-            pads = (turn == self.policy.ids.video_pad).nonzero().flatten()  # found on the host
-            e.index_copy_(0, pads.to(self.device), embeds_v.to(e.dtype))
-            ids.append(turn), positions.append(pos), embeds.append(e), metas.append((kinds, lo, hi))
-            rows.append(pads + fed)
-            fed += turn.numel()
-            s.seen[turn_dev] = True
+            ids.append(turn), positions.append(pos), metas.append((kinds, lo, hi))
             if s.trace is not None:
                 s.trace.pixel_values.append(pixel_values.cpu())
                 s.trace.grids.append(grid)
-        embeds = torch.cat(embeds)
+        counts = [t.numel() for t in ids]
+        fed = torch.cat(ids)
+        rows = (fed == self.policy.ids.video_pad).nonzero().flatten()  # found on the host
+        last = torch.tensor(counts).cumsum(0) - 1
+        fed_dev, rows_dev, last_dev = upload(torch.cat([fed, rows, last]), self.device).split(
+            [fed.numel(), rows.numel(), last.numel()])
+        embeds = self.runner.embed(fed_dev)
+        embeds.index_copy_(0, rows_dev, torch.cat([v[0] for v in visual]).to(embeds.dtype))
+        for s, turn in zip(streams, fed_dev.split(counts)):
+            s.seen[turn] = True
         deep = None
         if visual[0][1]:  # DeepStack: earlier ViT blocks' features, added at the new visual rows only
-            per_layer = [torch.cat(layer) for layer in zip(*(v[1] for v in visual))]
-            deep = embeds.new_zeros((len(per_layer), *embeds.shape))
-            deep[:, torch.cat(rows).to(self.device)] = torch.stack(per_layer).to(embeds.dtype)
-        logits = self.runner.prefill([s.cache for s in streams], embeds, torch.cat(positions, dim=1),
-                                     [t.numel() for t in ids], deep)
+            deep = embeds.new_zeros((len(visual[0][1]), *embeds.shape))
+            deep[:, rows_dev] = torch.stack([torch.cat(layer) for layer in zip(*(v[1] for v in visual))]).to(
+                embeds.dtype)
+        logits = self.runner.prefill([s.cache for s in streams], embeds, torch.cat(positions, dim=1), counts,
+                                     last_dev, deep)
         return ids, self._record(streams, ids, positions, [w.end for w in windows], metas, logits)
 
     def _decode(self, streams: list[StreamState], logits: list[torch.Tensor], times: list[float],

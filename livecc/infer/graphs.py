@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels import varlen_attention_paged
+from . import census
 from .cache import KVPool, StreamKVCache, padded_page_tables
 from .decoder import paged_attention, run_layers
 
@@ -91,8 +92,10 @@ class DecodeGraphs:
             self._build(step)
         if step.graph is not None:
             step.graph.replay()
+            census.replayed()
         else:
-            step.logits = self._run(step)
+            with census.captured():
+                step.logits = self._run(step)
         return step.logits.clone()  # the next replay overwrites the static output
 
     def prepare(self, max_batch: int, max_pages: int) -> None:
@@ -214,8 +217,10 @@ class PrefillGraphs:
             self._build(step)
         if step.graph is not None:
             step.graph.replay()
+            census.replayed()
         else:
-            step.hidden = self._run(step)
+            with census.captured():
+                step.hidden = self._run(step)
         return step.hidden[:n].clone()
 
     def _stage(self, step: _Prefill, caches: list[StreamKVCache], positions: torch.Tensor, counts: list[int]) -> None:

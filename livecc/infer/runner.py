@@ -1,5 +1,6 @@
 """Running the model over the streams' paged caches: the ViT, a packed prefill, a batched decode
-step (each replayed as CUDA graphs on GPU) and the re-rotation of keys whose positions moved.
+step (each replayed as CUDA graphs on GPU; there the ViT's attention runs on livecc's varlen
+kernel, which a graph can hold) and the re-rotation of keys whose positions moved.
 
 No policy here: what to feed, what to keep and what to say is the engine's and its policy's; this
 runs what it is given, on the device, without reading the host back.
@@ -10,11 +11,21 @@ from __future__ import annotations
 import torch
 
 from ..kernels import rerotate_keys, shift_angles
+from ..models import use_livecc_vision_attention
 from .cache import KVPool, StreamKVCache
 from .decoder import forward_tokens
 from .graphs import DecodeGraphs, PrefillGraphs
+from .vision import Grid, VisionGraphs, run_vision, vision_geometry
 
-__all__ = ["ModelRunner"]
+__all__ = ["ModelRunner", "upload"]
+
+
+def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``: from the host to a GPU through pinned memory, without the host
+    waiting for the copy (the caching host allocator keeps the pinned block until it is done)."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 class ModelRunner:
@@ -30,15 +41,29 @@ class ModelRunner:
         graphs = cuda_graphs and self.device.type == "cuda" and not experts
         self.decode_graphs = DecodeGraphs(model, pool) if graphs else None
         self.prefill_graphs = PrefillGraphs(model, pool) if graphs and self.dtype != torch.float32 else None
+        self.vision_graphs = None
+        if graphs and self.dtype != torch.float32:  # fp32 attends through SDPA, which reads lengths back
+            use_livecc_vision_attention(model)  # one varlen call per block, capturable
+            self.vision_graphs = VisionGraphs(model)
+        self.geometry: dict[tuple[Grid, ...], dict] = {}  # the eager ViT's, per round's grids
         rotary = model.model.language_model.rotary_emb
         if getattr(rotary, "attention_scaling", 1.0) != 1.0:  # moving keys rotates them; it must not rescale them
             raise ValueError("streaming needs a rotary embedding without attention scaling")
-        self.inv_freq = rotary.inv_freq
+        self.inv_freq = rotary.inv_freq.detach().cpu()  # on the host: moving keys never reads the device
+
+    def use_static_steps(self) -> None:
+        """Run the ViT, prefills and decode steps from static buffers whatever the device: what CUDA
+        captures and replays, eager elsewhere (so a CPU runs the GPU's code path)."""
+        self.decode_graphs = DecodeGraphs(self.model, self.pool)
+        self.prefill_graphs = PrefillGraphs(self.model, self.pool)
+        self.vision_graphs = VisionGraphs(self.model)
 
     def compile_vision(self) -> None:
         """Compile each ViT block (regional ``torch.compile``, shapes dynamic: one graph serves every
         frame size and every block), fusing its norms, rotary embedding and MLP around livecc's
-        attention op. The first windows pay the compile time; ``warm_up`` can take it instead."""
+        attention op, instead of replaying the ViT as CUDA graphs. The first windows pay the compile
+        time; ``warm_up`` can take it instead."""
+        self.vision_graphs = None
         for block in self.model.model.visual.blocks:
             block.compile(dynamic=True)
 
@@ -53,32 +78,35 @@ class ModelRunner:
         if self.decode_graphs is not None:
             self.decode_graphs.prepare(max_streams, pages)
 
-    def encode(self, pixel_values: torch.Tensor, grids: torch.Tensor,
-               merge: int) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
-        """One ViT call over every window's patch rows -> each window's visual embeddings and its
-        DeepStack features (Qwen3-VL: one per LLM layer they are added after; else none)."""
-        out = self.model.model.visual(pixel_values, grid_thw=grids.to(self.device))
-        if isinstance(out, tuple):  # Qwen3-VL in transformers that return (embeddings, DeepStack features)
-            embeds, deep = out
-        else:
-            embeds, deep = getattr(out, "pooler_output", out), getattr(out, "deepstack_features", None)
-        sizes = [int(g.prod()) // merge**2 for g in grids]
-        per_layer = [d.split(sizes) for d in deep or []]
+    def encode(self, pixel_values: torch.Tensor, grids: list[Grid]) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """The ViT over every window's patch rows (concatenated in the order of ``grids``) -> each
+        window's visual embeddings and its DeepStack features (Qwen3-VL: one per LLM layer they are
+        added after; else none). Nothing is read back from the device."""
+        if self.vision_graphs is not None:
+            return self.vision_graphs.run(pixel_values, grids)
+        visual = self.model.model.visual
+        key = tuple(grids)
+        if key not in self.geometry:
+            if len(self.geometry) >= 64:  # rounds of ever new mixes of frame sizes: keep the memory bounded
+                self.geometry.clear()
+            self.geometry[key] = vision_geometry(visual, list(grids), self.device)
+        embeds, deep = run_vision(visual, pixel_values, self.geometry[key])
+        sizes = [t * h * w // visual.spatial_merge_size**2 for t, h, w in grids]
+        per_layer = [d.split(sizes) for d in deep]
         return [(e, [layer[i] for layer in per_layer]) for i, e in enumerate(embeds.split(sizes))]
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids.to(self.device))
 
     def prefill(self, caches: list[StreamKVCache], embeds: torch.Tensor, positions: torch.Tensor,
-                counts: list[int], deep: torch.Tensor | None = None) -> torch.Tensor:
+                counts: list[int], last: torch.Tensor, deep: torch.Tensor | None = None) -> torch.Tensor:
         """``embeds [n, H]`` at ``positions [3, n]``, the first ``counts[0]`` for ``caches[0]`` and so
         on, into the caches (``deep [k, n, H]``: DeepStack features after the first ``k`` layers)
-        -> the logits after each stream's last token ``[B, V]`` (fp32)."""
+        -> the logits at rows ``last`` (on the device: each stream's last token) ``[B, V]`` (fp32)."""
         if self.prefill_graphs is not None and self.prefill_graphs.fits(counts):
             hidden = self.prefill_graphs.run(caches, embeds, positions, counts, deep)
         else:
             hidden = forward_tokens(self.model, embeds, positions, caches, counts, deep)
-        last = (torch.tensor(counts).cumsum(0) - 1).to(hidden.device)
         return self.model.lm_head(hidden[last]).float()
 
     def decode(self, caches: list[StreamKVCache], tokens: list[int], positions: list[int]) -> torch.Tensor:
@@ -97,7 +125,6 @@ class ModelRunner:
         if which.numel() == 0:
             return
         rows, cos, sin = shift_angles(moved[which], self.inv_freq)
-        slots, rows = cache.slots(which).to(self.device), rows.to(self.device)
-        cos, sin = cos.to(self.device), sin.to(self.device)
+        slots, rows, cos, sin = (upload(t, self.device) for t in (cache.slots(which), rows, cos, sin))
         for layer in range(len(self.pool.keys)):
             rerotate_keys(self.pool.slot_view(layer)[0], slots, rows, cos, sin)

@@ -4,11 +4,29 @@ one construction of ``cu_seqlens``, the document offsets every varlen op reads."
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 
-__all__ = ["check_devices", "cu_seqlens", "interpreting", "use_triton"]
+__all__ = ["check_devices", "cu_seqlens", "interpreting", "reference", "use_triton"]
+
+# What counts a window's launches while it runs (``livecc.infer.census``), else None.
+observer = None
+
+
+def reference(fn):
+    """Marks a kernel's torch reference: to an ``observer`` counting launches, a call is one launch
+    (the one kernel a GPU runs in its place) and what it does inside is not counted."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if observer is None:
+            return fn(*args, **kwargs)
+        with observer.kernel():
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def interpreting() -> bool:

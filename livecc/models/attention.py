@@ -23,7 +23,7 @@ from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeVis
 from ..kernels import cu_seqlens, varlen_attention
 
 __all__ = ["ATTN_IMPLEMENTATION", "cu_seqlens_from_position_ids", "livecc_attention_forward", "register",
-           "use_livecc_attention"]
+           "use_livecc_attention", "use_livecc_vision_attention"]
 
 ATTN_IMPLEMENTATION = "livecc"
 # The ViT attention of every family (Qwen3-VL-MoE's ViT is Qwen3-VL's, in a class of its own)
@@ -138,6 +138,12 @@ def use_livecc_attention(model) -> None:
     varlen kernel."""
     register()
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    use_livecc_vision_attention(model)
+
+
+def use_livecc_vision_attention(model) -> None:
+    """Run the model's ViT attention (only) on livecc's varlen kernel: one call over every frame,
+    with nothing read back from the device when the longest length is given."""
     for module in model.modules():
         if isinstance(module, VISION_ATTENTION):
             module.forward = types.MethodType(_vision_attention_forward, module)

@@ -72,13 +72,51 @@ def test_streams_stepped_together_equal_one_masked_full_forward(arch, dtype, cud
         assert s.trace.evictions  # the horizon of 2 s evicted frames
         check_stream_logits(model, s.trace, dtype, tol=dict(atol=atol, rtol=rtol))
     if cuda_graphs:
-        graphs = sessions[0].engine.runner.decode_graphs
-        assert graphs is not None and graphs.builds > 0
+        runner = sessions[0].engine.runner
+        assert runner.decode_graphs is not None and runner.decode_graphs.builds > 0
+        # bf16: the ViT replayed too, on livecc's varlen attention (fp32 attends through SDPA: eager)
+        assert (runner.vision_graphs is not None and runner.vision_graphs.builds > 0) == (dtype == torch.bfloat16)
     runners = {id(s.engine.runner): s.engine.runner for s in sessions}.values()
     scratch = sum(r.prefill_graphs is not None and r.prefill_graphs.scratch is not None for r in runners)
     for s in sessions:
         s.close()
     assert pool.pages_in_use == scratch  # every stream's pages back; captured prefills keep their scratch page
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_the_captured_vit_encodes_what_hugging_faces_forward_does(arch):
+    """The ViT replayed as a CUDA graph per (grid, windows) group: each window's embeddings and
+    DeepStack features equal Hugging Face's forward (SDPA) over the same patch rows, in bf16."""
+    from livecc.infer.vision import VisionGraphs
+    from livecc.models import use_livecc_vision_attention
+
+    model = tiny_qwen_vl(seed=0, arch=arch, vision_depth=3).cuda().to(torch.bfloat16)
+    reference = tiny_qwen_vl(seed=0, arch=arch, vision_depth=3).cuda().to(torch.bfloat16)
+    use_livecc_vision_attention(model)
+    graphs = VisionGraphs(model)
+    row = 3 * 2 * model.model.visual.patch_embed.patch_size ** 2
+    for grids in ([(1, 4, 6), (2, 6, 4), (1, 4, 6)], [(1, 4, 6), (1, 4, 6), (2, 6, 4)]):
+        pixels = torch.randn(sum(t * h * w for t, h, w in grids), row, device="cuda", dtype=torch.bfloat16)
+        got = graphs.run(pixels, grids)
+        out = reference.model.visual(pixels, grid_thw=torch.tensor(grids, device="cuda"))
+        want = out[0] if isinstance(out, tuple) else out.pooler_output
+        for (embeds, _), w in zip(got, want.split([t * h * w // 4 for t, h, w in grids])):
+            torch.testing.assert_close(embeds.float(), w.float(), atol=6e-2, rtol=3e-2)
+    assert all(g.graph is not None for g in graphs.groups.values())
+
+
+def test_a_steady_window_on_the_gpu_reads_the_device_once_per_decode_step():
+    """The census of the CPU tests, on the GPU with the graphs captured and replayed."""
+    from livecc.bench.stream import census
+
+    model = tiny_qwen_vl(seed=0).cuda().to(torch.bfloat16)
+    use_livecc_attention(model)
+    counted, results = census(model, offline_processor(), windows=5)
+    steps = max(len(r.token_ids) for r in results)
+    for window in counted.windows[2:]:
+        assert window["vision"]["reads"] == 0 and window["vision"]["launches"] <= 10, dict(window["vision"])
+        assert window["prefill"]["reads"] == 0 and window["decode"]["reads"] <= steps
+        assert window["end"]["reads"] == 1
 
 
 def test_twenty_training_steps_follow_the_cpu_loss_curve(tmp_path):

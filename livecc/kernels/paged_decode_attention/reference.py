@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from ..dispatch import reference
 from ..varlen_attention.paged import gather_pages
 from ..varlen_attention.reference import varlen_attention_reference
 
 __all__ = ["gather_pages", "paged_decode_attention_reference"]
 
 
+@reference
 def paged_decode_attention_reference(
     q: torch.Tensor,
     k_pages: torch.Tensor,

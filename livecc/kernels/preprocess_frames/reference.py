@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..dispatch import reference
+
 __all__ = ["CLIP_MEAN", "CLIP_STD", "PatchGeometry", "check_frames", "preprocess_frames_reference", "resize_frames"]
 
 # The normalisation of OpenAI CLIP's image tower, which Qwen2-VL's keeps.
@@ -36,13 +38,16 @@ class PatchGeometry:
         """Values per patch row: 3 * 2 * 14 * 14 = 1176."""
         return 3 * self.temporal_patch_size * self.patch_size**2
 
+    def thw(self, n_frames: int, size: tuple[int, int]) -> tuple[int, int, int]:
+        """The ViT grid (temporal patches, patch rows, patch columns) of ``n_frames`` frames of ``size``."""
+        return math.ceil(n_frames / self.temporal_patch_size), size[0] // self.patch_size, size[1] // self.patch_size
+
     def grid(self, n_frames: int, size: tuple[int, int]) -> torch.Tensor:
         """``grid_thw [1, 3]`` of ``n_frames`` frames of ``size``."""
-        t = math.ceil(n_frames / self.temporal_patch_size)
-        return torch.tensor([[t, size[0] // self.patch_size, size[1] // self.patch_size]], dtype=torch.long)
+        return torch.tensor([self.thw(n_frames, size)], dtype=torch.long)
 
     def rows(self, n_frames: int, size: tuple[int, int]) -> int:
-        return int(self.grid(n_frames, size).prod())
+        return math.prod(self.thw(n_frames, size))
 
 
 def resize_frames(frames: torch.Tensor, size: tuple[int, int], chunk: int = 16) -> torch.Tensor:
@@ -69,6 +74,7 @@ def check_frames(frames: torch.Tensor, size: tuple[int, int] | None, spec: Patch
     return size
 
 
+@reference
 def preprocess_frames_reference(
     frames: torch.Tensor,
     size: tuple[int, int] | None = None,

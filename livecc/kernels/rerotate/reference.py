@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..dispatch import reference
+
 __all__ = ["rerotate_keys_reference", "shift_angles"]
 
 
@@ -16,6 +18,7 @@ def shift_angles(shifts: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Te
     return rows, angles.cos().float(), angles.sin().float()
 
 
+@reference
 def rerotate_keys_reference(keys: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor, cos: torch.Tensor,
                             sin: torch.Tensor) -> None:
     """In place: rotate ``keys[slots[i]]`` (``keys [S, H, D]``, rotate-half layout: dims ``j`` and

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..dispatch import reference
+
 __all__ = ["rotary_qk_reference"]
 
 
@@ -12,6 +14,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+@reference
 def rotary_qk_reference(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                         unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """``x * cos + rotate_half(x) * sin`` for ``q [B, Hq, L, D]`` and ``k [B, Hk, L, D]`` with

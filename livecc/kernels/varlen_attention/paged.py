@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dispatch import check_devices
+from ..dispatch import check_devices, reference
 from .backends import kernel_serves
 from .sdpa import varlen_attention_sdpa
 
@@ -49,6 +49,7 @@ def varlen_attention_paged(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torc
     return varlen_attention_sdpa(q, k, v, cu_seqlens_q, cu_k, True, scale)
 
 
+@reference
 def gather_pages(k_pages: torch.Tensor, v_pages: torch.Tensor, page_table: torch.Tensor, lengths: torch.Tensor):
     """Each stream's first ``lengths[b]`` cached keys and values, packed: ``(k, v [sum(lengths), Hkv, D],
     cu_seqlens [B + 1])``. Slot ``j`` of stream ``b`` lives in page ``page_table[b, j // S]`` at ``j % S``."""

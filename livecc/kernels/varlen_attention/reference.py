@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from ..dispatch import reference
+
 __all__ = ["varlen_attention_reference"]
 
 
+@reference
 def varlen_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -13,9 +13,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..dispatch import reference
+
 __all__ = ["varlen_attention_sdpa"]
 
 
+@reference
 def varlen_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                           cu_seqlens_k: torch.Tensor, causal: bool, scale: float) -> torch.Tensor:
     """``q [Tq, Hq, D]``, ``k/v [Tk, Hkv, D]`` -> ``out [Tq, Hq, D]``; causal masks bottom-right.
