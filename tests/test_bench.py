@@ -34,6 +34,22 @@ def test_the_training_benchmark_runs_its_variants_on_cpu(tmp_path):
     assert rows["reference"]["speedup_vs_reference"] == 1.0
 
 
+def test_the_training_census_counts_the_accounted_flops_on_meta_tensors(tmp_path):
+    """The 7B and 2B steps op by op on meta tensors: the matrix products counted from the ops' shapes
+    (and attention by the documents' lengths) are the accounting's hardware FLOPs less the head,
+    under every checkpointing policy; full checkpointing moves more bytes than none."""
+    from livecc.bench.train_census import run
+
+    sweep = run(["--pack", "4096", "--results", str(tmp_path)])  # no ceilings there: bytes and FLOPs only
+    steps = {(r["shape"], r["checkpointing"]): r for r in sweep.rows if r["kind"] == "summary"}
+    assert len(steps) == 6 and all(r["floor_ms"] is None for r in steps.values())
+    for r in steps.values():
+        assert r["tflop"] == pytest.approx(r["hardware_tflop"] - r["head_tflop"], rel=1e-9)
+    assert steps["qwen2vl-7b", "full"]["gb"] > steps["qwen2vl-7b", "none"]["gb"]
+    ops = {(r["shape"], r["checkpointing"], r["phase"], r["op"]) for r in sweep.rows if r["kind"] != "summary"}
+    assert ("qwen2vl-7b", "none", "backward", "livecc.varlen_attention_bwd") in ops
+
+
 def test_each_benchmark_lists_its_own_options(capsys):
     from livecc.bench.runner import BENCHMARKS
 

@@ -4,6 +4,7 @@ per window, a question answered and marked, "ended" at the end, a screenshot), t
 with an API key (the key typed into the page), and from a URL the server reads (no entry twice
 after the end)."""
 
+import contextlib
 import functools
 import http.server
 import shutil
@@ -23,23 +24,34 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None,
                                 reason="Chromium is not installed (make test installs Debian's chromium)")
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
+def moving_clip(folder):
+    """VP8 in WebM, 8 s: every Chromium build plays it."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         pytest.skip("ffmpeg not installed (make setup installs it)")
-    path = tmp_path_factory.mktemp("page") / "moving.webm"  # VP8 in WebM, 8 s: every Chromium build plays it
+    path = folder / "moving.webm"
     subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=112x112:rate=10", "-t", "8",
                     "-c:v", "libvpx", "-pix_fmt", "yuv420p", str(path)], check=True, timeout=120)
     return path
 
 
-@pytest.fixture
-def browser():
+@contextlib.contextmanager
+def chromium():
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return moving_clip(tmp_path_factory.mktemp("page"))
+
+
+@pytest.fixture
+def browser():
+    with chromium() as browser:
+        yield browser
 
 
 def entries(page):
@@ -50,19 +62,25 @@ def test_the_page_comments_each_window_answers_a_question_and_ends(processor, tm
     from test_serve import Server
 
     with Server(processor, tmp_path) as server:
-        page = browser.new_page(viewport={"width": 1200, "height": 640})
-        page.goto(server.url)
-        page.set_input_files("#file", str(clip))
-        page.fill("#query", "Describe the shapes.")
-        page.click("#start")
-        page.wait_for_function("document.querySelectorAll('#commentary .entry').length >= 1", timeout=90_000)
-        page.fill("#question", "What colour is it?")
-        page.press("#question", "Enter")
-        page.wait_for_function("document.querySelector('#commentary .answer') !== null", timeout=90_000)
-        page.wait_for_function("document.getElementById('status').textContent.startsWith('ended')", timeout=90_000)
-        page.screenshot(path=str(tmp_path / "livecc-serve.png"))
-        times = page.locator("#commentary .entry .time").all_inner_texts()
-        questions = page.locator("#commentary .question").all_inner_texts()
+        page_streams_a_clip(browser, server.url, clip, tmp_path)
+
+
+def page_streams_a_clip(browser, url, clip, tmp_path):
+    """The page at ``url`` streams ``clip`` from the browser: an entry per window at its times, a
+    question answered and marked, "ended" at the end, and a screenshot of it all."""
+    page = browser.new_page(viewport={"width": 1200, "height": 640})
+    page.goto(url)
+    page.set_input_files("#file", str(clip))
+    page.fill("#query", "Describe the shapes.")
+    page.click("#start")
+    page.wait_for_function("document.querySelectorAll('#commentary .entry').length >= 1", timeout=90_000)
+    page.fill("#question", "What colour is it?")
+    page.press("#question", "Enter")
+    page.wait_for_function("document.querySelector('#commentary .answer') !== null", timeout=90_000)
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('ended')", timeout=90_000)
+    page.screenshot(path=str(tmp_path / "livecc-serve.png"))
+    times = page.locator("#commentary .entry .time").all_inner_texts()
+    questions = page.locator("#commentary .question").all_inner_texts()
     assert times[:3] == ["[0.0-3.0s]", "[3.0-4.0s]", "[4.0-5.0s]"]
     assert questions == ["Q: What colour is it?"]
     assert (tmp_path / "livecc-serve.png").stat().st_size > 10_000

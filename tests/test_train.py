@@ -120,6 +120,28 @@ def test_selective_checkpointing_recomputes_no_gemm(processor):
     assert counts["none"] == counts["selective"] < counts["full"], counts
 
 
+@pytest.mark.parametrize("policy", ["selective", "full"])
+def test_checkpointing_leaves_the_frozen_vit_out_of_the_backward(policy):
+    """Enabling checkpointing hooks every input embedding, the ViT's patch embedding among them, to
+    make its output require grad; left so, a frozen ViT would hold its activations for a backward
+    that computes nothing it keeps (and run again under full checkpointing)."""
+    from livecc.qwen_vl import mrope_position_ids
+    from livecc.train.parallelize import apply_activation_checkpointing
+
+    model = tiny_qwen_vl(seed=0).train()
+    model.model.visual.requires_grad_(False)
+    apply_activation_checkpointing(model, policy)
+    seen = []
+    model.model.visual.register_forward_hook(lambda module, args, out: seen.append(out.pooler_output))
+    grid = torch.tensor([[2, 4, 4]])
+    ids = torch.tensor([[1, 2] + [151656] * 8 + [3, 4]])
+    pos, _ = mrope_position_ids(ids[0], {151656: grid})
+    model(input_ids=ids, position_ids=pos[:, None], pixel_values_videos=torch.randn(32, 1176),
+          video_grid_thw=grid).logits.sum().backward()
+    assert len(seen) == 1 and not seen[0].requires_grad
+    assert model.model.language_model.embed_tokens.weight.grad is not None  # the LLM still trains
+
+
 def test_resume_gives_the_losses_of_an_uninterrupted_run(records, tmp_path):
     full = Trainer(config(records, tmp_path / "full")).fit()["history"]
     first = Trainer(config(records, tmp_path / "part", stop_after=2)).fit()["history"]

@@ -22,8 +22,9 @@ PEAK_HBM = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # SXM HBM bytes/s,
 HBM = next((v for k, v in PEAK_HBM.items() if on_gpu() and k in torch.cuda.get_device_name()), PEAK_HBM["H100"])
 
 
-def random_qwen2vl(shape: str, attn: str):
-    """A Qwen2-VL of ``shape`` (the real ViT) with random bf16 weights, built on the GPU."""
+def random_qwen2vl(shape: str, attn: str, device: str = "cuda"):
+    """A Qwen2-VL of ``shape`` (the real ViT) with random bf16 weights, built on ``device`` (the
+    GPU; ``meta`` for its shapes alone)."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     h, n, hq, hkv, mlp, vocab = SHAPES[shape]
@@ -33,7 +34,7 @@ def random_qwen2vl(shape: str, attn: str):
                          rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
         vision_config=dict(depth=32, embed_dim=1280, num_heads=16, hidden_size=h))
     cfg._attn_implementation = attn
-    with torch.device("cuda"):
+    with torch.device(device):
         return Qwen2VLForConditionalGeneration(cfg).to(torch.bfloat16)
 
 

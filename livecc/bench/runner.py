@@ -20,6 +20,7 @@ BENCHMARKS = {
     "video": "decode + preprocess to ViT patch rows against decord + Hugging Face's processor",
     "stream": "streaming windows against the reference loop; streams stepped together; memory over a stream",
     "train": "training tokens/s and MFU against the reference stack",
+    "train_census": "a training step of the 7B and 2B shapes op by op (meta tensors): bytes, FLOPs, floors",
     "serve": "live streams and viewers one server holds, every window delivered and health under 1 s",
     "asr": "speech recognition: audio hours heard per hour of work and word errors on spoken phrases",
 }

@@ -10,16 +10,26 @@ Each window's lag is how long after its last frame was sent its commentary came 
 ``--flood`` every level runs again beside one more client sending frames as fast as it can, and
 the row says what that neighbour did to the others' p99 lag.
 
-    livecc bench serve [--streams 1,2,4,8,16] [--viewers 4] [--seconds 15] [--flood]
+With ``--replicas 1,2,3`` the sweep runs again behind ``livecc serve --replicas R`` for each R (Ray
+Serve; a Ray started for it, or ``RAY_ADDRESS``'s), and each row gives the router's added latency
+per event (from leaving its replica to reaching the router).
+
+    livecc bench serve [--streams 1,2,4,8,16] [--viewers 4] [--seconds 15] [--flood] [--replicas 1,2,3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 
@@ -43,13 +53,17 @@ def _jpeg(value: int, size: int) -> bytes:
     return buffer.getvalue()
 
 
-def _sender(port: int, seconds: float, size: int, got: list, ids: list, lags: list) -> None:
+def _sender(port: int, seconds: float, size: int, got: list, ids: list, lags: list, refused: list) -> None:
     """One live stream: frames at 2 FPS in real time, then the end; counts the windows said to it and
-    how long after its last frame each came back."""
+    how long after its last frame each came back (a stream the server refuses: its reason)."""
     from websockets.sync.client import connect
 
     with connect(f"ws://127.0.0.1:{port}/v1/ws", max_size=None) as ws:
-        ids.append(json.loads(ws.recv())["id"])
+        opened = json.loads(ws.recv())
+        if "id" not in opened:
+            refused.append(opened.get("message", str(opened)))
+            return
+        ids.append(opened["id"])
         start, frames = time.monotonic(), [_jpeg(v, size) for v in range(0, 250, 25)]
 
         def receive():
@@ -100,7 +114,7 @@ def _viewer(port: int, stream_id: str, got: list) -> None:
 
 def level(port: int, streams: int, viewers: int, seconds: float, size: int, flood: bool = False) -> dict:
     sent_to, seen_by, ids, health, stop = [[] for _ in range(streams)], [], [], [], threading.Event()
-    lags, flooded = [], []
+    lags, flooded, refused = [], [], []
 
     def ask_health():
         while not stop.is_set():
@@ -114,14 +128,15 @@ def level(port: int, streams: int, viewers: int, seconds: float, size: int, floo
 
     prober = threading.Thread(target=ask_health, daemon=True)
     prober.start()
-    senders = [threading.Thread(target=_sender, args=(port, seconds, size, sent_to[i], ids, lags), daemon=True)
+    senders = [threading.Thread(target=_sender, args=(port, seconds, size, sent_to[i], ids, lags, refused),
+                                daemon=True)
                for i in range(streams)]
     if flood:
         senders.append(threading.Thread(target=_flooder, args=(port, seconds, size, flooded), daemon=True))
     for t in senders:
         t.start()
     deadline = time.monotonic() + 30
-    while len(ids) < streams and time.monotonic() < deadline:
+    while len(ids) + len(refused) < streams and time.monotonic() < deadline:
         time.sleep(0.05)
     watchers = []
     for stream_id in list(ids):
@@ -144,11 +159,14 @@ def level(port: int, streams: int, viewers: int, seconds: float, size: int, floo
             "viewers_per_stream": viewers, "windows_expected": streams * expected,
             "windows_to_senders": delivered, "windows_to_viewers": viewed,
             "viewer_windows_expected": streams * viewers * expected, "dropped": dropped,
+            "refused": len(refused), "refusal": refused[0] if refused else None,
             "lag_p50_s": percentile(lags, 0.5) if lags else None, "lag_p99_s": percentile(lags, 0.99) if lags else None,
             "health_p50_ms": percentile(health, 0.5) * 1e3, "health_max_ms": max(health) * 1e3, "holds": holds}
 
 
-def run(argv=()) -> Sweep:
+@contextlib.contextmanager
+def one_engine(max_streams: int, max_viewers: int):
+    """The server in this process, on one engine -> its port."""
     import uvicorn
 
     from ..models import tiny_qwen_vl
@@ -156,17 +174,8 @@ def run(argv=()) -> Sweep:
     from ..serve import Hub, create_app
     from .measure import random_qwen2vl
 
-    parser = argparse.ArgumentParser(prog="livecc bench serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", default="1,2,4,8,16", help="stream counts, in order")
-    parser.add_argument("--viewers", type=int, default=4, help="server-sent-event viewers per stream")
-    parser.add_argument("--seconds", type=float, default=15.0, help="seconds of frames each stream sends")
-    parser.add_argument("--size", type=int, default=112, help="frame side in pixels")
-    parser.add_argument("--flood", action="store_true", help="run each level again beside a flooding client")
-    args = parser.parse_args(list(argv))
-    counts = [int(n) for n in args.streams.split(",")]
-    gpu = on_gpu()
-    model = random_qwen2vl("qwen2vl-7b", "sdpa").eval() if gpu else tiny_qwen_vl(seed=0)
-    hub = Hub(model, offline_processor(), max_streams=max(counts) + args.flood, max_viewers=args.viewers + 1)
+    model = random_qwen2vl("qwen2vl-7b", "sdpa").eval() if on_gpu() else tiny_qwen_vl(seed=0)
+    hub = Hub(model, offline_processor(), max_streams=max_streams, max_viewers=max_viewers)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=port, log_level="warning",
                                            ws_max_size=1 << 24))
@@ -174,30 +183,106 @@ def run(argv=()) -> Sweep:
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    rows = []
     try:
-        for n in counts:
-            for flood in (False, True) if args.flood else (False,):
-                rows.append(level(port, n, args.viewers, args.seconds, args.size, flood))
-                r = rows[-1]
-                print(f"{n} streams x {args.viewers} viewers{' beside a flooding client' if flood else ''}: "
-                      f"{'holds' if r['holds'] else 'does not hold'} "
-                      f"({r['windows_to_senders']}/{r['windows_expected']} windows, "
-                      f"lag p99 {r['lag_p99_s'] or 0:.2f} s, health max {r['health_max_ms']:.0f} ms)", flush=True)
-            if not all(r["holds"] for r in rows[-(1 + args.flood):]):
-                break
+        yield port
     finally:
         server.should_exit = True
         thread.join(timeout=15)
         hub.shutdown()
-    held = [r["streams"] for r in rows if r["holds"] and not r["flooding_neighbour"]]
-    notes = (f"{'7B Qwen2-VL shape (random bf16 weights)' if gpu else 'tiny random Qwen2-VL on CPU'}; each stream "
+
+
+@contextlib.contextmanager
+def replicated(replicas: int, max_streams: int, max_viewers: int, model: str, *, cpus: float | None = None,
+               env: dict | None = None, timeout_s: float = 600):
+    """``livecc serve --replicas`` in a process of its own (Ray started for it, or ``RAY_ADDRESS``'s
+    in ``env``) -> its port, once every replica answers; ``cpus`` each (default: the machine's
+    shared out, at most one)."""
+    port = _free_port()
+    cpus = min(1.0, (os.cpu_count() or 1) * 1000 // replicas / 1000) if cpus is None else cpus  # all placed
+    command = [sys.executable, "-m", "livecc.cli", "serve", "--model", model, "--replicas", str(replicas),
+               "--replica-cpus", f"{cpus:g}", "--max-streams", str(max_streams), "--max-viewers", str(max_viewers),
+               "--port", str(port)]
+    log = tempfile.TemporaryFile("w+")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while _get(port, "/v1/health").get("replicas") != replicas:
+            if server.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"livecc serve --replicas {replicas} did not start: {log.read()[-3000:]}")
+            time.sleep(0.5)
+        yield port
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _get(port: int, path: str) -> dict:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", path)
+        body = conn.getresponse().read()
+        conn.close()
+        return json.loads(body)
+    except (OSError, ValueError):
+        return {}
+
+
+def run(argv=()) -> Sweep:
+    parser = argparse.ArgumentParser(prog="livecc bench serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", default="1,2,4,8,16", help="stream counts, in order")
+    parser.add_argument("--viewers", type=int, default=4, help="server-sent-event viewers per stream")
+    parser.add_argument("--seconds", type=float, default=15.0, help="seconds of frames each stream sends")
+    parser.add_argument("--size", type=int, default=112, help="frame side in pixels")
+    parser.add_argument("--flood", action="store_true", help="run each level again beside a flooding client")
+    parser.add_argument("--replicas", default="", help="comma-separated replica counts: the sweep again behind "
+                        "`livecc serve --replicas R` for each (Ray Serve), with the router's added latency")
+    parser.add_argument("--model", default="tiny", help="the replicas' model (a checkpoint directory, or tiny)")
+    args = parser.parse_args(list(argv))
+    counts = [int(n) for n in args.streams.split(",")]
+    servers = [("one engine", 0)] + [(f"{r} replicas", int(r)) for r in args.replicas.split(",") if r]
+    rows = []
+    for name, replicas in servers:
+        serving = (replicated(replicas, max(counts) + args.flood, args.viewers + 1, args.model) if replicas else
+                   one_engine(max(counts) + args.flood, args.viewers + 1))
+        with serving as port:
+            for n in counts:
+                for flood in (False, True) if args.flood else (False,):
+                    rows.append({"server": name, "replicas": replicas or 1,
+                                 **level(port, n, args.viewers, args.seconds, args.size, flood)})
+                    r = rows[-1]
+                    if replicas:
+                        metrics = _get(port, "/v1/metrics")
+                        r.update({k: metrics.get(k) for k in ("router_p50_ms", "router_p99_ms")})
+                    beside = " beside a flooding client" if flood else ""
+                    print(f"{name}: {n} streams x {args.viewers} viewers{beside}: "
+                          f"{'holds' if r['holds'] else 'does not hold'} "
+                          f"({r['windows_to_senders']}/{r['windows_expected']} windows, {r['refused']} refused, "
+                          f"lag p99 {r['lag_p99_s'] or 0:.2f} s, health max {r['health_max_ms']:.0f} ms)", flush=True)
+                if not all(r["holds"] for r in rows[-(1 + args.flood):]):
+                    break
+    held = {name: max([r["streams"] for r in rows if r["server"] == name and r["holds"]
+                       and not r["flooding_neighbour"]], default=0) for name, _ in servers}
+    notes = (f"{'7B Qwen2-VL shape (random bf16 weights)' if on_gpu() else 'tiny random Qwen2-VL on CPU'}; each stream "
              f"{args.seconds:g} s of {args.size}x{args.size} JPEG frames at 2 FPS over a WebSocket in real time, "
              f"{args.viewers} SSE viewers each, health asked every 100 ms; default session settings.")
     headline = [{"target": "serve load",
-                 "figure": f"held up to {max(held) if held else 0} streams x {args.viewers} viewers"
-                           + (f"; stopped at {rows[-1]['streams']}" if rows and not rows[-1]["holds"] else "")}]
-    cols = ["streams", "flooding_neighbour", "flood_frames_sent", "viewers_per_stream", "windows_expected",
-            "windows_to_senders", "viewer_windows_expected", "windows_to_viewers", "dropped", "lag_p50_s", "lag_p99_s",
-            "health_p50_ms", "health_max_ms", "holds"]
-    return Sweep("serve", rows, cols, notes, None, headline)
+                 "figure": "; ".join(f"{name}: held up to {n} streams x {args.viewers} viewers"
+                                     for name, n in held.items())}]
+    one = held.get("1 replicas")
+    scaled = [f"{name}: {held[name] / (r * one):.2f}x" for name, r in servers if r > 1] if one else []
+    if scaled:
+        headline.append({"target": "replicas",
+                         "figure": "streams held / (N x one replica's): " + "; ".join(scaled)})
+    routed = [r["router_p99_ms"] for r in rows if r.get("router_p99_ms") is not None]
+    if routed:
+        headline.append({"target": "router", "figure": f"added latency per event p99 <= {max(routed):.1f} ms"})
+    cols = ["server", "replicas", "streams", "flooding_neighbour", "flood_frames_sent", "viewers_per_stream",
+            "windows_expected", "windows_to_senders", "viewer_windows_expected", "windows_to_viewers", "dropped",
+            "refused", "lag_p50_s", "lag_p99_s", "health_p50_ms", "health_max_ms", "router_p50_ms", "router_p99_ms",
+            "holds"]
+    return Sweep("serve-replicas" if args.replicas else "serve", rows, cols, notes, None, headline)

@@ -11,7 +11,10 @@ the 7B shape (forward + backward), frozen ViT, bf16, at packs of 8k, 16k and 32k
 - ``livecc compiled``: with each decoder layer compiled (regional ``torch.compile``);
 - ``reference``: the Hugging Face model with FlashAttention-2 when installed (else SDPA), Liger's
   kernels and fused linear cross-entropy, full checkpointing, one clip per forward (unpacked).
-MFU counts 6 x trainable LLM parameters x tokens (2x for forward only of the frozen ViT patches).
+MFU counts what the step must compute (``livecc.train.flops``: the LLM's matrix products, the LM
+head on the labelled rows only, attention by the clips' lengths, the frozen ViT's forward); HFU
+adds what checkpointing and the flash backward compute again. Both are printed. The reference's
+head on every row is in neither: its MFU is counted on the same model FLOPs.
 A variant that runs out of memory is a row saying so.
 
     livecc bench train                     # needs a GPU
@@ -27,6 +30,7 @@ import torch
 
 from ..models import TextOnlyHead, patch, text_only_causal_lm_loss, tiny_qwen_vl
 from ..qwen_vl import mrope_position_ids
+from ..train.flops import FlopAccount
 from ..train.metrics import step_throughput
 from ..train.parallelize import apply_activation_checkpointing, apply_compile
 from .measure import random_qwen2vl, reference_attention
@@ -120,12 +124,12 @@ def measure(variant: str, shape: str, clips: list, steps: int, device: torch.dev
         step()
     _sync(device)
     seconds = (time.perf_counter() - t0) / steps
+    flops = FlopAccount(model, policy, flash_backward=device.type == "cuda")(
+        [c[0].numel() for c in clips], sum(int((c[1][1:] != -100).sum()) for c in clips),
+        [g for c in clips for g in c[3].tolist()])
     tokens = sum(c[0].numel() for c in clips)
-    patches = sum(c[4].shape[0] for c in clips)
-    vit = sum(p.numel() for p in model.model.visual.parameters())
-    flops = 6 * sum(p.numel() for p in params) * tokens + 2 * vit * patches
     return {"clips": len(clips), "tokens": tokens, "step_ms": seconds * 1e3,
-            **step_throughput(tokens, seconds, flops, device)}
+            **step_throughput(tokens, seconds, flops.model, flops.hardware, device)}
 
 
 def _reference_step(model, clips: list, device: torch.device, dtype: torch.dtype):
@@ -195,11 +199,12 @@ def run(argv=()) -> Sweep | None:
         r["series"] = f"{r['shape']} {r['pack']}"
     notes = (f"Clips of {seconds} s (~6% text) filled into each pack, random weights, frozen ViT, "
              f"{'bf16' if device.type == 'cuda' else 'fp32 on CPU'}. 2B: full fine-tune incl. AdamW; 7B: forward+"
-             "backward. Variants: see livecc/bench/train.py.")
-    cols = ["shape", "pack", "variant", "clips", "tokens", "step_ms", "tokens_per_s", "mfu", "max_memory_gb",
+             "backward. Variants, MFU and HFU: see livecc/bench/train.py.")
+    cols = ["shape", "pack", "variant", "clips", "tokens", "step_ms", "tokens_per_s", "mfu", "hfu", "max_memory_gb",
             "speedup_vs_reference", "error"]
     headline = [{"target": f"P5 {r['shape']} {r['pack']}",
-                 "figure": f"{r['tokens_per_s']:.0f} tokens/s" + (f", MFU {r['mfu']:.1%}" if r["mfu"] else "")
+                 "figure": f"{r['tokens_per_s']:.0f} tokens/s"
+                 + (f", MFU {r['mfu']:.1%} (HFU {r['hfu']:.1%})" if r["mfu"] else "")
                  + (f", {r['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in r else "")}
                 for r in rows if r["variant"] == "livecc" and "tokens_per_s" in r]
     return Sweep("train", rows, cols, notes, Plot("variant", "tokens_per_s", "series", "tokens/s"), headline)

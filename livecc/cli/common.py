@@ -27,13 +27,17 @@ def session_flags(parser: argparse.ArgumentParser) -> None:
                         f"checkpoint's, else {d.max_pixels})")
 
 
+def session_options(args) -> dict:
+    """The streaming settings the command line sets."""
+    return {k: getattr(args, k) for k in SESSION_FLAGS if getattr(args, k, None) is not None}
+
+
 def session_config(model, args, **more):
     """The model's own streaming settings (as it was trained: window plan, pixel bounds), with
     what the command line sets."""
     from ..infer import SessionConfig
 
-    given = {k: getattr(args, k) for k in SESSION_FLAGS if getattr(args, k, None) is not None}
-    return SessionConfig.for_model(model, **given, **more)
+    return SessionConfig.for_model(model, **session_options(args), **more)
 
 
 def failures_exit(command: str, failed: int, allow: bool, where: str) -> int:

@@ -51,10 +51,13 @@ class Census(TorchDispatchMode):
     per phase, the launches outside captured graphs (``launches``: a replay is one), the reads of
     the device (``reads``), the copies to it (``uploads``) and the ops captured (``captured``).
     The model's weights and buffers and ``tensors`` are the device's from the start; what livecc
-    makes on the device counts from when the census begins, so begin it before the engine."""
+    makes on the device counts from when the census begins, so begin it before the engine. Other
+    work than a window (a training step) names its own ``phases`` and calls :func:`window` and
+    :func:`mark` itself."""
 
-    def __init__(self, model, *tensors: torch.Tensor):
+    def __init__(self, model, *tensors: torch.Tensor, phases: tuple[str, ...] = PHASES):
         super().__init__()
+        self.phases = phases
         self.device = next(model.parameters()).device
         self._device_tensors: dict[int, weakref.ref] = {}
         for t in (*model.parameters(), *model.buffers(), *tensors):
@@ -88,7 +91,7 @@ class Census(TorchDispatchMode):
 
     def _count(self, what: str) -> None:
         if self.windows and not self._kernel:  # nothing before the first window (loading, warm-up) is counted
-            phase = PHASES[min(self._phase, len(PHASES) - 1)]
+            phase = self.phases[min(self._phase, len(self.phases) - 1)]
             self.windows[-1][phase][what] += 1
             if what != "captured":
                 self.sites[phase, what, _caller()] += 1
@@ -200,7 +203,7 @@ class Census(TorchDispatchMode):
         """Per phase, the mean per window of each count over ``windows`` (default: all)."""
         chosen = self.windows[windows]
         out = {}
-        for phase in PHASES:
+        for phase in self.phases:
             keys = sorted({k for w in chosen for k in w[phase]})
             out[phase] = {k: sum(w[phase][k] for w in chosen) / max(len(chosen), 1) for k in keys}
         return out

@@ -66,6 +66,18 @@ def allowed_host(host: str, names: tuple[str, ...]) -> bool:
     return True
 
 
+async def _in_thread(fn, *args, undo=None, **kwargs):
+    """``fn(*args, **kwargs)`` on a thread (the hub may wait on its engine or its replicas); when the
+    request is cancelled meanwhile, ``undo`` takes back what the call made once it is made."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if undo is not None:
+            task.add_done_callback(lambda t: t.cancelled() or t.exception() is not None or undo(t.result()))
+        raise
+
+
 def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 512 << 20, realtime: bool = True,
                policy: SourcePolicy | None = None, allowed_origins: tuple[str, ...] = (),
                allowed_hosts: tuple[str, ...] = (), url_probes: int = 4) -> FastAPI:
@@ -129,15 +141,15 @@ def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 
 
     @app.get("/v1/health")
     async def health() -> dict:
-        return {"status": "ok", "engine": hub.loop.thread.is_alive()}
+        return {"status": "ok", **await asyncio.to_thread(hub.health)}
 
     @app.get("/v1/metrics")
     async def metrics() -> dict:
-        return hub.metrics()
+        return await asyncio.to_thread(hub.metrics)
 
     @app.post("/v1/streams", status_code=201)
     async def create(request: Request) -> dict:
-        slot = _reserve()  # before a byte of the body is read
+        slot = await _reserve()  # before a byte of the body is read
         try:
             if request.headers.get("content-type", "").startswith("multipart/form-data"):
                 return await _from_upload(request, slot)
@@ -159,8 +171,8 @@ def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 
                 await loop.run_in_executor(probes, lambda: probe(location))
             except SourceError as e:
                 raise HTTPException(400, str(e)) from e
-        stream = _open(slot, "url", query)
-        hub.read(stream, location, realtime=realtime)
+        stream = await _open(slot, "url", query)
+        await _read(stream, location)
         return {"id": stream.id, "events": f"/v1/streams/{stream.id}/events"}
 
     async def _from_upload(request: Request, slot) -> dict:
@@ -169,26 +181,29 @@ def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 
         location = Location(str(path), dict(FILE_OPTIONS))
         try:
             await asyncio.to_thread(probe, location)
-            stream = _open(slot, "upload", fields.get("query", ""), upload=path)
+            stream = await _open(slot, "upload", fields.get("query", ""), upload=path)
         except BaseException as e:
             path.unlink(missing_ok=True)
             if isinstance(e, SourceError):
                 raise HTTPException(400, str(e)) from e
             raise
-        hub.read(stream, location, realtime=realtime)
+        await _read(stream, location)
         return {"id": stream.id, "events": f"/v1/streams/{stream.id}/events"}
 
-    def _reserve():
+    async def _reserve():
         try:
-            return hub.reserve()
+            return await _in_thread(hub.reserve, undo=lambda slot: slot.release())
         except HubFull as e:
             raise HTTPException(429, str(e)) from e
 
-    def _open(slot, source: str, query: str, upload=None) -> ServedStream:
+    async def _open(slot, source: str, query: str, upload=None) -> ServedStream:
         try:
-            return hub.open(slot, source, query, upload=upload)
+            return await _in_thread(hub.open, slot, source, query, upload=upload, undo=hub.close)
         except ValueError as e:
             raise HTTPException(400, str(e)) from e
+
+    async def _read(stream, location) -> None:
+        await _in_thread(lambda: hub.read(stream, location, realtime=realtime), undo=lambda _: hub.close(stream))
 
     @app.get("/v1/streams/{stream_id}/events")
     async def events(stream_id: str, request: Request) -> Response:
@@ -256,7 +271,9 @@ def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 
             refusal = "missing or wrong API key"
         if refusal is None:
             try:
-                stream = hub.open(hub.reserve(), "frames", websocket.query_params.get("query", ""))
+                slot = await _in_thread(hub.reserve, undo=lambda slot: slot.release())
+                stream = await _in_thread(hub.open, slot, "frames", websocket.query_params.get("query", ""),
+                                          undo=hub.close)
             except (HubFull, ValueError) as e:
                 refusal = str(e)
         if refusal is not None:
@@ -298,8 +315,7 @@ def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 
         body = parse_json(text, "a text message")
         kind = body.get("type")
         if kind == "end":  # no more frames: the windows sent are said, then the stream ends
-            stream.finished = True
-            hub.loop.wake.set()
+            hub.finish(stream)
         elif kind == "ask":
             await asyncio.to_thread(hub.ask, stream, body.get("text"))
         else:

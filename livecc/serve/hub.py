@@ -36,7 +36,7 @@ from ..infer.policy import MAX_QUESTION_TOKENS
 from ..infer.stream import percentile
 from .fanout import Viewers
 from .loop import StepLoop
-from .served import HubFull, Reservation, ServedStream
+from .served import FrameRate, HubFull, Reservation, ServedStream
 from .sources import FrameIntake, Location, SourceError, read_windows
 
 __all__ = ["Hub", "HubFull", "ServedStream"]
@@ -66,11 +66,17 @@ class Hub:
         """A stream slot, before anything of the stream is received; :class:`HubFull` when every
         slot is held (by a stream, or one whose resources are still being given back)."""
         with self.lock:
-            held = sum(s.holds_slot for s in self.streams.values()) + self.reserved
-            if held >= self.max_streams:
+            if self._held() >= self.max_streams:
                 raise HubFull(f"the server serves at most {self.max_streams} streams at once")
             self.reserved += 1
         return Reservation(self._unreserve)
+
+    def _held(self) -> int:  # (under the lock) slots held by streams and reservations
+        return sum(s.holds_slot for s in self.streams.values()) + self.reserved
+
+    def held(self) -> int:
+        with self.lock:
+            return self._held()
 
     def _unreserve(self) -> None:
         with self.lock:
@@ -83,7 +89,7 @@ class Hub:
             config = replace(self.config, query=query or self.config.query)
             stream = ServedStream(uuid.uuid4().hex[:12], source, self.engine.open(config),
                                   Viewers(self.max_viewers), FrameIntake(config.plan), upload=upload,
-                                  credit=_burst(config.plan))
+                                  rate=FrameRate(_burst(config.plan)))
         except BaseException:
             slot.release()
             raise
@@ -141,6 +147,11 @@ class Hub:
         stream.questions.append(text)
         stream.viewers.publish({"type": "asked", "text": text})
         return text
+
+    def finish(self, stream: ServedStream) -> None:
+        """No more frames will come: the windows received are said, then the stream ends."""
+        stream.finished = True
+        self.loop.wake.set()
 
     def close(self, stream: ServedStream) -> None:
         """Ask for the stream to end: at the engine's next round its pages go back to the pool, its
@@ -217,6 +228,9 @@ class Hub:
         self.loop.stop()
         if self.own_upload_dir:
             shutil.rmtree(self.upload_dir, ignore_errors=True)
+
+    def health(self) -> dict:
+        return {"engine": self.loop.thread.is_alive()}
 
     def metrics(self) -> dict:
         lat = list(self.latencies)

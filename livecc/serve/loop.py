@@ -6,7 +6,9 @@ which the loop applies between rounds."""
 
 from __future__ import annotations
 
+import collections
 import queue
+import statistics
 import threading
 import time
 from typing import Protocol
@@ -14,6 +16,8 @@ from typing import Protocol
 from .served import ServedStream
 
 __all__ = ["StepLoop", "StreamBook"]
+
+RECENT_ROUNDS = 64  # rounds the engine's round time is read from (after warm-up, at today's load)
 
 
 class StreamBook(Protocol):
@@ -35,6 +39,7 @@ class StepLoop:
         self.wake = threading.Event()
         self.running = True
         self.busy_seconds = 0.0
+        self.recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=RECENT_ROUNDS)  # (s, streams)
         self.thread = threading.Thread(target=self._run, name="livecc-engine", daemon=True)
         self.thread.start()
 
@@ -79,8 +84,25 @@ class StepLoop:
                 except Exception as e:  # this stream's window: its error, its end; never the others'
                     self.book.fail(stream, f"{type(e).__name__}: {e}")
         finally:
-            self.busy_seconds += time.perf_counter() - started
+            took = time.perf_counter() - started
+            self.busy_seconds += took
+            self.recent.append((took, len(ready)))
         return True
+
+    def round_seconds(self, windows: int) -> float | None:
+        """What a round of ``windows`` stream-windows would take, by a line through the recent rounds
+        (a fixed part per round, a part per window: batching makes a window cheaper in a larger
+        round); None before the first round."""
+        rounds = list(self.recent)
+        if not rounds:
+            return None
+        n_mean = statistics.fmean(n for _, n in rounds)
+        s_mean = statistics.fmean(s for s, _ in rounds)
+        spread = sum((n - n_mean) ** 2 for _, n in rounds)
+        if spread == 0:  # one round size seen: its cost per window
+            return s_mean / n_mean * windows
+        slope = max(0.0, sum((n - n_mean) * (s - s_mean) for s, n in rounds) / spread)
+        return max(0.0, s_mean - slope * n_mean) + slope * windows
 
     def _publish(self, ready: list[tuple[ServedStream, object, float]], results) -> None:
         for (stream, window, arrived), result in zip(ready, results):

@@ -14,7 +14,7 @@ from ..infer import StreamState
 from .fanout import Viewers
 from .sources import FrameIntake
 
-__all__ = ["HubFull", "Reservation", "ServedStream"]
+__all__ = ["FrameRate", "HubFull", "Reservation", "ServedStream"]
 
 RECENT = 16  # windows the lag and drop figures look back over
 
@@ -37,6 +37,26 @@ class Reservation:
 
 
 @dataclass
+class FrameRate:
+    """A viewer's frame allowance: ``burst`` frames at once, then ``fps``; a frame past it is
+    dropped and counted, before it is decoded."""
+
+    credit: float = 0.0
+    at: float = field(default_factory=time.monotonic)
+    dropped: int = 0
+
+    def take(self, fps: float, burst: int) -> bool:
+        now = time.monotonic()
+        self.credit = min(burst, self.credit + (now - self.at) * fps)
+        self.at = now
+        if self.credit < 1:
+            self.dropped += 1
+            return False
+        self.credit -= 1
+        return True
+
+
+@dataclass
 class ServedStream:
     id: str
     source: str  # "upload", "url" or "frames"
@@ -49,14 +69,12 @@ class ServedStream:
     upload: Path | None = None  # the file it reads, deleted when it closes
     reader: threading.Thread | None = None  # the thread reading its file or URL, while it lives
     dropped_windows: int = 0
-    dropped_frames: int = 0  # frames sent faster than the stream's frame rate
     error: str | None = None
     finished: bool = False  # the source ended
     stop: threading.Event = field(default_factory=threading.Event)  # asked to close; the engine's thread closes it
     closed_at: float | None = None
     last_input: float = field(default_factory=time.monotonic)  # when its source last gave a frame or window
-    credit: float = 0.0  # frames it may send at once (refilled at its frame rate)
-    credit_at: float = field(default_factory=time.monotonic)
+    rate: FrameRate = field(default_factory=FrameRate)  # frames it may send at once, refilled at its frame rate
     lags: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT))
     outcomes: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT))  # said?
 
@@ -74,17 +92,15 @@ class ServedStream:
         against the server's limit: its resources are given back before its slot is."""
         return not self.closed or (self.reader is not None and self.reader.is_alive())
 
+    @property
+    def dropped_frames(self) -> int:  # frames sent faster than the stream's frame rate
+        return self.rate.dropped
+
     def take_frame(self, fps: float, burst: int) -> bool:
-        """Whether a frame arriving now is within the stream's frame rate (``burst`` at once, then
-        ``fps``); a frame past it is dropped and counted, before it is decoded."""
-        now = time.monotonic()
-        self.credit = min(burst, self.credit + (now - self.credit_at) * fps)
-        self.credit_at = now
-        if self.credit < 1:
-            self.dropped_frames += 1
+        """Whether a frame arriving now is within the stream's frame rate (:class:`FrameRate`)."""
+        if not self.rate.take(fps, burst):
             return False
-        self.credit -= 1
-        self.last_input = now
+        self.last_input = time.monotonic()
         return True
 
     def figures(self, period: float) -> dict:

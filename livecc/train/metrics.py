@@ -24,13 +24,16 @@ def peak_flops(device: torch.device | str | None = None) -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def step_throughput(tokens: int, seconds: float, flops: float, device: torch.device, world: int = 1) -> dict:
-    """tokens/s, MFU (against ``world`` GPUs of ``device``'s peak; None off a known GPU) and the
-    peak memory of a step."""
+def step_throughput(tokens: int, seconds: float, model_flops: float, hardware_flops: float, device: torch.device,
+                    world: int = 1) -> dict:
+    """tokens/s, MFU and hardware FLOPs utilisation (:class:`~.flops.FlopAccount`'s model and
+    hardware FLOPs against ``world`` GPUs of ``device``'s peak; None off a known GPU) and the peak
+    memory of a step."""
     peak = peak_flops(device)
     cuda = torch.device(device).type == "cuda"
     return {"seconds": seconds, "tokens_per_s": tokens / seconds,
-            "mfu": flops / seconds / (peak * world) if peak else None,
+            "mfu": model_flops / seconds / (peak * world) if peak else None,
+            "hfu": hardware_flops / seconds / (peak * world) if peak else None,
             "max_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}
 
 
@@ -39,7 +42,7 @@ class MetricsLog:
     ``log_every`` steps, TensorBoard scalars under ``out/tb`` and, with ``wandb_project``, a
     Weights & Biases run. Other ranks log nothing."""
 
-    SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "data_wait_s")
+    SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "hfu", "data_wait_s")
 
     def __init__(self, out: Path, rank: int, total_steps: int, log_every: int = 1, wandb_project: str | None = None,
                  config: dict | None = None):

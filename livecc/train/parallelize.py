@@ -55,6 +55,10 @@ def apply_activation_checkpointing(model, policy: str = "full") -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # Enabling also hooks every input embedding to make its output require grad (for reentrant
+    # checkpointing of frozen layers), the ViT's patch embedding among them: the frozen ViT would then
+    # be back-propagated and, under full checkpointing, run again. Non-reentrant needs none of it.
+    model.disable_input_require_grads()
 
 
 def _saved_ops() -> list:

@@ -28,6 +28,7 @@ from ..models import TextOnlyHead, load_model, patch, text_only_causal_lm_loss, 
 from ..qwen_vl import PixelBudget, VideoFormat, VisionSpec, offline_processor
 from .checkpoint import Checkpointer, clear_run, cut_metrics, latest_checkpoint
 from .config import TrainConfig
+from .flops import FlopAccount
 from .metrics import MetricsLog, step_throughput
 from .parallelize import apply_activation_checkpointing, apply_compile, parallelize
 
@@ -56,8 +57,6 @@ class Trainer:
         model, self.processor = self._build_model(dtype)
         self.model = self._prepare(model)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.trainable = sum(p.numel() for p in params)
-        self.frozen_vision = sum(p.numel() for p in self.model.model.visual.parameters() if not p.requires_grad)
         # fused: one kernel over all parameters instead of a loop of small ops per tensor
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                            fused=True)
@@ -112,6 +111,9 @@ class Trainer:
             model.model.visual.requires_grad_(False)
         if cfg.gradient_checkpointing:
             apply_activation_checkpointing(model, cfg.checkpoint_policy)
+        self.flops = FlopAccount(model, cfg.checkpoint_policy if cfg.gradient_checkpointing else None,
+                                 flash_backward=cfg.engine == "livecc" and self.device.type == "cuda",
+                                 train_vision=not cfg.freeze_vision)
         if cfg.compile:
             apply_compile(model)
         model.to(self.device).train()
@@ -154,9 +156,8 @@ class Trainer:
 
     def train_step(self) -> dict | None:
         t0, waited = time.perf_counter(), self.loader.stats.wait_s
-        clips = tokens = label_tokens = 0
+        clips = tokens = label_tokens = model_flops = hardware_flops = 0
         loss_sum = torch.zeros((), device=self.device)
-        vision_patches = 0
         while clips < self.clips_per_rank:
             pack = self._next_pack()
             if pack is None:
@@ -167,11 +168,14 @@ class Trainer:
             clips += pack.n_clips
             tokens += pack.n_tokens
             label_tokens += pack.n_label_tokens
-            vision_patches += pack.n_vision_patches
-        totals = torch.tensor([clips, tokens, label_tokens, loss_sum.item()], dtype=torch.float64, device=self.device)
+            flops = self.flops(pack.cu_seqlens.diff().tolist(), pack.n_label_tokens,
+                               pack.video_grid_thw.tolist() + pack.image_grid_thw.tolist())
+            model_flops, hardware_flops = model_flops + flops.model, hardware_flops + flops.hardware
+        totals = torch.tensor([clips, tokens, label_tokens, loss_sum.item(), model_flops, hardware_flops],
+                              dtype=torch.float64, device=self.device)
         if self.distributed:
             dist.all_reduce(totals)
-        clips, tokens, label_tokens, loss_total = totals.tolist()
+        clips, tokens, label_tokens, loss_total, model_flops, hardware_flops = totals.tolist()
         if clips == 0:
             return None
         # FSDP averages gradients over ranks; make them the mean over all labelled tokens instead.
@@ -191,12 +195,11 @@ class Trainer:
         self.step += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        flops = 6 * self.trainable * tokens + 2 * self.frozen_vision * vision_patches
         return {
             "step": self.step, "loss": loss_total / max(label_tokens, 1), "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm), "clips": int(clips), "tokens": int(tokens),
             "label_tokens": int(label_tokens),
-            **step_throughput(tokens, time.perf_counter() - t0, flops, self.device, self.world),
+            **step_throughput(tokens, time.perf_counter() - t0, model_flops, hardware_flops, self.device, self.world),
             "skipped_steps": self.skipped_steps,
             # the loader's pace while it worked, and the part of this step spent waiting on it
             **self.loader.stats.rates(), "data_wait_s": self.loader.stats.wait_s - waited,
