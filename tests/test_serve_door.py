@@ -262,7 +262,8 @@ with connect(sys.argv[1]) as ws:
 
 def test_a_flooding_client_costs_only_itself(processor, tmp_path):
     """8: a client (a process of its own) sending frames as fast as it can has those past its
-    stream's frame rate dropped undecoded and counted for it alone; its neighbour keeps every window
+    stream's frame rate dropped undecoded and counted for it alone, and is read no faster than that
+    rate (its socket holds the rest back); its neighbour keeps every window
     within one window of real time; frames that are not 8-bit JPEG or PNG are refused; the metrics
     say who keeps real time."""
     import io
@@ -297,9 +298,11 @@ def test_a_flooding_client_costs_only_itself(processor, tmp_path):
                 event = json.loads(victim.recv(timeout=30))
                 said += [event] if event["type"] == "window" else []
             metrics = request(f"{server.url}/v1/metrics")[1]
+            flooder.kill()  # held back by its socket, it would take minutes to send what it has queued
             flooder.wait(30)
         flooded = next(s for s in metrics["streams"] if s["dropped_frames"] > 0)
         neighbour = next(s for s in metrics["streams"] if s["id"] != flooded["id"])
-        assert flooded["dropped_frames"] > 100 and neighbour["dropped_frames"] == 0
+        # past its allowance the flooder is read at its frame rate: a frame dropped each time it is read early
+        assert 5 < flooded["dropped_frames"] <= 2 * 12 * 2 + 10 and neighbour["dropped_frames"] == 0
         assert [(e["start"], e["end"]) for e in said] == [(0.0, 3.0), (3.0, 4.0), (4.0, 5.0)]
         assert neighbour["drop_ratio"] == 0 and neighbour["lag_s"] <= 1.0 and "holds_real_time" in metrics

@@ -89,15 +89,23 @@ def _sender(port: int, seconds: float, size: int, got: list, ids: list, lags: li
 
 
 def _flooder(port: int, seconds: float, size: int, sent: list) -> None:
-    """A client sending frames as fast as the connection takes them."""
+    """A client sending frames as fast as the connection takes them (the server holds it back to its
+    frame rate, so its socket is shut at the end rather than closed politely behind its queue)."""
     from websockets.sync.client import connect
 
     with connect(f"ws://127.0.0.1:{port}/v1/ws", max_size=None) as ws:
         ws.recv()
-        frame, end = _jpeg(90, size), time.monotonic() + seconds
-        while time.monotonic() < end:
-            ws.send(frame)
-            sent.append(1)
+        stop = threading.Timer(seconds, ws.socket.shutdown, args=(socket.SHUT_RDWR,))
+        stop.start()
+        frame = _jpeg(90, size)
+        try:
+            while True:
+                ws.send(frame)
+                sent.append(1)
+        except Exception:  # noqa: BLE001  the socket shut at the end
+            return
+        finally:
+            stop.cancel()
 
 
 def _viewer(port: int, stream_id: str, got: list) -> None:

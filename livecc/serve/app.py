@@ -297,7 +297,10 @@ def create_app(hub: Hub, *, api_key: str | None = None, max_upload_bytes: int = 
                 if message["type"] == "websocket.disconnect":
                     break
                 try:
-                    if message.get("bytes") and hub.take_frame(stream):  # past the frame rate: dropped, undecoded
+                    if message.get("bytes"):
+                        if not hub.take_frame(stream):  # past the frame rate: dropped undecoded, the sender not
+                            await asyncio.sleep(hub.frame_wait(stream))  # read until its allowance has a frame
+                            continue
                         frame = await asyncio.to_thread(decode_frame, message["bytes"])
                         hub.add_frame(stream, frame)
                     elif message.get("text"):

@@ -138,6 +138,10 @@ class Hub:
         a first window's frames at once); one past it is dropped and counted, undecoded."""
         return stream.take_frame(stream.state.config.plan.fps, _burst(stream.state.config.plan))
 
+    def frame_wait(self, stream: ServedStream) -> float:
+        """Seconds until the stream's next frame is within its frame rate."""
+        return stream.rate.wait_s(stream.state.config.plan.fps)
+
     def ask(self, stream: ServedStream, text) -> str:
         """Queue a question for the stream's next window, checked here (in the asker's thread): a
         ValueError for one that is not plain text within its token limit."""

@@ -164,6 +164,9 @@ class Router:
     def take_frame(self, stream: RemoteStream) -> bool:
         return stream.rate.take(stream.plan.fps, stream.plan.initial_frames + stream.plan.frames_per_window)
 
+    def frame_wait(self, stream: RemoteStream) -> float:
+        return stream.rate.wait_s(stream.plan.fps)
+
     def add_frame(self, stream: RemoteStream, frame) -> None:
         """One frame of a browser's stream: windows are made here (a frame of another size is the
         sender's SourceError) and go to the replica in order."""

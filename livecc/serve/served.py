@@ -17,6 +17,7 @@ from .sources import FrameIntake
 __all__ = ["FrameRate", "HubFull", "Reservation", "ServedStream"]
 
 RECENT = 16  # windows the lag and drop figures look back over
+TIMER_SLACK_S = 0.005
 
 
 class HubFull(RuntimeError):
@@ -39,7 +40,8 @@ class Reservation:
 @dataclass
 class FrameRate:
     """A viewer's frame allowance: ``burst`` frames at once, then ``fps``; a frame past it is
-    dropped and counted, before it is decoded."""
+    dropped and counted, before it is decoded, and its sender is not read again until the
+    allowance has a frame (its socket then holds back a flood, at no cost to the server)."""
 
     credit: float = 0.0
     at: float = field(default_factory=time.monotonic)
@@ -54,6 +56,11 @@ class FrameRate:
             return False
         self.credit -= 1
         return True
+
+    def wait_s(self, fps: float) -> float:
+        """Seconds until a frame would be within the rate again (and a little more: an event loop's
+        timer may fire up to its clock's resolution early, which would find the frame just short)."""
+        return max(0.0, (1 - self.credit) / fps - (time.monotonic() - self.at)) + TIMER_SLACK_S
 
 
 @dataclass
