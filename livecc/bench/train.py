@@ -124,10 +124,10 @@ def measure(variant: str, shape: str, clips: list, steps: int, device: torch.dev
         step()
     _sync(device)
     seconds = (time.perf_counter() - t0) / steps
+    lengths = [c[0].numel() for c in clips]
     flops = FlopAccount(model, policy, flash_backward=device.type == "cuda")(
-        [c[0].numel() for c in clips], sum(int((c[1][1:] != -100).sum()) for c in clips),
-        [g for c in clips for g in c[3].tolist()])
-    tokens = sum(c[0].numel() for c in clips)
+        lengths, sum(int((c[1][1:] != -100).sum()) for c in clips), [g for c in clips for g in c[3].tolist()])
+    tokens = sum(lengths)
     return {"clips": len(clips), "tokens": tokens, "step_ms": seconds * 1e3,
             **step_throughput(tokens, seconds, flops.model, flops.hardware, device)}
 

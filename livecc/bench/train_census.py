@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..train.flops import FlopAccount
+from ..train.metrics import PEAK_BF16_FLOPS
 from .results import Sweep
 
 SHAPES = ("qwen2vl-7b", "qwen2vl-2b")
@@ -116,14 +117,50 @@ def step_census(shape: str, policy: str | None, clips: list) -> tuple[OpCensus, 
 
 
 def newest_ceilings(results: Path) -> dict | None:
-    """The newest GPU run's measured ceilings: ``{"copy": TB/s, "gemm": TFLOP/s, "device": ...}``."""
+    """The newest GPU run's measured ceilings: ``{"copy": TB/s, "gemm": TFLOP/s, "peak": the
+    datasheet's FLOP/s, "device": ...}``."""
     for path in sorted(results.glob("*-ceilings.json"), reverse=True):
         data = json.loads(path.read_text())
         values = {r["ceiling"].split()[0]: r["value"] for r in data["results"]}
         if "copy" in values and "bf16" in values:
-            return {"copy": values["copy"], "gemm": values["bf16"], "device": data["environment"]["device"],
+            device = data["environment"]["device"]
+            peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in device), PEAK_BF16_FLOPS["H100"])
+            return {"copy": values["copy"], "gemm": values["bf16"], "peak": peak, "device": device,
                     "file": path.name}
     return None
+
+
+def _accounted(shape: str, policy: str | None, clips: list, lengths: list[int], label_rows: int, grids: list,
+               ceilings: dict | None) -> tuple[list[dict], dict]:
+    """One step's rows per (phase, op), with their floors at ``ceilings``, and its summary row."""
+    census, account = step_census(shape, policy, clips)
+    flops = account(lengths, label_rows, grids)
+    per_call = {"vit forward": account.vision_attention_forward(grids)}  # an attention call's forward
+    per_call["forward"] = per_call["backward"] = account.attention_forward(lengths)
+    floor_ms = collections.Counter({"matrix product": flops.head / 1e12 / ceilings["gemm"] * 1e3 if ceilings else 0})
+    named = {"shape": shape, "checkpointing": policy or "none"}
+    rows, tflop_total = [], 0.0
+    for (phase, op), calls in sorted(census.calls.items(), key=lambda kv: -census.bytes[kv[0]]):
+        key = (phase, op)
+        tflop = census.flops[key] / 1e12
+        if op.startswith("livecc.varlen_attention"):  # a flash backward: 2.5 x the forward
+            tflop = calls * per_call[phase] * (2.5 if op.endswith("bwd") else 1.0) / 1e12
+        kind = "matrix product" if tflop else "other"
+        ms = None
+        if ceilings:
+            ms = tflop / ceilings["gemm"] * 1e3 if tflop else census.bytes[key] / 1e9 / ceilings["copy"]
+            floor_ms[kind] += ms
+        tflop_total += tflop
+        rows.append({**named, "phase": phase, "op": op, "kind": kind, "calls": calls,
+                     "gb": census.bytes[key] / 1e9, "tflop": tflop, "floor_ms": ms})
+    step_ms = sum(floor_ms.values()) if ceilings else None
+    step = {**named, "phase": "step", "op": "all", "kind": "summary", "calls": sum(census.calls.values()),
+            "gb": sum(census.bytes.values()) / 1e9, "tflop": tflop_total, "floor_ms": step_ms,
+            "products_ms": floor_ms["matrix product"] if ceilings else None,
+            "other_ms": floor_ms["other"] if ceilings else None, "model_tflop": flops.model / 1e12,
+            "hardware_tflop": flops.hardware / 1e12, "head_tflop": flops.head / 1e12,
+            "mfu_at_floor": flops.model / (step_ms / 1e3) / ceilings["peak"] if step_ms else None}
+    return rows, step
 
 
 def run(argv=()) -> Sweep:
@@ -141,41 +178,14 @@ def run(argv=()) -> Sweep:
     rows, summary = [], []
     for shape in SHAPES:
         for policy in POLICIES:
-            census, account = step_census(shape, policy, clips)
-            flops = account(lengths, label_rows, grids)
-            floor_ms = collections.Counter()
-            per_call = {"vit forward": account.vision_attention_forward(grids)}  # attention forward, a call
-            per_call["forward"] = per_call["backward"] = account.attention_forward(lengths)
-            floor_ms["matrix product"] = flops.head / 1e12 / ceilings["gemm"] * 1e3 if ceilings else 0.0
-            for (phase, op), calls in sorted(census.calls.items(), key=lambda kv: -census.bytes[kv[0]]):
-                key = (phase, op)
-                tflop = census.flops[key] / 1e12
-                if op.startswith("livecc.varlen_attention"):  # a flash backward: 2.5 x the forward
-                    tflop = calls * per_call[phase] * (2.5 if op.endswith("bwd") else 1.0) / 1e12
-                kind = "matrix product" if tflop else "other"
-                ms = None
-                if ceilings:
-                    ms = tflop / ceilings["gemm"] * 1e3 if tflop else census.bytes[key] / 1e9 / ceilings["copy"]
-                    floor_ms[kind] += ms
-                rows.append({"shape": shape, "checkpointing": policy or "none", "phase": phase, "op": op,
-                             "kind": kind, "calls": calls, "gb": census.bytes[key] / 1e9, "tflop": tflop,
-                             "floor_ms": ms})
-            step_ms = sum(floor_ms.values()) if ceilings else None
-            summary.append({"shape": shape, "checkpointing": policy or "none", "phase": "step", "op": "all",
-                            "kind": "summary", "calls": sum(census.calls.values()),
-                            "gb": sum(census.bytes.values()) / 1e9,
-                            "tflop": sum(r["tflop"] for r in rows if r["shape"] == shape
-                                         and r["checkpointing"] == (policy or "none")),
-                            "floor_ms": step_ms, "products_ms": floor_ms["matrix product"] if ceilings else None,
-                            "other_ms": floor_ms["other"] if ceilings else None,
-                            "model_tflop": flops.model / 1e12, "hardware_tflop": flops.hardware / 1e12,
-                            "head_tflop": flops.head / 1e12,
-                            "mfu_at_floor": flops.model / (step_ms / 1e3) / 989e12 if step_ms else None})
+            ops, step = _accounted(shape, policy, clips, lengths, label_rows, grids, ceilings)
+            rows += ops
+            summary.append(step)
     where = (f"ceilings of {ceilings['device']} ({ceilings['file']}: copy {ceilings['copy']:.2f} TB/s, bf16 GEMM "
              f"{ceilings['gemm']:.0f} TFLOP/s)" if ceilings else "no GPU ceilings found: bytes and FLOPs only")
     notes = (f"A {sum(lengths)}-token pack of {len(clips)} clips of {args.seconds} s ({label_rows} labelled rows), "
              f"bf16, frozen ViT, meta tensors; {where}. The LM head and loss (head_tflop) are not in the op "
-             "rows; MFU at the floor counts them in the model FLOPs against the datasheet's 989 TFLOP/s.")
+             "rows; MFU at the floor counts them in the model FLOPs against the device's datasheet peak.")
     headline = [{"target": f"P5 census {r['shape']} {r['checkpointing']}",
                  "figure": f"model {r['model_tflop']:.0f} TFLOP (hardware {r['hardware_tflop']:.0f}); "
                            + (f"floor {r['floor_ms']:.0f} ms ({r['products_ms']:.0f} products, {r['other_ms']:.0f} "

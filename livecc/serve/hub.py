@@ -18,9 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import queue
-import shutil
 import statistics
-import tempfile
 import threading
 import time
 import uuid
@@ -36,7 +34,7 @@ from ..infer.policy import MAX_QUESTION_TOKENS
 from ..infer.stream import percentile
 from .fanout import Viewers
 from .loop import StepLoop
-from .served import FrameRate, HubFull, Reservation, ServedStream
+from .served import FrameRate, HubFull, Reservation, ServedStream, UploadDir
 from .sources import FrameIntake, Location, SourceError, read_windows
 
 __all__ = ["Hub", "HubFull", "ServedStream"]
@@ -51,9 +49,7 @@ class Hub:
         self.engine.warm_up(max_streams, max_tokens=_cache_bound(self.config, self.engine.spec))
         self.max_streams, self.max_viewers, self.grace_s, self.idle_s = max_streams, max_viewers, grace_s, idle_s
         self.reserved = 0  # slots taken by streams still being received
-        self.own_upload_dir = upload_dir is None
-        self.upload_dir = Path(upload_dir) if upload_dir else Path(tempfile.mkdtemp(prefix="livecc-uploads-"))
-        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        self.uploads = UploadDir(upload_dir)
         self.streams: dict[str, ServedStream] = {}
         self.lock = threading.Lock()  # the registry only: never held while the engine steps
         self.latencies: collections.deque[float] = collections.deque(maxlen=1000)
@@ -88,8 +84,8 @@ class Hub:
         try:
             config = replace(self.config, query=query or self.config.query)
             stream = ServedStream(uuid.uuid4().hex[:12], source, self.engine.open(config),
-                                  Viewers(self.max_viewers), FrameIntake(config.plan), upload=upload,
-                                  rate=FrameRate(_burst(config.plan)))
+                                  Viewers(self.max_viewers), FrameIntake(config.plan), FrameRate.of(config.plan),
+                                  upload=upload)
         except BaseException:
             slot.release()
             raise
@@ -136,11 +132,11 @@ class Hub:
     def take_frame(self, stream: ServedStream) -> bool:
         """Whether a viewer's frame arriving now is within its stream's frame rate (the plan's fps,
         a first window's frames at once); one past it is dropped and counted, undecoded."""
-        return stream.take_frame(stream.state.config.plan.fps, _burst(stream.state.config.plan))
+        return stream.take_frame()
 
     def frame_wait(self, stream: ServedStream) -> float:
         """Seconds until the stream's next frame is within its frame rate."""
-        return stream.rate.wait_s(stream.state.config.plan.fps)
+        return stream.rate.wait_s()
 
     def ask(self, stream: ServedStream, text) -> str:
         """Queue a question for the stream's next window, checked here (in the asker's thread): a
@@ -230,8 +226,7 @@ class Hub:
             self.close(stream)
         self.housekeeping()
         self.loop.stop()
-        if self.own_upload_dir:
-            shutil.rmtree(self.upload_dir, ignore_errors=True)
+        self.uploads.remove()
 
     def health(self) -> dict:
         return {"engine": self.loop.thread.is_alive()}
@@ -260,14 +255,11 @@ class Hub:
                 "kv_pages_in_use": pool.pages_in_use, "kv_pages": pool.pages, "gpu_memory_gb": memory}
 
     def new_upload(self, suffix: str) -> Path:
-        """A server-chosen path: nothing in a request decides where an upload is written."""
-        safe = "".join(c for c in suffix.lower() if c.isalnum())[:8]
-        return self.upload_dir / f"{uuid.uuid4().hex}.{safe or 'bin'}"
+        return self.uploads.new(suffix)
 
-
-def _burst(plan) -> int:
-    """Frames a viewer may send at once: a first window and the next."""
-    return plan.initial_frames + plan.frames_per_window
+    @property
+    def upload_dir(self) -> Path:
+        return self.uploads.path
 
 
 def _cache_bound(config: SessionConfig, spec) -> int:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import collections
 import queue
-import shutil
 import statistics
-import tempfile
 import threading
 import time
 import uuid
@@ -31,7 +29,7 @@ from ray import serve
 from ..infer.stream import percentile
 from .fanout import Viewers
 from .replica import EngineReplica
-from .served import FrameRate, HubFull, Reservation
+from .served import FrameRate, HubFull, Reservation, UploadDir
 from .sources import FrameIntake, Location
 
 __all__ = ["RemoteStream", "Router", "deploy", "undeploy"]
@@ -64,7 +62,7 @@ class RemoteStream:
         self.id, self.replica, self.source, self.plan = stream_id, replica, source, plan
         self.viewers, self.upload = viewers, upload
         self.intake = FrameIntake(plan)
-        self.rate = FrameRate(plan.initial_frames + plan.frames_per_window)
+        self.rate = FrameRate.of(plan)
         self.outbox: queue.Queue = queue.Queue()
         self.closed_at: float | None = None
 
@@ -84,9 +82,7 @@ class Router:
                  upload_dir: str | Path | None = None):
         self.handles, self.max_viewers, self.grace_s = handles, max_viewers, grace_s
         self.names = [APP.format(i) for i in range(len(handles))]
-        self.own_upload_dir = upload_dir is None
-        self.upload_dir = Path(upload_dir) if upload_dir else Path(tempfile.mkdtemp(prefix="livecc-uploads-"))
-        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        self.uploads = UploadDir(upload_dir)
         self.streams: dict[str, RemoteStream] = {}
         self.lock = threading.Lock()
         self.placing = threading.Lock()
@@ -158,14 +154,13 @@ class Router:
         return self.streams.get(stream_id)
 
     def new_upload(self, suffix: str) -> Path:
-        safe = "".join(c for c in suffix.lower() if c.isalnum())[:8]
-        return self.upload_dir / f"{uuid.uuid4().hex}.{safe or 'bin'}"
+        return self.uploads.new(suffix)
 
     def take_frame(self, stream: RemoteStream) -> bool:
-        return stream.rate.take(stream.plan.fps, stream.plan.initial_frames + stream.plan.frames_per_window)
+        return stream.rate.take()
 
     def frame_wait(self, stream: RemoteStream) -> float:
-        return stream.rate.wait_s(stream.plan.fps)
+        return stream.rate.wait_s()
 
     def add_frame(self, stream: RemoteStream, frame) -> None:
         """One frame of a browser's stream: windows are made here (a frame of another size is the
@@ -253,8 +248,7 @@ class Router:
     def shutdown(self) -> None:
         for stream in list(self.streams.values()):
             self.close(stream)
-        if self.own_upload_dir:
-            shutil.rmtree(self.upload_dir, ignore_errors=True)
+        self.uploads.remove()
 
 
 def _headroom(capacity: dict) -> float:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import collections
 import queue
+import shutil
+import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from ..infer import StreamState
 from .fanout import Viewers
 from .sources import FrameIntake
 
-__all__ = ["FrameRate", "HubFull", "Reservation", "ServedStream"]
+__all__ = ["FrameRate", "HubFull", "Reservation", "ServedStream", "UploadDir"]
 
 RECENT = 16  # windows the lag and drop figures look back over
 TIMER_SLACK_S = 0.005
@@ -39,17 +42,24 @@ class Reservation:
 
 @dataclass
 class FrameRate:
-    """A viewer's frame allowance: ``burst`` frames at once, then ``fps``; a frame past it is
-    dropped and counted, before it is decoded, and its sender is not read again until the
-    allowance has a frame (its socket then holds back a flood, at no cost to the server)."""
+    """A viewer's frame allowance: a first window and the next at once, then the plan's frame rate;
+    a frame past it is dropped and counted, before it is decoded, and its sender is not read again
+    until the allowance has a frame (its socket then holds back a flood, at no cost to the server)."""
 
+    fps: float
+    burst: int
     credit: float = 0.0
     at: float = field(default_factory=time.monotonic)
     dropped: int = 0
 
-    def take(self, fps: float, burst: int) -> bool:
+    @classmethod
+    def of(cls, plan) -> FrameRate:
+        burst = plan.initial_frames + plan.frames_per_window
+        return cls(plan.fps, burst, credit=burst)
+
+    def take(self) -> bool:
         now = time.monotonic()
-        self.credit = min(burst, self.credit + (now - self.at) * fps)
+        self.credit = min(self.burst, self.credit + (now - self.at) * self.fps)
         self.at = now
         if self.credit < 1:
             self.dropped += 1
@@ -57,10 +67,29 @@ class FrameRate:
         self.credit -= 1
         return True
 
-    def wait_s(self, fps: float) -> float:
+    def wait_s(self) -> float:
         """Seconds until a frame would be within the rate again (and a little more: an event loop's
         timer may fire up to its clock's resolution early, which would find the frame just short)."""
-        return max(0.0, (1 - self.credit) / fps - (time.monotonic() - self.at)) + TIMER_SLACK_S
+        return max(0.0, (1 - self.credit) / self.fps - (time.monotonic() - self.at)) + TIMER_SLACK_S
+
+
+class UploadDir:
+    """Where a server writes uploads, under names it chooses: the directory given, or a temporary
+    one of its own, removed with it."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.own = path is None
+        self.path = Path(path) if path else Path(tempfile.mkdtemp(prefix="livecc-uploads-"))
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def new(self, suffix: str) -> Path:
+        """A server-chosen path: nothing in a request decides where an upload is written."""
+        safe = "".join(c for c in suffix.lower() if c.isalnum())[:8]
+        return self.path / f"{uuid.uuid4().hex}.{safe or 'bin'}"
+
+    def remove(self) -> None:
+        if self.own:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 @dataclass
@@ -70,6 +99,7 @@ class ServedStream:
     state: StreamState
     viewers: Viewers
     intake: FrameIntake
+    rate: FrameRate  # the frames a viewer may send it
     # (window, when it arrived), at most two waiting: a live stream behind drops its next one
     windows: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=2))
     questions: collections.deque = field(default_factory=collections.deque)  # checked, for the next window
@@ -81,7 +111,6 @@ class ServedStream:
     stop: threading.Event = field(default_factory=threading.Event)  # asked to close; the engine's thread closes it
     closed_at: float | None = None
     last_input: float = field(default_factory=time.monotonic)  # when its source last gave a frame or window
-    rate: FrameRate = field(default_factory=FrameRate)  # frames it may send at once, refilled at its frame rate
     lags: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT))
     outcomes: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT))  # said?
 
@@ -103,9 +132,9 @@ class ServedStream:
     def dropped_frames(self) -> int:  # frames sent faster than the stream's frame rate
         return self.rate.dropped
 
-    def take_frame(self, fps: float, burst: int) -> bool:
+    def take_frame(self) -> bool:
         """Whether a frame arriving now is within the stream's frame rate (:class:`FrameRate`)."""
-        if not self.rate.take(fps, burst):
+        if not self.rate.take():
             return False
         self.last_input = time.monotonic()
         return True
