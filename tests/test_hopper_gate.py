@@ -46,7 +46,7 @@ def test_every_kernel_compiles_for_hopper_within_shared_memory_and_without_spill
         print(" ".join(sorted(names)))
     """).split())
     assert launched and launched <= compiled, launched - compiled
-    assert (tmp_path / table.with_suffix(".md").name).read_text().count("| yes |") > 0  # wgmma seen
+    assert (tmp_path / table.with_suffix(".md").name).read_text().count("| yes m64n") > 0  # wgmma seen, with its shapes
 
 
 def test_the_tuner_prunes_by_the_compiled_kernel_the_launcher_runs():
@@ -83,6 +83,59 @@ def test_the_tuner_prunes_by_the_compiled_kernel_the_launcher_runs():
         fits = [k.metadata.shared <= attention.SMEM_LIMIT for k in by_launch]
         assert [c.kwargs for c in kept] == [c.kwargs for c, f in zip(seen["tuner"].configs, fits) if f]
     """))
+
+
+def test_the_backward_tuner_drops_the_tilings_that_spill():
+    """The key-block backward's tuner, pruning as its run() does for the 7B's heads, keeps exactly
+    the tilings tried at d128 whose compiled kernel fits shared memory and does not spill (read
+    from each cubin as the gate reads it), and never one that spills while another does not."""
+    run_python("""
+        import torch
+        from livecc.kernels import aot, cu_seqlens, cubin
+        from livecc.kernels.varlen_attention import triton as attention
+
+        with aot.compile_only(90) as compiled:
+            seen = {}
+            def record(kernel, jitted, tuners, grid, args, meta, tma=False):
+                if kernel == "bwd_kv":
+                    seen.update(tuner=tuners[0], args=args, meta=meta)
+            launch, attention._launch = attention._launch, record
+            q, k = torch.randn(500, 28, 128).bfloat16(), torch.randn(500, 4, 128).bfloat16()
+            cu = cu_seqlens([200, 300])
+            lse = torch.zeros(28, 500)
+            attention.varlen_attention_bwd(q, q, k, k, q, lse, cu, cu, 300, 300, True, 0.1)
+            attention._launch = launch
+            tuner = seen["tuner"]
+            tuner.nargs = dict(zip(tuner.arg_names, seen["args"]))
+            compiled.clear()
+            kept = tuner.prune_configs({**seen["meta"], "grid": lambda meta: (1,), "warmup": False})
+            tried = [c for c, t in zip(tuner.configs, attention.tuning_space("bwd_kv")) if 128 in t.head_dims
+                     or not t.head_dims]
+            kernels = [kernel for name, kernel, _ in compiled if name == "_bwd_dkdv_kernel"]
+        assert len(kernels) == len(tried)
+        fits = [c for c, kernel in zip(tried, kernels) if kernel.metadata.shared <= attention.SMEM_LIMIT]
+        clean = [c for c, kernel in zip(tried, kernels) if c in fits and not cubin.spills(kernel)]
+        assert [c.kwargs for c in kept] == [c.kwargs for c in (clean or fits)]
+        print(len(tried), len(clean))
+    """)
+
+
+def test_the_gate_counts_a_spill_only_where_no_tiling_of_its_tuner_is_clean():
+    from livecc.kernels.aot import problems, pruned
+
+    def row(tiling, spills, kernel="_bwd_dkdv_kernel", launch="bwd"):
+        return {"launch": {"kernel": launch, "shape": "llm7b", "dtype": "bf16", "config": [tiling]}, "ok": True,
+                "kernels": [{"kernel": kernel, "shared": 1, "spills": spills, "spill_bytes": 8,
+                             "spill_instructions": 2}]}
+
+    clean = row(["bwd_kv", 16, 64, 8, 2, False], False)
+    spilling = row(["bwd_kv", 64, 64, 8, 2, False], True)
+    alone = row(["bwd_kv", 64, 64, 8, 2, True], True)  # the descriptor tilings: another tuner's choice
+    untuned = row(["bwd_kv", 16, 64, 8, 2, False], True, kernel="_delta_kernel")
+    rows = [clean, spilling, alone, untuned]
+    assert pruned(rows) == {(1, 0)}
+    found = problems(rows, limit=10)
+    assert len(found) == 2 and "True" in found[0] and "_delta_kernel" in found[1]
 
 
 def test_a_new_frame_size_or_resize_ratio_does_not_recompile_the_preprocessing():

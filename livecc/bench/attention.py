@@ -43,7 +43,9 @@ def providers(lengths, hq, hkv, d, causal, device):
     cu = cu_seqlens(lengths, device)
     max_len = max(lengths)
     found = {"livecc": lambda q, k, v: varlen_attention(q, k, v, cu, cu, max_len, max_len, causal=causal,
-                                                        backend="triton"),
+                                                        backend="triton", deterministic=False),
+             "livecc_deterministic": lambda q, k, v: varlen_attention(q, k, v, cu, cu, max_len, max_len,
+                                                                      causal=causal, deterministic=True),
              "livecc_auto": lambda q, k, v: varlen_attention(q, k, v, cu, cu, max_len, max_len, causal=causal)}
     for name in ("sdpa_cudnn", "sdpa_flash"):  # PyTorch's SDPA with one backend forced
         found[name] = lambda q, k, v, name=name: BACKENDS[name](q, k, v, cu, cu, max_len, max_len, causal,
@@ -162,6 +164,7 @@ def run(argv=()) -> Sweep | None:
         torch.cuda.empty_cache()
     notes = ("bf16. LLM packs: Qwen2-7B heads 28/4, d128, causal. ViT: 16 heads, d80 (Qwen2-VL) or d72 (vit3: "
              "Qwen3-VL), non-causal frame groups. "
+             "livecc: the one-pass backward (dQ by atomic adds); livecc_deterministic: dQ in a pass of its own. "
              "*_x_fa2: PyTorch FlashAttention-2 varlen time / livecc time (>1 means livecc is faster).")
     cols = ["shape", "provider", "fwd_tflops", "bwd_tflops", "fwd+bwd_tflops", "fwd_x_fa2", "bwd_x_fa2",
             "fwd+bwd_x_fa2", "rel_err_vs_livecc", "error"]

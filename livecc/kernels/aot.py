@@ -25,9 +25,7 @@ import io
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -36,16 +34,16 @@ from pathlib import Path
 
 import torch
 
-from ..cache import cache_root
+from .cubin import resources
 
-__all__ = ["Launch", "compile_only", "launches", "problems", "resources"]
+__all__ = ["Launch", "compile_only", "launches", "problems", "pruned"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Launch:
     """One kernel family, one shape, one tiling (``config``: a ``TileConfig`` or a label)."""
 
-    kernel: str  # fwd, fwd_paged, bwd, decode, ce, rotary, rerotate, preprocess
+    kernel: str  # fwd, fwd_paged, bwd (one pass), bwd_det (dQ apart), decode, ce, rotary, rerotate, preprocess
     shape: str
     dtype: str
     config: tuple = ()
@@ -63,7 +61,10 @@ ATTENTION = {"llm7b": (28, 4, 128, True), "llm2b": (12, 2, 128, True), "vit": (1
 
 def launches(scope: str = "all") -> list[Launch]:
     """``quick``: the bf16 launches of the 7B/2B decoder, the ViT and the streaming engine;
-    ``all``: every dtype and head dim the package supports, every tiling of every tuner."""
+    ``all``: every dtype and head dim the package supports, every tiling of every tuner. The
+    backward is compiled in bf16 only (its fp16 kernels compiled to the same registers and spills
+    in all 228 of its tilings compared), the deterministic mode's key-block kernel with pointer
+    tilings only (its descriptor tilings are the one-pass kernel's without the dQ product)."""
     from .varlen_attention.triton import tuning_space
 
     dtypes = ("bf16",) if scope == "quick" else ("bf16", "fp16", "fp32")
@@ -72,9 +73,14 @@ def launches(scope: str = "all") -> list[Launch]:
     for dt in dtypes:
         if dt != "fp32":  # fp32 attention on a GPU is PyTorch's SDPA: the kernel has no fp32 tilings
             for shape in shapes:
-                out += [Launch("fwd", shape, dt, _cfg(cfg)) for cfg in tuning_space("fwd", tma=True)]
-                kv, dq = tuning_space("bwd_kv"), tuning_space("bwd_q")
-                out += [Launch("bwd", shape, dt, (_cfg(kv[i % len(kv)]), _cfg(dq[i % len(dq)])))
+                d = ATTENTION[shape][2]
+                out += [Launch("fwd", shape, dt, _cfg(cfg)) for cfg in tuning_space("fwd", tma=True, head_dim=d)]
+                if dt != "bf16":
+                    continue
+                kv, dq = tuning_space("bwd_kv", head_dim=d), tuning_space("bwd_q", head_dim=d)
+                out += [Launch("bwd", shape, dt, (_cfg(cfg),))  # one pass, dQ by atomic adds
+                        for cfg in tuning_space("bwd_kv", tma=True, head_dim=d)]
+                out += [Launch("bwd_det", shape, dt, (_cfg(kv[i % len(kv)]), _cfg(dq[i % len(dq)])))
                         for i in range(max(len(kv), len(dq)))]
             out += [Launch("fwd_paged", "llm7b", dt, _cfg(cfg)) for cfg in tuning_space("fwd")]
         for page in (16, 64):
@@ -98,7 +104,7 @@ def run_launch(launch: Launch, device: str) -> None:
     dt = DTYPES[launch.dtype]
     g = torch.Generator().manual_seed(0)
     rand = lambda *shape, dtype=dt: torch.randn(*shape, generator=g).to(dtype).to(device)
-    if launch.kernel in ("fwd", "fwd_paged", "bwd"):
+    if launch.kernel in ("fwd", "fwd_paged", "bwd", "bwd_det"):
         hq, hkv, d, causal = ATTENTION[launch.shape]
         lengths = [300, 1000, 77]
         cu = cu_seqlens(lengths, device)
@@ -116,7 +122,7 @@ def run_launch(launch: Launch, device: str) -> None:
             else:
                 out, lse = torch.empty_like(q), torch.zeros(hq, q.shape[0], device=device)
                 attention.varlen_attention_bwd(rand(*q.shape), q, k, v, out, lse, cu, cu, max(lengths),
-                                               max(lengths), causal, scale)
+                                               max(lengths), causal, scale, deterministic=launch.kernel == "bwd_det")
     elif launch.kernel == "decode":
         from .paged_decode_attention.triton import paged_decode_attention_fwd
 
@@ -160,7 +166,7 @@ def run_launch(launch: Launch, device: str) -> None:
 @contextlib.contextmanager
 def _forced(attention, launch: Launch) -> Iterator[None]:
     saved = dict(attention.FORCED)
-    configs = launch.config if launch.kernel == "bwd" else (launch.config,)
+    configs = launch.config if launch.kernel in ("bwd", "bwd_det") else (launch.config,)
     for c in configs:
         cfg = attention.TileConfig(*c)
         attention.FORCED[cfg.kernel] = cfg
@@ -224,53 +230,6 @@ def compile_only(arch: int | None = None) -> Iterator[list]:
         driver._active = previous
 
 
-def _tool(name: str) -> str:
-    import triton
-
-    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
-
-
-def resources(kernel, ptxas_log: str = "") -> dict:
-    """Shared memory, registers and spills of a compiled kernel (from its cubin), and whether its
-    matrix products are Hopper's ``wgmma`` and its loads the tensor copy engine's. The cubin's
-    numbers are kept under the kernel's hash (Triton's cache key) in livecc's cache, so a kernel
-    Triton's cache already holds costs no tool run the next time."""
-    ptx = kernel.asm.get("ptx", "")
-    out = {"shared": kernel.metadata.shared, "num_warps": kernel.metadata.num_warps,
-           "num_stages": kernel.metadata.num_stages, "wgmma": "wgmma.mma_async" in ptx,
-           "tma": "cp.async.bulk.tensor" in ptx}
-    out.update(_cubin_resources(kernel))
-    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptxas_log)
-    out["spill_bytes"] = int(spill.group(1)) + int(spill.group(2)) if spill else None
-    out["spills"] = bool(out.get("local") or out["spill_instructions"] or out["spill_bytes"])
-    return out
-
-
-def _cubin_resources(kernel) -> dict:
-    """Registers, stack and local memory from ``cuobjdump``; the local loads and stores of the SASS
-    are counted only where there is local memory (without it a kernel has none)."""
-    cached = cache_root() / "aot" / f"{kernel.hash}.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / "k.cubin"
-        cubin.write_bytes(kernel.asm["cubin"])
-        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", str(cubin)], capture_output=True,
-                               text=True).stdout
-        m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage)
-        out = {"registers": int(m.group(1)), "stack": int(m.group(2)), "local": int(m.group(3))} if m else {}
-        sass = ""
-        if not m or out["local"] or out["stack"]:
-            sass = subprocess.run([_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True).stdout
-    out["spill_instructions"] = len(re.findall(r"\b(?:STL|LDL)(?:\.\w+)*\s", sass))
-    if m:  # a cubin the tool could not read is read again next time
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(out))
-        partial.replace(cached)
-    return out
-
-
 def _compile_one(launch: Launch, arch: int | None, device: str) -> dict:
     t0 = time.perf_counter()
     try:
@@ -307,19 +266,43 @@ def compile_all(selected: list[Launch], arch: int | None, jobs: int,
     return rows
 
 
+_TUNED = {"_fwd_kernel": "fwd", "_bwd_dkdv_kernel": "bwd_kv", "_bwd_dq_kernel": "bwd_q"}  # kernel -> its tiling
+
+
+def _tuner_group(launch: dict, kernel: str) -> tuple | None:
+    """The tuner that would choose among the launches of ``kernel`` like this one (same launch
+    kind, shape, dtype and kernel, pointer or TMA tilings), or None for a kernel no tuner chooses."""
+    if kernel not in _TUNED:
+        return None
+    config = launch["config"]
+    tilings = config if config and isinstance(config[0], (list, tuple)) else (config,)
+    tiling = next(t for t in tilings if t[0] == _TUNED[kernel])
+    return launch["kernel"], launch["shape"], launch["dtype"], kernel, tiling[5]
+
+
+def pruned(rows: list[dict]) -> set[tuple[int, int]]:
+    """``(row, kernel)`` of every compiled kernel the attention tuners drop: one that spills where
+    another tiling of its tuner does not (``varlen_attention.triton._prune``)."""
+    clean = {_tuner_group(row["launch"], k["kernel"]) for row in rows if row["ok"] for k in row["kernels"]
+             if not k.get("spills")}
+    return {(i, j) for i, row in enumerate(rows) if row["ok"] for j, k in enumerate(row["kernels"])
+            if k.get("spills") and _tuner_group(row["launch"], k["kernel"]) in clean - {None}}
+
+
 def problems(rows: list[dict], limit: int) -> list[str]:
     """What fails the gate: a launch that does not compile, a kernel over ``limit`` bytes of shared
-    memory, and a spill in a 16-bit (bf16/fp16) launch, every one a training or streaming hot path."""
-    found = []
-    for row in rows:
+    memory, and a spill in a 16-bit (bf16/fp16) launch, every one a training or streaming hot path,
+    unless a tuner drops that tiling for one that does not spill (:func:`pruned`)."""
+    found, dropped = [], pruned(rows)
+    for i, row in enumerate(rows):
         name = Launch(**row["launch"]).name
         if not row["ok"]:
             found.append(f"{name}: does not compile ({row['error'].splitlines()[0][:200]})")
             continue
-        for k in row["kernels"]:
+        for j, k in enumerate(row["kernels"]):
             if k.get("shared", 0) > limit:
                 found.append(f"{name}: {k['kernel']} needs {k['shared']} bytes of shared memory (limit {limit})")
-            if k.get("spills") and row["launch"]["dtype"] != "fp32":
+            if k.get("spills") and row["launch"]["dtype"] != "fp32" and (i, j) not in dropped:
                 found.append(f"{name}: {k['kernel']} spills registers ({k.get('spill_bytes')} bytes, "
                              f"{k['spill_instructions']} local loads/stores)")
     return found
@@ -334,17 +317,20 @@ def write_table(rows: list[dict], stem: Path, header: str, found: list[str]) -> 
              "| launch | shape | dtype | tiling | kernel | shared B | registers | spill B / local ld+st | wgmma | TMA "
              "|",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
+    dropped = pruned(rows)
+    for i, row in enumerate(rows):
         launch = row["launch"]
         tiling = " ".join(str(c) for c in launch["config"]) if launch["config"] else "-"
         if not row["ok"]:
             lines.append(f"| {launch['kernel']} | {launch['shape']} | {launch['dtype']} | {tiling} | "
                          f"does not compile | | | | | |")
             continue
-        for k in row["kernels"]:
+        for j, k in enumerate(row["kernels"]):
             spill = f"{k.get('spill_bytes') if k.get('spill_bytes') is not None else '?'} / {k['spill_instructions']}"
+            spill += " (tuner drops it)" if (i, j) in dropped else ""
             lines.append(f"| {launch['kernel']} | {launch['shape']} | {launch['dtype']} | {tiling} | {k['kernel']} | "
-                         f"{k['shared']} | {k.get('registers', '?')} | {spill} | {'yes' if k['wgmma'] else '-'} | "
+                         f"{k['shared']} | {k.get('registers', '?')} | {spill} | "
+                         f"{'yes ' + ' '.join(k.get('wgmma_shapes', [])) if k['wgmma'] else '-'} | "
                          f"{'yes' if k['tma'] else '-'} |")
     lines += ["", "Problems:" if found else "No problems.", *[f"- {p}" for p in found]]
     Path(f"{stem}.md").write_text("\n".join(lines) + "\n")

@@ -41,9 +41,10 @@ def attention_case(gen, q_lens, k_lens, hq, hkv, d, dtype):
     return q, k, v, cu_seqlens(q_lens, "cuda"), cu_seqlens(k_lens, "cuda")
 
 
-def check_attention(gen, q_lens, k_lens, hq, hkv, d, causal, dtype, config=None):
+def check_attention(gen, q_lens, k_lens, hq, hkv, d, causal, dtype, deterministic=None):
     q, k, v, cu_q, cu_k = attention_case(gen, q_lens, k_lens, hq, hkv, d, dtype)
-    out, lse = varlen_attention(q, k, v, cu_q, cu_k, max(q_lens), max(k_lens), causal=causal, return_lse=True)
+    out, lse = varlen_attention(q, k, v, cu_q, cu_k, max(q_lens), max(k_lens), causal=causal, return_lse=True,
+                                deterministic=deterministic)
     do = torch.randn(out.shape, device="cuda", generator=gen).to(dtype)
     grads = torch.autograd.grad(out, (q, k, v), do)
     ref_in = [t.detach().double().requires_grad_() for t in (q, k, v)]
@@ -100,18 +101,42 @@ def test_paged_prefill_after_an_unpaged_call_of_the_same_shape(cuda_gen):
 @pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
 @pytest.mark.parametrize("config", range(len(CONFIGS)))
 def test_every_attention_tile_configuration(cuda_gen, config, tma, monkeypatch):
-    """Each configuration of the tuning space, forced, at d128 with GQA and at the ViT's d80 (the
-    forward's also through tensor descriptors where the GPU has TMA)."""
+    """Each configuration of the tuning space, forced (spilling or not), at d128 with GQA and at the
+    ViT's d80 where it is tried at them, also through tensor descriptors where the GPU has TMA; the
+    key-block backward in one pass and beside the dQ pass, which only the deterministic mode runs."""
     from dataclasses import replace
 
     from livecc.kernels.varlen_attention import triton as kernels
 
     cfg = CONFIGS[config]
-    if tma and (cfg.kernel != "fwd" or not kernels.tma_supported()):
-        pytest.skip("tensor descriptors: the forward on a GPU with TMA only")
+    if tma and (cfg.kernel == "bwd_q" or not kernels.tma_supported()):
+        pytest.skip("tensor descriptors: the forward and the key-block backward, on a GPU with TMA")
     monkeypatch.setattr(kernels, "FORCED", {cfg.kernel: replace(cfg, tma=tma)})
-    check_attention(cuda_gen, [300, 77, 1], [300, 77, 1], 8, 2, 128, True, torch.bfloat16)
-    check_attention(cuda_gen, [300, 77], [300, 77], 4, 4, 80, False, torch.bfloat16)
+    modes = {"fwd": (None,), "bwd_kv": (False, True), "bwd_q": (True,)}[cfg.kernel]
+    cases = [([300, 77, 1], 8, 2, 128, True), ([300, 77], 4, 4, 80, False)]
+    for lengths, hq, hkv, d, causal in cases:
+        if cfg in kernels.kept_for([c for c in CONFIGS if c.kernel == cfg.kernel], d):
+            for deterministic in modes:
+                check_attention(cuda_gen, lengths, lengths, hq, hkv, d, causal, torch.bfloat16, deterministic)
+
+
+@pytest.mark.parametrize("d, hq, hkv, causal", [(128, 28, 4, True), (80, 16, 16, False)], ids=["d128", "d80"])
+def test_the_deterministic_backward_repeats_bit_for_bit(cuda_gen, d, hq, hkv, causal):
+    """The deterministic mode gives the same bits on every run; the one-pass backward (dQ by
+    atomic adds, in no fixed order) agrees with it to bf16 rounding."""
+    lengths = [1, 17, 129, 300, 1000, 63]
+    q, k, v, cu_q, cu_k = attention_case(cuda_gen, lengths, lengths, hq, hkv, d, torch.bfloat16)
+    do = torch.randn(q.shape, device="cuda", generator=cuda_gen).to(torch.bfloat16)
+
+    def grads(deterministic):
+        out = varlen_attention(q, k, v, cu_q, cu_k, 1000, 1000, causal=causal, backend="triton",
+                               deterministic=deterministic)
+        return torch.autograd.grad(out, (q, k, v), do)
+
+    first = grads(True)
+    assert all(torch.equal(a, b) for _ in range(3) for a, b in zip(first, grads(True)))
+    for a, b in zip(first, grads(False)):
+        assert rel_err(b, a) < TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("backend", ["triton", "sdpa_cudnn", "sdpa_flash", "torch_varlen", "flash_attn", "auto"])

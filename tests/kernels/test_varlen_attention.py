@@ -30,6 +30,29 @@ def compare(gen, q_lens, k_lens, hq, hkv, d, causal, dtype):
     for name, g, r in zip("qkv", grads, ref_grads):
         assert torch.isfinite(g).all(), name
         assert rel_err(g, r) < tol, (name, rel_err(g, r))
+    return (q, k, v, cu_q, cu_k, max(q_lens), max(k_lens), causal), grad_out, grads
+
+
+def launches(monkeypatch) -> list:
+    """The kernels the attention launchers run from now on, as (tiling kind, ATOMIC_DQ)."""
+    from livecc.kernels.varlen_attention import triton as kernels
+
+    seen, launch = [], kernels._launch
+
+    def record(kernel, jitted, tuners, grid, args, meta, tma=False):
+        seen.append((kernel, meta.get("ATOMIC_DQ")))
+        return launch(kernel, jitted, tuners, grid, args, meta, tma)
+
+    monkeypatch.setattr(kernels, "_launch", record)
+    return seen
+
+
+@pytest.fixture
+def deterministic():
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -38,6 +61,34 @@ def compare(gen, q_lens, k_lens, hq, hkv, d, causal, dtype):
 def test_packs_with_odd_lengths(nan_empty, gen, dtype, causal, d, hq, hkv):
     lengths = [1, 17, 40, 3]  # a length-1 document and lengths that are not a multiple of the block
     compare(gen, lengths, lengths, hq, hkv, d, causal, dtype)
+
+
+def test_the_backward_is_one_pass_with_dq_added_atomically(nan_empty, gen, monkeypatch):
+    """By default one kernel computes dK, dV and dQ (after the delta kernel): no dQ pass; asked
+    for a deterministic backward, the call takes the separate dQ pass."""
+    seen = launches(monkeypatch)
+    args, grad_out, grads = compare(gen, [1, 17, 40, 3], [1, 17, 40, 3], 7, 1, 64, True, torch.bfloat16)
+    assert seen == [("fwd", None), ("bwd_kv", True)]
+    seen.clear()
+    out = varlen_attention(*args[:7], causal=True, deterministic=True)
+    again = torch.autograd.grad(out, args[:3], grad_out)
+    assert seen == [("fwd", None), ("bwd_kv", False), ("bwd_q", None)]
+    assert all(rel_err(a, b) < TOL[torch.bfloat16] for a, b in zip(grads, again))
+
+
+@pytest.mark.parametrize("d, hq, hkv, causal, dtype", [
+    (128, 4, 2, True, torch.bfloat16), (80, 3, 3, False, torch.float32), (64, 7, 1, True, torch.float32),
+    (64, 7, 1, False, torch.bfloat16)])
+def test_deterministic_backward_has_no_atomics_and_repeats_bit_for_bit(nan_empty, gen, monkeypatch, deterministic,
+                                                                       d, hq, hkv, causal, dtype):
+    """Under ``torch.use_deterministic_algorithms(True)`` dQ comes from its own kernel, one program
+    per query block (no atomic adds): the reference's gradients, and the same bits run to run."""
+    seen = launches(monkeypatch)
+    args, grad_out, grads = compare(gen, [1, 17, 40, 3], [1, 17, 40, 3], hq, hkv, d, causal, dtype)
+    assert seen == [("fwd", None), ("bwd_kv", False), ("bwd_q", None)]
+    out = varlen_attention(*args[:7], causal=causal)
+    again = torch.autograd.grad(out, args[:3], grad_out)
+    assert all(torch.equal(a, b) for a, b in zip(grads, again))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -73,7 +124,7 @@ def test_custom_op_passes_opcheck(gen):
     q = torch.randn(19, 4, 64, generator=gen, requires_grad=True)
     k = torch.randn(19, 2, 64, generator=gen, requires_grad=True)
     v = torch.randn(19, 2, 64, generator=gen, requires_grad=True)
-    args = (q, k, v, cu([7, 12]), cu([7, 12]), 12, 12, True, 0.125)
+    args = (q, k, v, cu([7, 12]), cu([7, 12]), 12, 12, True, 0.125, False)
     torch.library.opcheck(torch.ops.livecc.varlen_attention_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
@@ -217,12 +268,14 @@ def test_document_block_table(gen):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("d", [64, 80])
-def test_forward_through_tensor_descriptors(nan_empty, gen, monkeypatch, dtype, d):
-    """The forward with Q, K and V tiles loaded by tensor descriptors (TMA on Hopper), which
-    zero-fill past a document's end: odd lengths, queries after a cache, a document without keys."""
+def test_forward_and_backward_through_tensor_descriptors(nan_empty, gen, monkeypatch, dtype, d):
+    """The forward and the one-pass backward with their Q, K, V (and dO) tiles loaded by tensor
+    descriptors (TMA on Hopper), which zero-fill past a document's end: odd lengths, queries after
+    a cache, a document without keys."""
     from livecc.kernels.varlen_attention import triton as kernels
 
     monkeypatch.setitem(kernels.FORCED, "fwd", kernels.TileConfig("fwd", 16, 16, 4, 1, tma=True))
+    monkeypatch.setitem(kernels.FORCED, "bwd_kv", kernels.TileConfig("bwd_kv", 16, 16, 4, 1, tma=True))
     compare(gen, [1, 17, 40, 3], [1, 17, 40, 3], 3, 1, d, True, dtype)
     compare(gen, [5, 6, 20], [37, 0, 20], 2, 2, d, False, dtype)
 

@@ -28,43 +28,45 @@ _dispatchers: dict[int, Dispatcher] = {}  # CUDA device index -> its dispatcher
 
 @torch.library.custom_op("livecc::varlen_attention_fwd", mutates_args=())
 def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
-         max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+         max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
+         deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
     from .triton import varlen_attention_fwd
 
     return varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, causal, scale)
 
 
 @_fwd.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale):
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, deterministic):
     return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
 
 @torch.library.custom_op("livecc::varlen_attention_bwd", mutates_args=())
 def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
          lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
-         max_seqlen_k: int, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+         max_seqlen_k: int, causal: bool, scale: float,
+         deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from .triton import varlen_attention_bwd
 
     return varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                causal, scale)
+                                causal, scale, deterministic)
 
 
 @_bwd.register_fake
-def _(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale):
+def _(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, deterministic):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale = inputs
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, deterministic = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
-    ctx.config = (max_seqlen_q, max_seqlen_k, causal, scale)
+    ctx.config = (max_seqlen_q, max_seqlen_k, causal, scale, deterministic)
 
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
     dq, dk, dv = _bwd(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *ctx.config)
-    return dq, dk, dv, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -121,6 +123,7 @@ def varlen_attention(
     softmax_scale: float | None = None,
     return_lse: bool = False,
     backend: str = "auto",
+    deterministic: bool | None = None,
 ):
     """Attention over packed sequences.
 
@@ -129,20 +132,25 @@ def varlen_attention(
     row belongs to a sequence: checking would cost a host sync per call). Causal masks are aligned
     bottom-right, for queries appended after a KV cache. Returns ``out [Tq, Hq, D]`` (0 for a query
     that sees no key) and, with ``return_lse``, ``lse [Hq, Tq]`` in fp32 natural log (-inf there).
-    ``backend`` (CUDA): ``"auto"`` or one of ``backends.BACKENDS``.
+    ``backend`` (CUDA): ``"auto"`` or one of ``backends.BACKENDS``. The Triton backward adds dQ
+    with atomic adds in one pass; ``deterministic`` (default: ``torch.are_deterministic_algorithms_enabled()``
+    when the forward runs) computes dQ in a pass of its own instead, the same bits run to run, and
+    makes ``"auto"`` the Triton kernels.
     """
     _check(q, k, v, cu_seqlens_q, cu_seqlens_k)
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
     if kernel_serves(q):
         cu_q, cu_k = cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32)
         args = (q, k, v, cu_q, cu_k, int(max_seqlen_q), int(max_seqlen_k), bool(causal), scale)
-        if backend == "auto":
-            backend = "triton" if return_lse else _auto(args, aligned=cu_seqlens_q is cu_seqlens_k)
+        if deterministic is None:
+            deterministic = torch.are_deterministic_algorithms_enabled()
+        if backend == "auto":  # the other backends' backwards promise no fixed order of their dQ sums
+            backend = "triton" if return_lse or deterministic else _auto(args, aligned=cu_seqlens_q is cu_seqlens_k)
         if backend not in BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}; choose from {sorted(BACKENDS)} or 'auto'")
         if backend != "triton":
             return BACKENDS[backend](*args)
-        out, lse = _fwd(*args)
+        out, lse = _fwd(*args, bool(deterministic))
     elif return_lse:
         out, lse = varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
     else:

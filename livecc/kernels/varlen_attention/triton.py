@@ -8,10 +8,11 @@ most one idle program per document, the slack of a size known without reading th
 rather than the longest document's block count for every document. Causal masks are aligned
 bottom-right, so a new streaming window attends to its KV cache. Every key loop runs in two parts:
 the tiles every query of the block fully sees, with no mask at all, and the few on the diagonal or
-a document's edge, masked. The backward has its own ``delta = rowsum(dO * O)`` kernel, one dK/dV
-program per key block and query head (key-major products, dK/dV in registers, no atomics; a GQA
-group's shares summed afterwards), and one dQ program per query block. Scores are in log2 units so each probability is
-one ``exp2``. A head dim that is not a power of two runs as two power-of-two parts (the ViT's 80 as
+a document's edge, masked. The backward has its own ``delta = rowsum(dO * O)`` kernel, then one
+pass: a program per key block and KV head walks every query head of its GQA group (key-major
+products, dK/dV in registers) and adds dQ into an fp32 buffer by atomic adds; the deterministic
+mode adds no dQ there and runs one dQ program per query block after. Scores are in log2 units so
+each probability is one ``exp2``. A head dim that is not a power of two runs as two power-of-two parts (the ViT's 80 as
 64 + 16: two dot products per product, no idle lanes) where that is narrower than padding it to
 the next power of two. In the interpreter fp32 inputs take IEEE fp32 dot products; a GPU serves
 fp32 with PyTorch's SDPA (``backends.kernel_serves``).
@@ -35,6 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..cubin import spills
 from ..dispatch import interpreting
 from ..triton_utils import LOG2E, dot, softmax_result, softmax_weights
 
@@ -54,22 +56,29 @@ class TileConfig:
     BN: int
     num_warps: int
     num_stages: int
-    tma: bool = False  # forward only: Q, K, V tiles through tensor descriptors (TMA on Hopper)
+    tma: bool = False  # fwd, bwd_kv: Q, K, V (dO) tiles through tensor descriptors (TMA on Hopper)
+    head_dims: tuple[int, ...] = ()  # the head dims it is tried at (it spills at others); (): every one
 
     @property
     def tiles(self) -> dict:
         """The kernel's tile arguments."""
-        return {"BM": self.BM, "BN": self.BN, **({"TMA": self.tma} if self.kernel == "fwd" else {})}
+        return {"BM": self.BM, "BN": self.BN, **({"TMA": self.tma} if self.kernel in ("fwd", "bwd_kv") else {})}
 
 
-# Hopper tilings that compile for sm_90 without spilling registers at head dims 64, 80 (64 + 16),
-# 96 and 128, GQA groups 1-7, in bf16 and fp16, with Triton 3.6 and 3.9 (``python -m
-# livecc.kernels.aot`` reads the compiled cubins; the test suite runs it).
+# Hopper tilings that compile for sm_90 within shared memory at head dims 64, 80 (64 + 16) and
+# 128, GQA groups 1-7, in bf16 and fp16, with Triton 3.6 and 3.9 (``python -m livecc.kernels.aot``
+# reads the compiled cubins; the test suite runs it). The backward's key-block program holds dK
+# and dV of BN keys in registers beside its score tiles, next to the 255 registers a thread may
+# have, where a few registers decide whether ptxas spills and move between Triton releases: its
+# tuners try these and drop the tilings whose compiled kernel spills (``_prune``); a backward
+# tiling names the head dims it is tried at where it spills at others in every release.
+_BWD_KV = [(16, 64, 2, ()), (16, 64, 3, ()), (32, 64, 2, ()), (32, 64, 3, ()), (64, 64, 2, ()), (64, 64, 3, (64, 80)),
+           (16, 128, 2, (64, 128)), (16, 128, 3, (64, 128)), (32, 128, 2, (64, 128)), (32, 128, 3, (64, 128)),
+           (64, 128, 2, (64, 80)), (64, 128, 3, (64, 80))]
 CONFIGS = [
     TileConfig("fwd", 128, 64, 8, 3), TileConfig("fwd", 128, 128, 8, 2),
     TileConfig("fwd", 64, 64, 4, 4), TileConfig("fwd", 128, 32, 8, 4),
-    TileConfig("bwd_kv", 16, 128, 8, 3), TileConfig("bwd_kv", 16, 128, 8, 4),
-    TileConfig("bwd_kv", 32, 64, 8, 3), TileConfig("bwd_kv", 32, 64, 8, 4),
+    *(TileConfig("bwd_kv", bm, bn, 8, stages, head_dims=dims) for bm, bn, stages, dims in _BWD_KV),
     TileConfig("bwd_q", 128, 64, 8, 3), TileConfig("bwd_q", 64, 64, 4, 3),
     TileConfig("bwd_q", 128, 32, 8, 4),
 ]
@@ -102,39 +111,59 @@ def _smem_limit(device: torch.device) -> int:
     return SMEM_LIMIT  # compiling for a Hopper GPU from a machine without one (livecc.kernels.aot)
 
 
-def _prune(fn):
-    """Keep the tilings whose kernel, compiled for these arguments (the compile the tuner makes next
-    anyway), fits the device's shared memory."""
+def _prune(fn, tilings: dict):
+    """Keep the tilings kept for the call's head dim (``tilings``: each tuner config's
+    ``TileConfig`` by id) whose kernel, compiled for these arguments (the compile the tuner makes
+    next anyway), fits the device's shared memory and, where any does not, keeps every register in
+    the register file: next to 255 registers a thread, whether ptxas spills moves with a few
+    registers between Triton releases."""
 
     def prune(configs, named_args, **kwargs):
         if named_args["Q"].dtype == torch.float32:
             raise ValueError("the attention kernel has no fp32 tilings for a GPU (varlen_attention serves fp32 "
                              "with PyTorch's SDPA there)")
         limit = _smem_limit(named_args["Q"].device)
+        kept = kept_for([tilings[id(c)] for c in configs], kwargs["D"])
         # the tuner passes its launch's own grid and warmup flag along with the kernel's arguments
         meta = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
-        fit = [c for c in configs
-               if fn.warmup(grid=(1,), **named_args, **meta, **c.all_kwargs()).metadata.shared <= limit]
+        compiled = {id(c): fn.warmup(grid=(1,), **named_args, **meta, **c.all_kwargs())
+                    for c in configs if tilings[id(c)] in kept}
+        fit = [c for c in configs if id(c) in compiled and compiled[id(c)].metadata.shared <= limit]
         if not fit:
             raise ValueError(f"{fn.__name__}: no tiling fits {limit} bytes of shared memory at head dim {kwargs['D']}")
-        return fit
+        return [c for c in fit if not spills(compiled[id(c)])] or fit
 
     return prune
 
 
-def tuning_space(kernel: str, tma: bool = False) -> list[TileConfig]:
-    """The tilings one tuner of ``kernel`` tries: each of ``CONFIGS``, and with ``tma`` (the
-    forward's tuner for aligned, unpaged calls) each forward tiling through descriptors as well."""
-    return [TileConfig(c.kernel, c.BM, c.BN, c.num_warps, c.num_stages, t)
-            for c in CONFIGS if c.kernel == kernel for t in ((False, True) if tma else (False,))]
+def kept_for(configs: list[TileConfig], head_dim: int) -> list[TileConfig]:
+    """The tilings of ``configs`` tried at ``head_dim``: those that name it and those that name none."""
+    return [c for c in configs if not c.head_dims or head_dim in c.head_dims]
+
+
+def tuning_space(kernel: str, tma: bool = False, head_dim: int | None = None) -> list[TileConfig]:
+    """The tilings one tuner of ``kernel`` tries (at ``head_dim``: those kept for it): each of
+    ``CONFIGS``, and with ``tma`` (the forward's tuner for aligned, unpaged calls) each forward
+    tiling through descriptors as well."""
+    ours = [c for c in CONFIGS if c.kernel == kernel]
+    if head_dim is not None:
+        ours = kept_for(ours, head_dim)
+    return [TileConfig(c.kernel, c.BM, c.BN, c.num_warps, c.num_stages, t, c.head_dims)
+            for c in ours for t in ((False, True) if tma else (False,))]
+
+
+_TUNING_KEYS = {"fwd": ["D", "CAUSAL", "GROUP", "PAGE"], "bwd_kv": ["D", "CAUSAL", "GROUP", "ATOMIC_DQ"],
+                "bwd_q": ["D", "CAUSAL", "GROUP"]}
 
 
 def _tuned(kernel: str, fn, tma: bool = False):
-    """``fn`` autotuned over ``tuning_space(kernel, tma)``."""
-    configs = [triton.Config(c.tiles, num_warps=c.num_warps, num_stages=c.num_stages)
-               for c in tuning_space(kernel, tma)]
-    key = ["D", "CAUSAL", "GROUP", "PAGE"] if kernel == "fwd" else ["D", "CAUSAL", "GROUP"]
-    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _prune(fn)})(fn)
+    """``fn`` autotuned over ``tuning_space(kernel, tma)``; dQ, which the one-pass backward adds
+    into, is zeroed before each timed run."""
+    space = tuning_space(kernel, tma)
+    configs = [triton.Config(c.tiles, num_warps=c.num_warps, num_stages=c.num_stages) for c in space]
+    prune = _prune(fn, {id(config): tile for config, tile in zip(configs, space)})
+    return triton.autotune(configs, key=_TUNING_KEYS[kernel], prune_configs_by={"early_config_prune": prune},
+                           reset_to_zero=["DQ"] if kernel == "bwd_kv" else None)(fn)
 
 
 def _launch(kernel: str, jitted, tuners: tuple, grid, args, meta: dict, tma: bool = False) -> None:
@@ -241,6 +270,14 @@ def _rows(P, start, o_t, stride_t, i_h, stride_h, o_d, m_t, m_d):
 
 
 @triton.jit
+def _block_ptrs(P, row0, stride_t, i_h, stride_h, o_d, BT: tl.constexpr):
+    """Pointers ``[BT, len(o_d)]`` to rows ``row0 + i`` of head ``i_h``: the block's base a scalar,
+    its offsets 32-bit (a tensor of 64-bit offsets would hold two registers per element)."""
+    base = P + row0 * stride_t + i_h * stride_h
+    return base + (tl.arange(0, BT)[:, None] * stride_t + o_d[None, :])
+
+
+@triton.jit
 def _cols(P, start, o_t, stride_t, i_h, stride_h, o_d, m_t, m_d):
     """The transposed block ``[BD, len(o_t)]``."""
     return tl.load(P + (start + o_t)[None, :] * stride_t + i_h * stride_h + o_d[:, None],
@@ -330,6 +367,14 @@ def _descriptor(P, start, stride_t, i_h, stride_h, rows, D: tl.constexpr, BR: tl
                                      strides=[stride_t, 1], block_shape=[BR, BC])  # a keyless document: no load
 
 
+@triton.jit
+def _doc_descriptor(P, start, rows, stride_t, BR: tl.constexpr, BC: tl.constexpr):
+    """A tensor descriptor of ``rows`` rows from row ``start``, every head's columns (a tile's
+    column is its head's offset), tiles ``[BR, BC]``; rows past ``rows`` read as zeros."""
+    return tl.make_tensor_descriptor(P + start * stride_t, shape=[tl.maximum(rows, 1), stride_t],
+                                     strides=[stride_t, 1], block_shape=[BR, BC])
+
+
 @triton.jit(do_not_specialize=["size_q", "stride_tab", "total_q"])
 def _fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K, TAB_Q, size_q, TABLE, stride_tab, scale_log2,
@@ -413,27 +458,40 @@ def _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m):
 
 
 @triton.jit
-def _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len, o_n, m_n,
-               o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
-               MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr, BM: tl.constexpr,
-               SPLIT: tl.constexpr):
-    """One query block into a key block's dK/dV, key-major: every product has the keys as rows
-    (``S^T = K Q^T``, ``dV += P^T dO``, ``dP^T = V dO^T``, ``dK += dS^T Q``), so the scores never
-    change layout between products (no transposes of register tiles)."""
+def _dkdv_tile(Q, DO, QE, DOE, LSE, DELTA, DQ, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start,
+               q_len, o_n, m_n, o_d, m_d, o_e, m_e, diag, i_h, total_q, scale, scale_log2, stride_qt, stride_qh,
+               stride_dot, stride_doh, stride_dqt, stride_dqh, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+               DOT_FP32: tl.constexpr, BM: tl.constexpr, SPLIT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+               TMA: tl.constexpr):
+    """One query block of query head ``i_h`` into a key block's dK/dV, key-major: the score
+    products have the keys as rows (``S^T = K Q^T``, ``dV += P^T dO``, ``dP^T = V dO^T``,
+    ``dK += dS^T Q``), so the scores never change layout between them. With ``ATOMIC_DQ`` the
+    block's share of dQ (``dS K``, scaled) is added to ``DQ`` (fp32) in place. With ``TMA``,
+    ``Q``/``DO`` (``QE``/``DOE``: the second head-dim part) are descriptors of the document."""
     o_m = start_m + tl.arange(0, BM)
     m_m = o_m < q_len
     if not MASK:
         m_m = tl.full([BM], True, tl.int1)
-    b_q = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_d, m_m, m_d)
-    b_do = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_d, m_m, m_d)
+    row0 = q_start + start_m
+    if TMA:
+        b_q, b_do = Q.load([start_m, i_h * stride_qh]), DO.load([start_m, i_h * stride_doh])
+    else:
+        b_q = tl.load(_block_ptrs(Q, row0, stride_qt, i_h, stride_qh, o_d, BM), mask=m_m[:, None] & m_d[None, :],
+                      other=0.0)
+        b_do = tl.load(_block_ptrs(DO, row0, stride_dot, i_h, stride_doh, o_d, BM), mask=m_m[:, None] & m_d[None, :],
+                       other=0.0)
     b_lse, b_delta = _row_stats(LSE, DELTA, i_h, total_q, q_start, o_m, m_m)
     b_st = dot(b_k, tl.trans(b_q), tl.zeros([b_k.shape[0], BM], dtype=tl.float32), DOT_FP32)
     b_dpt = dot(b_v, tl.trans(b_do), tl.zeros([b_k.shape[0], BM], dtype=tl.float32), DOT_FP32)
     b_qe = tl.zeros([BM, b_ke.shape[1]], dtype=b_q.dtype)
     b_doe = tl.zeros([BM, b_ke.shape[1]], dtype=b_do.dtype)
     if SPLIT:
-        b_qe = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_e, m_m, m_e)
-        b_doe = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_e, m_m, m_e)
+        if TMA:
+            b_qe = QE.load([start_m, i_h * stride_qh + b_k.shape[1]])
+            b_doe = DOE.load([start_m, i_h * stride_doh + b_k.shape[1]])
+        else:
+            b_qe = _rows(Q, q_start, o_m, stride_qt, i_h, stride_qh, o_e, m_m, m_e)
+            b_doe = _rows(DO, q_start, o_m, stride_dot, i_h, stride_doh, o_e, m_m, m_e)
         b_st = dot(b_ke, tl.trans(b_qe), b_st, DOT_FP32)
         b_dpt = dot(b_ve, tl.trans(b_doe), b_dpt, DOT_FP32)
     b_pt = tl.exp2(b_st * scale_log2 - b_lse[None, :])
@@ -449,20 +507,56 @@ def _dkdv_tile(Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve
     if SPLIT:
         b_dve = dot(b_pt, b_doe, b_dve, DOT_FP32)
         b_dke = dot(b_dst, b_qe, b_dke, DOT_FP32)
+    if ATOMIC_DQ:
+        b_ds = tl.trans(b_dst)
+        b_dq = dot(b_ds, b_k, tl.zeros([BM, b_k.shape[1]], dtype=tl.float32), DOT_FP32) * scale
+        tl.atomic_add(_block_ptrs(DQ, row0, stride_dqt, i_h, stride_dqh, o_d, BM), b_dq,
+                      mask=m_m[:, None] & m_d[None, :], sem="relaxed")
+        if SPLIT:
+            b_dqe = dot(b_ds, b_ke, tl.zeros([BM, b_ke.shape[1]], dtype=tl.float32), DOT_FP32) * scale
+            tl.atomic_add(_block_ptrs(DQ, row0, stride_dqt, i_h, stride_dqh, o_e, BM), b_dqe,
+                          mask=m_m[:, None] & m_e[None, :], sem="relaxed")
+    return b_dk, b_dv, b_dke, b_dve
+
+
+@triton.jit
+def _dkdv_blocks(Q, DO, QE, DOE, LSE, DELTA, DQ, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start, end, q_start,
+                 q_len, o_n, m_n, o_d, m_d, o_e, m_e, diag, i_kh, total_q, scale, scale_log2, stride_qt, stride_qh,
+                 stride_dot, stride_doh, stride_dqt, stride_dqh, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+                 DOT_FP32: tl.constexpr, BM: tl.constexpr, SPLIT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+                 GROUP: tl.constexpr, TMA: tl.constexpr):
+    """The query blocks ``[start, end)`` of every query head of KV head ``i_kh``'s group, in one
+    flat loop over (head, block): a loop nested in a run-time loop over the heads would carry
+    dK/dV across two loop levels, which spills registers on Hopper."""
+    n = tl.cdiv(end - start, BM)
+    for it in range(0, GROUP * n):
+        i_h = i_kh * GROUP
+        start_m = start + it * BM
+        if GROUP > 1:
+            i_h += it // n
+            start_m = start + it % n * BM
+        b_dk, b_dv, b_dke, b_dve = _dkdv_tile(
+            Q, DO, QE, DOE, LSE, DELTA, DQ, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len,
+            o_n, m_n, o_d, m_d, o_e, m_e, diag, i_h, total_q, scale, scale_log2, stride_qt, stride_qh, stride_dot,
+            stride_doh, stride_dqt, stride_dqh, MASK, CAUSAL, DOT_FP32, BM, SPLIT, ATOMIC_DQ, TMA)
     return b_dk, b_dv, b_dke, b_dve
 
 
 @triton.jit(do_not_specialize=["size_k", "total_q"])
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, TAB_K, size_k, scale, scale_log2,
+    Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K, TAB_K, size_k, scale, scale_log2,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dkt, stride_dkh, stride_dvt, stride_dvh, total_q,
+    stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_dqt, stride_dqh, total_q,
     GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, DOT_FP32: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, SPLIT: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr, TMA: tl.constexpr = False,
 ):
+    """A key block of one KV head: its dK/dV over every query head of the group (with
+    ``ATOMIC_DQ``, dQ added on the way). With ``TMA`` the Q, dO, K and V tiles come through
+    tensor descriptors of the document's rows (zeros past its end), which leave the loop no
+    tensors of addresses to hold."""
     i_b, i_n = _pair(TAB_K, size_k, BN)
-    i_h = tl.program_id(1)  # a query head: its own dK/dV, summed over the GQA group afterwards
-    i_kh = i_h // GROUP
+    i_kh = tl.program_id(1)
     if i_b < 0:
         return
     k_start, k_len = _span(CU_K, i_b)
@@ -470,13 +564,27 @@ def _bwd_dkdv_kernel(
     o_n = i_n * BN + tl.arange(0, BN)
     o_d, o_e = tl.arange(0, BD), BD + tl.arange(0, BE)
     m_n, m_d, m_e = o_n < k_len, o_d < D, o_e < D
-    b_k = _rows(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
-    b_v = _rows(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
+    qd, dod, qde, dode = Q, DO, Q, DO
+    if TMA:
+        tl.static_assert(BD + SPLIT * BE == D, "tensor descriptors read whole heads (no masked lanes)")
+        qd = _doc_descriptor(Q, q_start, q_len, stride_qt, BM, BD)
+        dod = _doc_descriptor(DO, q_start, q_len, stride_dot, BM, BD)
+        b_k = _doc_descriptor(K, k_start, k_len, stride_kt, BN, BD).load([i_n * BN, i_kh * stride_kh])
+        b_v = _doc_descriptor(V, k_start, k_len, stride_vt, BN, BD).load([i_n * BN, i_kh * stride_vh])
+    else:
+        b_k = _rows(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_d, m_n, m_d)
+        b_v = _rows(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_d, m_n, m_d)
     b_ke = tl.zeros([BN, BE], dtype=b_k.dtype)
     b_ve = tl.zeros([BN, BE], dtype=b_v.dtype)
     if SPLIT:
-        b_ke = _rows(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_e, m_n, m_e)
-        b_ve = _rows(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_e, m_n, m_e)
+        if TMA:
+            qde = _doc_descriptor(Q, q_start, q_len, stride_qt, BM, BE)
+            dode = _doc_descriptor(DO, q_start, q_len, stride_dot, BM, BE)
+            b_ke = _doc_descriptor(K, k_start, k_len, stride_kt, BN, BE).load([i_n * BN, i_kh * stride_kh + BD])
+            b_ve = _doc_descriptor(V, k_start, k_len, stride_vt, BN, BE).load([i_n * BN, i_kh * stride_vh + BD])
+        else:
+            b_ke = _rows(K, k_start, o_n, stride_kt, i_kh, stride_kh, o_e, m_n, m_e)
+            b_ve = _rows(V, k_start, o_n, stride_vt, i_kh, stride_vh, o_e, m_n, m_e)
     b_dk = tl.zeros([BN, BD], dtype=tl.float32)
     b_dv = tl.zeros([BN, BD], dtype=tl.float32)
     b_dke = tl.zeros([BN, BE], dtype=tl.float32)
@@ -493,26 +601,23 @@ def _bwd_dkdv_kernel(
     mid_hi = tl.maximum(q_len // BM * BM, mid_lo)
     if i_n * BN + BN > k_len:  # a partial key block: every tile needs the key mask
         mid_hi = mid_lo
-    for start_m in range(lo, mid_lo, BM):
-        b_dk, b_dv, b_dke, b_dve = _dkdv_tile(
-            Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len, o_n, m_n,
-            o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
-            True, CAUSAL, DOT_FP32, BM, SPLIT)
-    for start_m in range(mid_lo, mid_hi, BM):
-        b_dk, b_dv, b_dke, b_dve = _dkdv_tile(
-            Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len, o_n, m_n,
-            o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
-            False, CAUSAL, DOT_FP32, BM, SPLIT)
-    for start_m in range(mid_hi, q_len, BM):
-        b_dk, b_dv, b_dke, b_dve = _dkdv_tile(
-            Q, DO, LSE, DELTA, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, start_m, q_start, q_len, o_n, m_n,
-            o_d, m_d, o_e, m_e, diag, i_h, total_q, scale_log2, stride_qt, stride_qh, stride_dot, stride_doh,
-            True, CAUSAL, DOT_FP32, BM, SPLIT)
-    _store_rows(DK, b_dk * scale, k_start, o_n, stride_dkt, i_h, stride_dkh, o_d, m_n, m_d)
-    _store_rows(DV, b_dv, k_start, o_n, stride_dvt, i_h, stride_dvh, o_d, m_n, m_d)
+    b_dk, b_dv, b_dke, b_dve = _dkdv_blocks(
+        qd, dod, qde, dode, LSE, DELTA, DQ, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, lo, mid_lo, q_start,
+        q_len, o_n, m_n, o_d, m_d, o_e, m_e, diag, i_kh, total_q, scale, scale_log2, stride_qt, stride_qh, stride_dot,
+        stride_doh, stride_dqt, stride_dqh, True, CAUSAL, DOT_FP32, BM, SPLIT, ATOMIC_DQ, GROUP, TMA)
+    b_dk, b_dv, b_dke, b_dve = _dkdv_blocks(
+        qd, dod, qde, dode, LSE, DELTA, DQ, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, mid_lo, mid_hi, q_start,
+        q_len, o_n, m_n, o_d, m_d, o_e, m_e, diag, i_kh, total_q, scale, scale_log2, stride_qt, stride_qh, stride_dot,
+        stride_doh, stride_dqt, stride_dqh, False, CAUSAL, DOT_FP32, BM, SPLIT, ATOMIC_DQ, GROUP, TMA)
+    b_dk, b_dv, b_dke, b_dve = _dkdv_blocks(
+        qd, dod, qde, dode, LSE, DELTA, DQ, b_k, b_v, b_ke, b_ve, b_dk, b_dv, b_dke, b_dve, mid_hi, q_len, q_start,
+        q_len, o_n, m_n, o_d, m_d, o_e, m_e, diag, i_kh, total_q, scale, scale_log2, stride_qt, stride_qh, stride_dot,
+        stride_doh, stride_dqt, stride_dqh, True, CAUSAL, DOT_FP32, BM, SPLIT, ATOMIC_DQ, GROUP, TMA)
+    _store_rows(DK, b_dk * scale, k_start, o_n, stride_dkt, i_kh, stride_dkh, o_d, m_n, m_d)
+    _store_rows(DV, b_dv, k_start, o_n, stride_dvt, i_kh, stride_dvh, o_d, m_n, m_d)
     if SPLIT:
-        _store_rows(DK, b_dke * scale, k_start, o_n, stride_dkt, i_h, stride_dkh, o_e, m_n, m_e)
-        _store_rows(DV, b_dve, k_start, o_n, stride_dvt, i_h, stride_dvh, o_e, m_n, m_e)
+        _store_rows(DK, b_dke * scale, k_start, o_n, stride_dkt, i_kh, stride_dkh, o_e, m_n, m_e)
+        _store_rows(DV, b_dve, k_start, o_n, stride_dvt, i_kh, stride_dvh, o_e, m_n, m_e)
 
 
 @triton.jit
@@ -587,7 +692,7 @@ def _bwd_dq_kernel(
 
 
 _FWD = (_tuned("fwd", _fwd_kernel), _tuned("fwd", _fwd_kernel, tma=True))
-_DKDV = (_tuned("bwd_kv", _bwd_dkdv_kernel),)
+_DKDV = (_tuned("bwd_kv", _bwd_dkdv_kernel), _tuned("bwd_kv", _bwd_dkdv_kernel, tma=True))
 _DQ = (_tuned("bwd_q", _bwd_dq_kernel),)
 
 
@@ -640,21 +745,21 @@ def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
 
 
 def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int,
-                         causal: bool, scale: float):
-    """``(dq, dk, dv)`` with dK/dV summed over each KV head's query-head group: one program per
-    key block and query head writes that head's share (in the inputs' dtype, as FlashAttention-2
-    does for GQA), summed over the group afterwards. A program walking the whole group itself
-    carries dK/dV through nested loops and spills registers on Hopper."""
+                         causal: bool, scale: float, deterministic: bool = False):
+    """``(dq, dk, dv)``: one program per key block and KV head walks the query blocks of every
+    query head of its group, dK/dV in registers, and adds its share of dQ into an fp32 buffer with
+    atomic adds (converted to the inputs' dtype after). Atomic adds land in no fixed order, so
+    ``deterministic`` computes dQ in a second kernel instead, one program per query block,
+    bit-identical run to run."""
     total_q, hq, d = q.shape
-    hkv = k.shape[1]
-    group = hq // hkv
+    total_k, hkv = k.shape[:2]
     do = do.contiguous() if do.stride(-1) != 1 else do
-    dq = torch.empty_like(q)
     n_seq = cu_seqlens_q.numel() - 1
     if n_seq == 0 or total_q == 0 or max_seqlen_k == 0:
-        return dq.zero_(), torch.zeros_like(k), torch.zeros_like(v)
-    shape = k.shape if group == 1 else (k.shape[0], hq, d)  # per query head, summed below
-    dk, dv = (torch.empty(shape, device=k.device, dtype=k.dtype) for _ in range(2))
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    atomic = not deterministic and max_seqlen_q > 0
+    dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if atomic else torch.empty_like(q)
     meta = _meta(q, k, causal)
     delta = torch.empty((hq, total_q), device=q.device, dtype=torch.float32)
     rows = 16 if interpreting() else 64
@@ -662,16 +767,19 @@ def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_
                                                      do.stride(1), total_q, D=d, BT=rows,
                                                      BD=triton.next_power_of_2(d))
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1))
-    total_k = k.shape[0]
     table_k, size_k = block_table(cu_seqlens_k, total_k)
-    kv_args = (q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, table_k, size_k, scale, scale * LOG2E,
-               *strides, dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), total_q)
-    _launch("bwd_kv", _bwd_dkdv_kernel, _DKDV, lambda m: (programs(total_k, n_seq, m["BN"]), hq), kv_args, meta)
-    if group > 1:
-        dk, dv = (x.view(total_k, hkv, group, d).sum(2) for x in (dk, dv))
-    if max_seqlen_q > 0:
-        table_q, size_q = block_table(cu_seqlens_q, total_q)
-        q_args = (q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, table_q, size_q, scale, scale * LOG2E,
-                  *strides, dq.stride(0), dq.stride(1), total_q)
-        _launch("bwd_q", _bwd_dq_kernel, _DQ, lambda m: (programs(total_q, n_seq, m["BM"]), hq), q_args, meta)
+    kv_args = (q, k, v, do, lse, delta, dk, dv, dq, cu_seqlens_q, cu_seqlens_k, table_k, size_k, scale,
+               scale * LOG2E, *strides, dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), dq.stride(0),
+               dq.stride(1), total_q)
+    whole_heads = meta["BD"] + meta["SPLIT"] * meta["BE"] == d  # no masked lanes for descriptors to read
+    _launch("bwd_kv", _bwd_dkdv_kernel, _DKDV, lambda m: (programs(total_k, n_seq, m["BN"]), hkv), kv_args,
+            {**meta, "ATOMIC_DQ": atomic}, tma=whole_heads and tma_fits(q, k, v, 0) and tma_fits(do, k, v, 0))
+    if atomic:
+        return dq.to(q.dtype), dk, dv
+    if max_seqlen_q == 0:
+        return dq.zero_(), dk, dv
+    table_q, size_q = block_table(cu_seqlens_q, total_q)
+    q_args = (q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, table_q, size_q, scale, scale * LOG2E,
+              *strides, dq.stride(0), dq.stride(1), total_q)
+    _launch("bwd_q", _bwd_dq_kernel, _DQ, lambda m: (programs(total_q, n_seq, m["BM"]), hq), q_args, meta)
     return dq, dk, dv
