@@ -80,14 +80,18 @@ def measure(n: int, h: int, v: int, text_frac: float, dtype) -> tuple[list[dict]
     fns = providers(hidden, weight, labels)
     reference = [t.float() for t in fns["torch_text_rows"]()]
     floor = gemm_floor_ms(hidden, weight, labels)
+    grad_mb = (hidden.numel() + weight.numel()) * hidden.element_size() / 2**20
     rows = []
     for name, fn in fns.items():
         out = [t.float() for t in fn()]
         err = max(((a - b).norm() / b.norm()).item() for a, b in zip(out, reference))
         ms = median_ms(fn)
         rows_computed = r if name in ("livecc", "torch_text_rows") else n
+        extra = peak_extra_mb(fn)
         rows.append({
-            "provider": name, "ms": ms, "peak_extra_mb": peak_extra_mb(fn),
+            "provider": name, "ms": ms, "peak_extra_mb": extra,
+            # beyond the two gradients every provider must return
+            "working_mb": None if extra is None else extra - grad_mb,
             "tflops": 6 * rows_computed * h * v / ms / 1e9, "rel_err_vs_torch_text": err,
             "x_over_gemm_floor": ms / floor,
         })
@@ -103,8 +107,8 @@ def run(argv=()) -> Sweep:
     parser.add_argument("--n", type=int, default=16384 if on_gpu() else 1024)
     parser.add_argument("--hidden", type=int, default=3584 if on_gpu() else 256)
     parser.add_argument("--vocab", type=int, default=152064 if on_gpu() else 8192)
-    parser.add_argument("--text-fracs", default="0.01,0.05,0.1,0.3", help="labelled fractions of the pack "
-                        "(0.05 is the headline)")
+    parser.add_argument("--text-fracs", default="0.01,0.05,0.1,0.3,1", help="labelled fractions of the pack "
+                        "(0.05 is the headline; 1: SFT's all-text packs)")
     parser.add_argument("--large-pack", action=argparse.BooleanOptionalAction, default=True,
                         help="on GPU also a 4x longer pack at 5%% text")
     args = parser.parse_args(list(argv))
@@ -132,8 +136,8 @@ def run(argv=()) -> Sweep:
     ours = next(x for x in five if x["provider"] == "livecc")
     speedups = ", ".join(f"{x['speedup_of_livecc']:.2f}x {x['provider']}" for x in five if x is not ours)
     headline = [{"target": "P3",
-                 "figure": f"{ours['ms']:.3g} ms = {ours['x_over_gemm_floor']:.2f}x floor, extra "
-                           f"{ours['peak_extra_mb'] or 0:.0f} MB; faster than: {speedups}"}]
+                 "figure": f"{ours['ms']:.3g} ms = {ours['x_over_gemm_floor']:.2f}x floor, "
+                           f"{ours['working_mb'] or 0:.0f} MB beyond the gradients; faster than: {speedups}"}]
     cols = ["pack", "provider", "ms", "speedup_of_livecc", "x_over_gemm_floor", "tflops", "peak_extra_mb",
-            "rel_err_vs_torch_text"]
+            "working_mb", "rel_err_vs_torch_text"]
     return Sweep("cross_entropy", rows, cols, notes, Plot("pack", "ms", "provider", "ms, fwd+bwd"), headline)

@@ -76,3 +76,51 @@ def test_rejects_bad_arguments(gen):
         text_only_linear_cross_entropy(hidden, weight, labels, reduction="avg")
     with pytest.raises(ValueError, match="expected hidden"):
         text_only_linear_cross_entropy(hidden, weight[:, :4], labels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_row_labelled_takes_the_rows_as_they_are(nan_empty, gen, dtype):
+    hidden, weight, bias, labels = draw(gen, 29, 48, 1000, dtype, ignore_frac=0.0)
+    check(hidden, weight, bias, labels, "mean", 0.0)
+
+
+def peak_bytes(fn) -> int:
+    """The most the CPU allocator held during ``fn`` beyond what was live before it (the
+    profiler's memory events, in the order they happened)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("ignore_frac", [0.6, 0.0])
+@pytest.mark.parametrize("chunk_rows", [64, 1000])
+def test_the_loss_holds_no_more_than_its_working_bytes(gen, ignore_frac, chunk_rows):
+    """Forward and backward measured by the allocator: beyond the inputs and the gradients, never
+    more than ``working_bytes`` (one chunk of logits, the labelled rows and their gradient), and
+    at least the chunk of logits it must hold."""
+    from livecc.kernels.text_only_linear_cross_entropy import working_bytes
+
+    n, h, v = 600, 32, 3000
+    hidden, weight, _, labels = draw(gen, n, h, v, torch.float32, ignore_frac, bias=False)
+    rows = int((labels != -100).sum())
+    cap = chunk_rows * v * 4
+
+    def step():
+        text_only_linear_cross_entropy(hidden, weight, labels, max_logit_bytes=cap).backward()
+
+    peak = peak_bytes(step)
+    grads = (n * h + v * h) * 4
+    bound = working_bytes(n, rows, h, v, 4, cap)
+    assert min(rows, chunk_rows) * v * 4 <= peak - v * h * 4  # dW is made with the logits, in the forward
+    assert peak - grads <= bound + 16384, (peak - grads, bound)  # 16 KB: the scalars of the loss and its autograd
+
+
+def test_the_7b_heads_working_bytes_stay_under_half_a_gigabyte():
+    from livecc.kernels.text_only_linear_cross_entropy import working_bytes
+
+    for rows in (819, 16384):  # a 16k pack at 5% text, and all text
+        assert working_bytes(16384, rows, 3584, 152064, 2) < 0.5e9
