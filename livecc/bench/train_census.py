@@ -3,8 +3,9 @@ machine, seconds).
 
 For each shape and activation-checkpointing policy, the frozen ViT's forward over a 16k pack's
 frames and the LLM's forward and backward over the pack (the hidden states' gradient given: the
-LM head and loss are the cross-entropy benchmark's) run on the meta device through the GPU code
-path: livecc's kernels by their fake implementations, the ViT's grid-derived tensors computed on the
+LM head and loss are the cross-entropy benchmark's), then the fused AdamW step over the LLM's
+weights (its bytes by construction: the fused kernel does not run on meta tensors), run on the
+meta device through the GPU code path: livecc's kernels by their fake implementations, the ViT's grid-derived tensors computed on the
 host as the streaming engine does. Liger's fused norms and SwiGLU do not run on meta tensors, so
 the elementwise ops are the unfused ones: what fusion has to remove. A dispatch mode counts each
 op's calls, the bytes it reads and writes (each tensor once per call) and, for matrix products,
@@ -113,6 +114,11 @@ def step_census(shape: str, policy: str | None, clips: list) -> tuple[OpCensus, 
                                          use_cache=False).last_hidden_state
         census.phase = "backward"
         out.backward(torch.empty_like(out))
+    # The trainer's fused AdamW, one pass over the trained weights (moments in their dtype): each
+    # parameter, gradient and moment read, the parameter and moments written.
+    trained = [p for p in model.parameters() if p.requires_grad]
+    census.calls["optimizer", "fused AdamW"] = 1
+    census.bytes["optimizer", "fused AdamW"] = 7 * sum(p.numel() * p.element_size() for p in trained)
     return census, FlopAccount(model, policy)
 
 
