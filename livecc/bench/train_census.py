@@ -2,17 +2,17 @@
 machine, seconds).
 
 For each shape and activation-checkpointing policy, the frozen ViT's forward over a 16k pack's
-frames and the LLM's forward and backward over the pack (the hidden states' gradient given: the
-LM head and loss are the cross-entropy benchmark's), then the fused AdamW step over the LLM's
-weights (its bytes by construction: the fused kernel does not run on meta tensors), run on the
-meta device through the GPU code path: livecc's kernels by their fake implementations, the ViT's grid-derived tensors computed on the
-host as the streaming engine does. Liger's fused norms and SwiGLU do not run on meta tensors, so
-the elementwise ops are the unfused ones: what fusion has to remove. A dispatch mode counts each
-op's calls, the bytes it reads and writes (each tensor once per call) and, for matrix products,
-its FLOPs from the shapes; the backward's count includes what checkpointing recomputes. Time at
-the ceilings of the newest GPU result in ``bench/results`` (matrix products and attention at the
-bf16 GEMM rate, attention by the documents' lengths with the flash backward's 2.5x, other ops'
-bytes at the copy rate) gives each op's floor, and the step's.
+frames and the LLM's forward and backward over the pack (the hidden states' gradient given: the LM
+head and loss are the cross-entropy benchmark's), then the fused AdamW step over the LLM's weights
+(its bytes by construction: the fused kernel does not run on meta tensors), run on the meta device
+through the GPU code path: livecc's kernels by their fake implementations, the ViT's grid-derived
+tensors computed on the host as the streaming engine does. Liger's fused norms and SwiGLU do not
+run on meta tensors, so the elementwise ops are the unfused ones: what fusion has to remove. A
+dispatch mode counts each op's calls, the bytes it reads and writes (each tensor once per call)
+and, for matrix products, its FLOPs from the shapes; the backward's count includes what
+checkpointing recomputes. Time at the ceilings of the newest GPU result in ``bench/results``
+(matrix products and attention at the bf16 GEMM rate, attention by the documents' lengths with the
+flash backward's 2.5x, other ops' bytes at the copy rate) gives each op's floor, and the step's.
 
     livecc bench train_census
 """

@@ -6,6 +6,7 @@ are Hopper's ``wgmma`` and its loads the tensor copy engine's. The Hopper gate
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 from ..cache import cache_root
 
 __all__ = ["resources", "spills"]
+
+log = logging.getLogger(__name__)
 
 
 def _tool(name: str) -> str:
@@ -67,7 +70,13 @@ def _cubin_resources(kernel) -> dict:
 
 
 def spills(kernel) -> bool:
-    """Whether the compiled ``kernel`` keeps registers in local memory."""
-    found = _cubin_resources(kernel)
+    """Whether the compiled ``kernel`` keeps registers in local memory (False where the cubin cannot
+    be read: a Triton without ``cuobjdump``, a cache that cannot be written)."""
+    try:
+        found = _cubin_resources(kernel)
+    except OSError as e:
+        log.warning("cannot read %s's registers (%s): its tilings are tuned whether they spill or not",
+                    kernel.name, e)
+        return False
     return bool(found.get("local") or found["spill_instructions"])
 
