@@ -215,6 +215,19 @@ def test_placement_goes_by_real_time_headroom_and_refuses_saying_each_replicas_l
         router.shutdown()
 
 
+def test_a_replica_before_its_first_round_is_judged_as_the_measured_ones_run():
+    """A fresh replica (no round yet) beside one that has run rounds: taken to cost what the
+    measured one costs a stream-window, so two streams opened at once go one to each."""
+    from livecc.serve.router import _estimated, _headroom
+
+    fresh = {"streams": 0, "max_streams": 8, "period_s": 1.0, "round_s": None}
+    measured = {"streams": 0, "max_streams": 8, "period_s": 1.0, "round_s": 0.05}
+    out = _estimated({0: dict(fresh), 1: dict(measured)})
+    assert out[0]["round_s"] == pytest.approx(0.05) and _headroom(out[0]) == _headroom(out[1])
+    alone = _estimated({0: dict(fresh), 1: dict(fresh)})  # none measured: free slots stand for each
+    assert alone[0]["round_s"] is None and _headroom(alone[0]) == pytest.approx(1 - 1 / 8)
+
+
 def test_a_rounds_time_is_read_as_a_fixed_part_and_a_part_per_window():
     from livecc.serve.loop import StepLoop
 

@@ -183,6 +183,23 @@ def test_data_of_which_no_record_builds_ends_the_run_with_an_error(tmp_path):
         Trainer(cfg).fit()
 
 
+def test_a_training_step_reads_the_device_once_at_its_end(records, tmp_path):
+    """Through the GPU code path (a census of what would live on the device, on the CPU), a step
+    over video packs launches its work without waiting on the device: the ViT's geometry and the
+    labelled rows are found on the host, a non-finite norm would skip the update on the device, and
+    the step's loss, norm and skip flag come back in one read once all its work is queued."""
+    from livecc.infer import census
+
+    trainer = Trainer(config(records, tmp_path, max_steps=3))
+    trainer.train_step()
+    with census.Census(trainer.model, phases=("step",)) as counted:
+        census.window()
+        metrics = trainer.train_step()
+    reads = {where: n for (_, what, where), n in counted.sites.items() if what == "reads"}
+    assert list(reads.values()) == [1] and "trainer.py" in next(iter(reads)), reads
+    assert counted.totals()["step"]["launches"] > 100 and metrics["loss"] > 0
+
+
 def test_non_finite_gradient_skips_the_step(records, tmp_path):
     trainer = Trainer(config(records, tmp_path, max_steps=2))
     weight = trainer.model.model.language_model.layers[0].mlp.up_proj.weight

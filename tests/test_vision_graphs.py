@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from livecc.infer.vision import VisionGraphs, run_vision, vision_geometry
+from livecc.infer.vision import VisionGraphs
 from livecc.models import tiny_qwen_vl
+from livecc.models.vision import run_vision, vision_geometry
 
 
 @pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])

@@ -104,8 +104,8 @@ def measure(variant: str, shape: str, clips: list, steps: int, device: torch.dev
                              for i, lab, pos, grid, px in clips])
 
         def forward_backward():
-            loss = text_only_causal_lm_loss(model, labels=pack.labels.to(device), head=head,
-                                            **pack.model_inputs(device))
+            loss = text_only_causal_lm_loss(model, labels=pack.labels, head=head,
+                                            **pack.model_inputs(device, grids_on_host=True))
             loss.backward()
 
     def step():

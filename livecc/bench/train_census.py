@@ -83,8 +83,8 @@ def kernels_on_meta():
 
 
 def step_census(shape: str, policy: str | None, clips: list) -> tuple[OpCensus, FlopAccount]:
-    from ..infer.vision import run_vision, vision_geometry
     from ..models import patch, use_livecc_vision_attention
+    from ..models.vision import run_vision, vision_geometry
     from ..train.parallelize import apply_activation_checkpointing
     from .measure import random_qwen2vl
 

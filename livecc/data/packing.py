@@ -54,18 +54,21 @@ class Pack:
         """Tokens that predict a label (labels are shifted by one inside the loss)."""
         return int((self.labels[:, 1:] != -100).sum())
 
-    def model_inputs(self, device=None) -> dict:
-        """Keyword arguments for a Qwen2-VL forward on livecc attention (no cross-clip attention)."""
+    def model_inputs(self, device=None, grids_on_host: bool = False) -> dict:
+        """Keyword arguments for a Qwen2-VL forward on livecc attention (no cross-clip attention);
+        ``grids_on_host`` keeps the frame grids where livecc's loss reads them without reading the
+        device (Hugging Face's own forward wants them beside the pixels)."""
         move = lambda t: t.to(device) if device is not None else t
+        grid = (lambda t: t) if grids_on_host else move
         inputs = {
             "input_ids": move(self.input_ids), "position_ids": move(self.position_ids),
             "cu_seq_lens_q": move(self.cu_seqlens), "cu_seq_lens_k": move(self.cu_seqlens),
             "max_length_q": self.max_seqlen, "max_length_k": self.max_seqlen,
         }
         if self.video_grid_thw.numel():  # a pack of text-only conversations has no vision input
-            inputs.update(pixel_values_videos=move(self.pixel_values_videos), video_grid_thw=move(self.video_grid_thw))
+            inputs.update(pixel_values_videos=move(self.pixel_values_videos), video_grid_thw=grid(self.video_grid_thw))
         if self.image_grid_thw.numel():
-            inputs.update(pixel_values=move(self.pixel_values_images), image_grid_thw=move(self.image_grid_thw))
+            inputs.update(pixel_values=move(self.pixel_values_images), image_grid_thw=grid(self.image_grid_thw))
         return inputs
 
     @property

@@ -12,10 +12,11 @@ import torch
 
 from ..kernels import rerotate_keys, shift_angles
 from ..models import use_livecc_vision_attention
+from ..models.vision import Grid, run_vision, vision_geometry
 from .cache import KVPool, StreamKVCache
 from .decoder import forward_tokens
 from .graphs import DecodeGraphs, PrefillGraphs
-from .vision import Grid, VisionGraphs, run_vision, vision_geometry
+from .vision import VisionGraphs
 
 __all__ = ["ModelRunner", "upload"]
 

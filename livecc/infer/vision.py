@@ -1,10 +1,8 @@
 """The ViT over a round's windows without reading the device, replayed as CUDA graphs.
 
-Everything a Qwen-VL ViT derives from the frames' grids (rotary position ids, the frames' and
-Qwen2.5-VL's windows' attention offsets and longest lengths, its window order, Qwen3-VL's
-interpolation of the learned position grid) is computed on the host once per frame size, by
-Hugging Face's own functions (``transformers.vision_utils``), and handed to the ViT's forward,
-which takes them precomputed; so the forward launches kernels only, with nothing read back.
+Everything a Qwen-VL ViT derives from the frames' grids is computed on the host once per frame
+size (:func:`livecc.models.vision.vision_geometry`) and handed to the ViT's forward, which takes
+them precomputed; so the forward launches kernels only, with nothing read back.
 
 A live stream keeps one frame size, so the windows of a round fall into a few groups of equal
 grids. ``VisionGraphs`` runs each group (``k`` windows of one grid) from static buffers: the
@@ -16,54 +14,11 @@ static forward runs eagerly.
 from __future__ import annotations
 
 import torch
-from transformers.vision_utils import (
-    get_vision_cu_seqlens,
-    get_vision_interpolation_indices_and_weights,
-    get_vision_position_ids,
-    get_vision_window_index,
-)
 
+from ..models.vision import Grid, run_vision, vision_geometry
 from . import census
 
-__all__ = ["Grid", "VisionGraphs", "run_vision", "vision_geometry"]
-
-Grid = tuple[int, int, int]
-
-
-def vision_geometry(visual, grids: list[Grid], device) -> dict:
-    """The keyword arguments that give ``visual``'s forward every grid-derived tensor of ``grids``
-    precomputed (on ``device``), and the longest attention lengths as Python ints."""
-    grid = torch.tensor(grids, dtype=torch.long)
-    merge = visual.spatial_merge_size
-    cu = get_vision_cu_seqlens(grid)
-    geometry = {"position_ids": get_vision_position_ids(grid, merge), "cu_seqlens": cu,
-                "max_seqlen": _longest(cu)}
-    if hasattr(visual, "window_size"):  # Qwen2.5-VL: windowed attention in most blocks
-        index, cu_windows = get_vision_window_index(grid, merge, visual.window_size, visual.patch_size)
-        geometry.update(window_index=index, cu_window_seqlens=cu_windows, max_window_seqlen=_longest(cu_windows))
-    if hasattr(visual, "pos_embed"):  # Qwen3-VL: the learned position grid resampled to each frame's
-        indices, weights = get_vision_interpolation_indices_and_weights(
-            grid, visual.num_grid_per_side, mode=visual.interpolation_mode,
-            align_corners=visual.interpolation_align_corners, spatial_merge_size=merge)
-        geometry.update(interp_indices=indices, interp_weights=weights)
-    return {"grid_thw": grid.to(device),
-            **{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in geometry.items()}}
-
-
-def _longest(cu: torch.Tensor) -> int:
-    return int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
-
-
-def run_vision(visual, pixel_values: torch.Tensor, geometry: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The ViT's forward over ``pixel_values`` with precomputed ``geometry`` -> (merged embeddings,
-    DeepStack features: one per LLM layer they are added after, or none)."""
-    args = dict(geometry)  # the forward pops what it takes
-    out = visual(pixel_values, **args)
-    if isinstance(out, tuple):  # transformers that return (embeddings, DeepStack features)
-        embeds, deep = out
-    else:
-        embeds, deep = getattr(out, "pooler_output", out), getattr(out, "deepstack_features", None)
-    return embeds, list(deep or [])
+__all__ = ["VisionGraphs"]
 
 
 class _Group:

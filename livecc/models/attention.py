@@ -21,6 +21,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionAttentio
 from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeVisionAttention
 
 from ..kernels import cu_seqlens, varlen_attention
+from .vision import use_host_vision
 
 __all__ = ["ATTN_IMPLEMENTATION", "cu_seqlens_from_position_ids", "livecc_attention_forward", "register",
            "use_livecc_attention", "use_livecc_vision_attention"]
@@ -135,10 +136,11 @@ def _vision_attention_forward(self, hidden_states, cu_seqlens, position_embeddin
 
 def use_livecc_attention(model) -> None:
     """Run a Qwen2-VL, Qwen2.5-VL or Qwen3-VL (dense or MoE) model's LLM and ViT attention on livecc's
-    varlen kernel."""
+    varlen kernel, and a packed row's ViT on geometry computed on the host."""
     register()
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     use_livecc_vision_attention(model)
+    use_host_vision(model)
 
 
 def use_livecc_vision_attention(model) -> None:

@@ -20,9 +20,9 @@ class TextOnlyHead(torch.nn.Module):
         self.lm_head = lm_head
 
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor, reduction: str = "mean",
-                ignore_index: int = -100) -> torch.Tensor:
+                ignore_index: int = -100, rows: torch.Tensor | None = None) -> torch.Tensor:
         return text_only_linear_cross_entropy(hidden, self.lm_head.weight, targets, self.lm_head.bias,
-                                              ignore_index=ignore_index, reduction=reduction)
+                                              ignore_index=ignore_index, reduction=reduction, rows=rows)
 
 
 def text_only_causal_lm_loss(
@@ -45,16 +45,25 @@ def text_only_causal_lm_loss(
     forward does, to the mean (once per labelled token to a sum, so that a step's mean is it).
     """
     text = getattr(model.config, "text_config", model.config)
-    router = bool(getattr(text, "output_router_logits", False))
-    out = model.model(input_ids=input_ids, use_cache=False, **({"output_router_logits": True} if router else {}),
-                      **model_inputs)
+    router = {"output_router_logits": True} if getattr(text, "output_router_logits", False) else {}
+    out = model.model(input_ids=input_ids, use_cache=False, **router, **model_inputs)
     hidden = out.last_hidden_state[..., :-1, :]
     targets = labels[..., 1:].reshape(-1)
+    # the labelled rows found where the labels are (the trainer's: on the host, no read of the device)
+    rows = (targets != ignore_index).nonzero().flatten()
+    rows, targets = (_to(t, hidden.device) for t in (rows, targets))
     head = head if head is not None else TextOnlyHead(model.lm_head)
-    loss = head(hidden.reshape(-1, hidden.shape[-1]), targets, reduction, ignore_index)
+    loss = head(hidden.reshape(-1, hidden.shape[-1]), targets, reduction, ignore_index, rows)
     if router:  # the family's own load-balancing loss, as its forward computes it
         balance = sys.modules[type(model).__module__].load_balancing_loss_func
         aux = text.router_aux_loss_coef * balance(out.router_logits, text.num_experts, text.num_experts_per_tok)
         labelled = targets != ignore_index
         loss = loss + {"mean": aux, "sum": aux * labelled.sum(), "none": aux * labelled}[reduction]
     return loss
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; from the host to a GPU through pinned memory, without waiting."""
+    if t.device == device:
+        return t
+    return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)

@@ -109,7 +109,7 @@ class Router:
             return self._place()
 
     def _place(self) -> RemoteReservation:
-        capacities = self.capacities()
+        capacities = _estimated(self.capacities())
         if not capacities:
             raise HubFull("no engine replica is up; try again in a moment")
         ranked = sorted(((_headroom(c), -c["streams"], i) for i, c in capacities.items()), reverse=True)
@@ -251,9 +251,21 @@ class Router:
         self.uploads.remove()
 
 
+def _estimated(capacities: dict[int, dict]) -> dict[int, dict]:
+    """A replica before its first round taken to run as the measured ones do (the same engine): their
+    mean time per stream-window, at its streams + 1. Else one fresh replica would look emptier or
+    fuller than a measured one by how each is judged, not by its load."""
+    measured = [c["round_s"] / (c["streams"] + 1) for c in capacities.values() if c["round_s"] is not None]
+    if measured:
+        for c in capacities.values():
+            if c["round_s"] is None:
+                c["round_s"] = sum(measured) / len(measured) * (c["streams"] + 1)
+    return capacities
+
+
 def _headroom(capacity: dict) -> float:
     """The share of the window period left in a round with one more stream, by the engine's own
-    recent rounds (before its first: its free slots stand for its capacity)."""
+    recent rounds (before any replica's first: its free slots stand for its capacity)."""
     if capacity["round_s"] is None:
         return 1.0 - (capacity["streams"] + 1) / capacity["max_streams"]
     return 1.0 - capacity["round_s"] / capacity["period_s"]

@@ -144,15 +144,15 @@ class Trainer:
             empty += 1
 
     def _loss_sum(self, pack: Pack) -> torch.Tensor:
-        labels = pack.labels.to(self.device)
         if self.cfg.engine == "hf":
             inputs = pack.model_inputs(self.device)
             vision = {k: v for k, v in inputs.items() if "pixel" in k or "grid" in k}
-            out = self.model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], labels=labels,
-                             **vision)
+            out = self.model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+                             labels=pack.labels.to(self.device), **vision)
             return out.loss * pack.n_label_tokens
-        return text_only_causal_lm_loss(self.model, labels=labels, reduction="sum", head=self.head,
-                                        **pack.model_inputs(self.device))
+        # the labels and frame grids stay on the host: the labelled rows and the ViT's geometry are found there
+        return text_only_causal_lm_loss(self.model, labels=pack.labels, reduction="sum", head=self.head,
+                                        **pack.model_inputs(self.device, grids_on_host=True))
 
     def train_step(self) -> dict | None:
         t0, waited = time.perf_counter(), self.loader.stats.wait_s
@@ -171,11 +171,12 @@ class Trainer:
             flops = self.flops(pack.cu_seqlens.diff().tolist(), pack.n_label_tokens,
                                pack.video_grid_thw.tolist() + pack.image_grid_thw.tolist())
             model_flops, hardware_flops = model_flops + flops.model, hardware_flops + flops.hardware
-        totals = torch.tensor([clips, tokens, label_tokens, loss_sum.item(), model_flops, hardware_flops],
-                              dtype=torch.float64, device=self.device)
-        if self.distributed:
+        if self.distributed:  # every rank's counts and loss: the ranks must agree on what the step did (a read)
+            totals = torch.cat([torch.tensor([clips, tokens, label_tokens, model_flops, hardware_flops],
+                                             dtype=torch.float64, device=self.device), loss_sum.double()[None]])
             dist.all_reduce(totals)
-        clips, tokens, label_tokens, loss_total, model_flops, hardware_flops = totals.tolist()
+            clips, tokens, label_tokens, model_flops, hardware_flops = totals[:5].tolist()
+            loss_sum = totals[5]
         if clips == 0:
             return None
         # FSDP averages gradients over ranks; make them the mean over all labelled tokens instead.
@@ -184,20 +185,25 @@ class Trainer:
         for p in params:
             p.grad.mul_(scale)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        finite = bool(torch.isfinite(grad_norm))
-        if finite:
-            self.optimizer.step()
-            self.scheduler.step()
-        else:  # the data is consumed, the update and its place in the schedule are not
+        if hasattr(grad_norm, "full_tensor"):  # sharded gradients' norm: a DTensor, reduced on the device
+            grad_norm = grad_norm.full_tensor()
+        # A non-finite gradient norm skips the update on the device, as under a gradient scaler (the
+        # fused AdamW applies nothing and takes its step count back), so the host need not wait here.
+        self.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # The step's one read of the device, once all its work is queued: its loss, norm and whether it applied.
+        loss_total, norm, skipped = torch.stack([loss_sum.double(), grad_norm.double(),
+                                                 self.optimizer.found_inf.double()]).tolist()
+        if skipped:  # the data is consumed, the update and its place in the schedule are not
             self.skipped_steps += 1
             log.warning("step %d: non-finite gradient norm, step skipped", self.step + 1)
-        self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.scheduler.step()
         self.step += 1
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
         return {
             "step": self.step, "loss": loss_total / max(label_tokens, 1), "lr": self.scheduler.get_last_lr()[0],
-            "grad_norm": float(grad_norm), "clips": int(clips), "tokens": int(tokens),
+            "grad_norm": norm, "clips": int(clips), "tokens": int(tokens),
             "label_tokens": int(label_tokens),
             **step_throughput(tokens, time.perf_counter() - t0, model_flops, hardware_flops, self.device, self.world),
             "skipped_steps": self.skipped_steps,

@@ -1,8 +1,9 @@
 """Fused linear cross-entropy over the rows that have a target (text tokens only).
 
 In a LiveCC pack over 90% of positions are vision or prompt tokens without a label; the LM head
-and the loss run on the labelled rows only. One host synchronisation per call: counting the
-labelled rows (``nonzero``) to size the work. For ``mean`` and ``sum`` the whole gradient is made in
+and the loss run on the labelled rows only. Finding them (``nonzero``) sizes the work, so it reads
+the device once per call unless the caller passes ``rows`` found where the labels were made (the
+trainer: on the host). For ``mean`` and ``sum`` the whole gradient is made in
 the forward (the logits buffer becomes ``d(loss)/d(logits)``, then one GEMM each for dX and dW,
 so dW is written once) and the backward only scales it by the incoming gradient; ``none`` keeps a
 recompute path, since its per-row gradients are known only in the backward. The logits buffer is
@@ -74,11 +75,12 @@ def _chunks(hidden, weight, bias, labels, smoothing, row_scale, max_logit_bytes,
 
 @torch.library.custom_op("livecc::text_only_linear_cross_entropy_fwd", mutates_args=())
 def _fwd(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
-         ignore_index: int, reduction: str, smoothing: float, max_logit_bytes: int,
+         rows: torch.Tensor | None, ignore_index: int, reduction: str, smoothing: float, max_logit_bytes: int,
          with_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, keep [R], dh [R, H], dW [V, H], db [V])``; the gradients (of the reduced loss, for
     a unit incoming gradient) are empty unless ``with_grad`` and the reduction is mean or sum."""
-    keep = (labels != ignore_index).nonzero().flatten()  # the one host sync
+    # an op's output may not alias its input: the given rows are copied (R indices)
+    keep = rows.clone() if rows is not None else (labels != ignore_index).nonzero().flatten()  # a read of the device
     rows = keep.numel()
     scale = 1.0 / max(rows, 1) if reduction == "mean" else 1.0
     eager = with_grad and reduction != "none" and rows > 0
@@ -95,8 +97,8 @@ def _fwd(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
 
 
 @_fwd.register_fake
-def _(hidden, weight, bias, labels, ignore_index, reduction, smoothing, max_logit_bytes, with_grad):
-    rows = torch.library.get_ctx().new_dynamic_size()
+def _(hidden, weight, bias, labels, rows, ignore_index, reduction, smoothing, max_logit_bytes, with_grad):
+    rows = rows.shape[0] if rows is not None else torch.library.get_ctx().new_dynamic_size()
     eager = with_grad and reduction != "none"
     loss = hidden.new_empty(labels.shape if reduction == "none" else (), dtype=torch.float32)
     dh = hidden.new_empty((rows, hidden.shape[1]) if eager else (0,))
@@ -122,7 +124,7 @@ def _(grad_rows, hidden, weight, bias, labels, keep, smoothing, max_logit_bytes)
 
 
 def _setup_context(ctx, inputs, output):
-    hidden, weight, bias, labels, ignore_index, reduction, smoothing, max_logit_bytes, with_grad = inputs
+    hidden, weight, bias, labels, _, ignore_index, reduction, smoothing, max_logit_bytes, with_grad = inputs
     _, keep, dh, dw, db = output
     ctx.save_for_backward(hidden, weight, bias, labels, keep, dh, dw, db)
     ctx.config = (reduction, smoothing, max_logit_bytes)
@@ -134,7 +136,7 @@ def _backward(ctx, grad_loss, *_):
     reduction, smoothing, max_logit_bytes = ctx.config
     if keep.numel() == 0:
         return (torch.zeros_like(hidden), torch.zeros_like(weight), None if bias is None else torch.zeros_like(bias),
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
     if reduction == "none":
         dh, dw, db = _bwd(grad_loss, hidden, weight, bias, labels, keep, smoothing, max_logit_bytes)
     else:
@@ -145,7 +147,7 @@ def _backward(ctx, grad_loss, *_):
         dh, dw, db = dh.mul_(g.to(dh.dtype)), dw.mul_(g.to(dw.dtype)), db.mul_(g)
     d_hidden = dh if keep.numel() == hidden.shape[0] else torch.zeros_like(hidden).index_copy_(0, keep, dh)
     d_bias = None if bias is None else db.to(bias.dtype)
-    return d_hidden, dw, d_bias, None, None, None, None, None, None
+    return d_hidden, dw, d_bias, None, None, None, None, None, None, None
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -160,19 +162,25 @@ def text_only_linear_cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     max_logit_bytes: int = MAX_LOGIT_BYTES,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of ``hidden [N, H] @ weight[V, H].T (+ bias)`` against ``labels [N]``, computed
     on labelled rows only. ``mean`` divides by the number of labelled rows (0 when there are none).
-    The loss is fp32; the logits are held in the input dtype, ``max_logit_bytes`` at a time."""
+    The loss is fp32; the logits are held in the input dtype, ``max_logit_bytes`` at a time.
+    ``rows``: the indices of the labelled rows (``labels != ignore_index``, int64, ascending), where
+    the caller knows them without reading the device."""
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if hidden.ndim != 2 or weight.ndim != 2 or labels.shape != hidden.shape[:1] or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"expected hidden [N, H], weight [V, H], labels [N]; got {tuple(hidden.shape)}, "
                          f"{tuple(weight.shape)}, {tuple(labels.shape)}")
-    check_devices("text_only_linear_cross_entropy", hidden=hidden, weight=weight, labels=labels, bias=bias)
+    if rows is not None and (rows.ndim != 1 or rows.dtype != torch.int64):
+        raise ValueError(f"rows must be a 1-D int64 tensor of row indices; got {tuple(rows.shape)} {rows.dtype}")
+    check_devices("text_only_linear_cross_entropy", hidden=hidden, weight=weight, labels=labels, bias=bias,
+                  rows=rows)
     if not use_triton(hidden):
         return text_only_linear_cross_entropy_reference(
             hidden, weight, labels, bias, ignore_index, reduction, label_smoothing)
     with_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
-    return _fwd(hidden, weight, bias, labels, ignore_index, reduction, float(label_smoothing), int(max_logit_bytes),
-                with_grad)[0]
+    return _fwd(hidden, weight, bias, labels, rows, ignore_index, reduction, float(label_smoothing),
+                int(max_logit_bytes), with_grad)[0]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..dispatch import reference
+
 __all__ = ["text_only_linear_cross_entropy_reference"]
 
 
+@reference
 def text_only_linear_cross_entropy_reference(
     hidden: torch.Tensor,
     weight: torch.Tensor,
