@@ -57,14 +57,16 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # label -> (q heads, kv heads, head dim, causal): the decoder of the 7B and 2B, the ViT, and others
 ATTENTION = {"llm7b": (28, 4, 128, True), "llm2b": (12, 2, 128, True), "vit": (16, 16, 80, False),
              "d64": (8, 2, 64, True)}
+TRAINED = ("llm7b", "llm2b", "vit")  # where the backward runs: the decoders and a ViT trained with them
 
 
 def launches(scope: str = "all") -> list[Launch]:
     """``quick``: the bf16 launches of the 7B/2B decoder, the ViT and the streaming engine;
     ``all``: every dtype and head dim the package supports, every tiling of every tuner. The
-    backward is compiled in bf16 only (its fp16 kernels compiled to the same registers and spills
-    in all 228 of its tilings compared), the deterministic mode's key-block kernel with pointer
-    tilings only (its descriptor tilings are the one-pass kernel's without the dQ product)."""
+    backward is compiled at the shapes models train (``TRAINED``) in bf16 only (its fp16 kernels
+    compiled to the same registers and spills in all 228 of its tilings compared), the
+    deterministic mode's key-block kernel with pointer tilings only (its descriptor tilings are the
+    one-pass kernel's without the dQ product)."""
     from .varlen_attention.triton import tuning_space
 
     dtypes = ("bf16",) if scope == "quick" else ("bf16", "fp16", "fp32")
@@ -75,7 +77,7 @@ def launches(scope: str = "all") -> list[Launch]:
             for shape in shapes:
                 d = ATTENTION[shape][2]
                 out += [Launch("fwd", shape, dt, _cfg(cfg)) for cfg in tuning_space("fwd", tma=True, head_dim=d)]
-                if dt != "bf16":
+                if dt != "bf16" or shape not in TRAINED:
                     continue
                 kv, dq = tuning_space("bwd_kv", head_dim=d), tuning_space("bwd_q", head_dim=d)
                 out += [Launch("bwd", shape, dt, (_cfg(cfg),))  # one pass, dQ by atomic adds
