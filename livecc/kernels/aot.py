@@ -291,11 +291,11 @@ def pruned(rows: list[dict]) -> set[tuple[int, int]]:
             if k.get("spills") and _tuner_group(row["launch"], k["kernel"]) in clean - {None}}
 
 
-def problems(rows: list[dict], limit: int) -> list[str]:
+def problems(rows: list[dict], limit: int, dropped: set[tuple[int, int]] | None = None) -> list[str]:
     """What fails the gate: a launch that does not compile, a kernel over ``limit`` bytes of shared
     memory, and a spill in a 16-bit (bf16/fp16) launch, every one a training or streaming hot path,
-    unless a tuner drops that tiling for one that does not spill (:func:`pruned`)."""
-    found, dropped = [], pruned(rows)
+    unless a tuner drops that tiling for one that does not spill (``dropped``: :func:`pruned`)."""
+    found, dropped = [], pruned(rows) if dropped is None else dropped
     for i, row in enumerate(rows):
         name = Launch(**row["launch"]).name
         if not row["ok"]:
@@ -310,7 +310,7 @@ def problems(rows: list[dict], limit: int) -> list[str]:
     return found
 
 
-def write_table(rows: list[dict], stem: Path, header: str, found: list[str]) -> None:
+def write_table(rows: list[dict], stem: Path, header: str, found: list[str], dropped: set[tuple[int, int]]) -> None:
     """``stem.json`` (every row) and ``stem.md`` (one line per compiled kernel, then the problems)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{stem}.json").write_text(json.dumps({"header": header, "problems": found, "rows": rows}, indent=1)
@@ -319,7 +319,6 @@ def write_table(rows: list[dict], stem: Path, header: str, found: list[str]) -> 
              "| launch | shape | dtype | tiling | kernel | shared B | registers | spill B / local ld+st | wgmma | TMA "
              "|",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    dropped = pruned(rows)
     for i, row in enumerate(rows):
         launch = row["launch"]
         tiling = " ".join(str(c) for c in launch["config"]) if launch["config"] else "-"
@@ -362,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
     from .varlen_attention.triton import SMEM_LIMIT, _smem_limit
 
-    found = problems(rows, SMEM_LIMIT if arch else _smem_limit(torch.device("cuda")))
+    dropped = pruned(rows)
+    found = problems(rows, SMEM_LIMIT if arch else _smem_limit(torch.device("cuda")), dropped)
     target = "sm_90" if arch else torch.cuda.get_device_name()
     print(f"{len(rows)} launches compiled for {target} with Triton {triton.__version__} in {elapsed:.0f} s "
           f"({args.jobs} processes); {len(found)} problems")
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         label = "sm90" if arch else "".join(c if c.isalnum() else "-" for c in target.lower())
         stem = Path(args.out) / f"{date}-{label}-triton-{triton.__version__}-kernels"
         write_table(rows, stem, f"Kernels compiled for {target} with Triton {triton.__version__} ({args.scope} scope)",
-                    found)
+                    found, dropped)
         print(f"wrote {stem}.md")
     return 1 if found else 0
 

@@ -40,7 +40,7 @@ def resources(kernel, ptxas_log: str = "") -> dict:
     out.update(_cubin_resources(kernel))
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptxas_log)
     out["spill_bytes"] = int(spill.group(1)) + int(spill.group(2)) if spill else None
-    out["spills"] = bool(out.get("local") or out["spill_instructions"] or out["spill_bytes"])
+    out["spills"] = _in_local_memory(out) or bool(out["spill_bytes"])
     return out
 
 
@@ -78,5 +78,9 @@ def spills(kernel) -> bool:
         log.warning("cannot read %s's registers (%s): its tilings are tuned whether they spill or not",
                     kernel.name, e)
         return False
+    return _in_local_memory(found)
+
+
+def _in_local_memory(found: dict) -> bool:
     return bool(found.get("local") or found["spill_instructions"])
 

@@ -75,12 +75,11 @@ def multimodal_embeds(inner, input_ids: torch.Tensor, *, pixel_values: torch.Ten
     tensor per DeepStack layer (the ViT's features at the visual rows, zeros elsewhere; else
     None). The grids are read where they are: from the host, nothing is read back from the device."""
     embeds = inner.get_input_embeddings()(input_ids)
-    deep = None
+    visual, deep = inner.visual, None
     for pixels, grid, token in ((pixel_values, image_grid_thw, inner.config.image_token_id),
                                 (pixel_values_videos, video_grid_thw, inner.config.video_token_id)):
         if pixels is None:
             continue
-        visual = inner.visual
         geometry = vision_geometry(visual, [tuple(g) for g in grid.tolist()], embeds.device)
         rows, features = run_vision(visual, pixels.type(visual.dtype), geometry)
         at = (input_ids == token)[..., None].expand_as(embeds)

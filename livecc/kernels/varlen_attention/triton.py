@@ -4,26 +4,27 @@ One program per (document, block of queries | keys) pair and head; documents com
 ``cu_seqlens`` so a pack never attends across a boundary and no padding is computed. The pairs are
 read from a table built on the device by one small kernel (``_block_table_kernel``, no host sync),
 so a pack of one long and many short documents launches programs for the blocks it has (plus at
-most one idle program per document, the slack of a size known without reading the offsets),
-rather than the longest document's block count for every document. Causal masks are aligned
-bottom-right, so a new streaming window attends to its KV cache. Every key loop runs in two parts:
-the tiles every query of the block fully sees, with no mask at all, and the few on the diagonal or
-a document's edge, masked. The backward has its own ``delta = rowsum(dO * O)`` kernel, then one
-pass: a program per key block and KV head walks every query head of its GQA group (key-major
-products, dK/dV in registers) and adds dQ into an fp32 buffer by atomic adds; the deterministic
-mode adds no dQ there and runs one dQ program per query block after. Scores are in log2 units so
-each probability is one ``exp2``. A head dim that is not a power of two runs as two power-of-two parts (the ViT's 80 as
-64 + 16: two dot products per product, no idle lanes) where that is narrower than padding it to
-the next power of two. In the interpreter fp32 inputs take IEEE fp32 dot products; a GPU serves
-fp32 with PyTorch's SDPA (``backends.kernel_serves``).
+most one idle program per document, the slack of a size known without reading the offsets), rather
+than the longest document's block count for every document. Causal masks are aligned bottom-right,
+so a new streaming window attends to its KV cache. Every key loop runs in two parts: the tiles
+every query of the block fully sees, with no mask at all, and the few on the diagonal or a
+document's edge, masked. The backward has its own ``delta = rowsum(dO * O)`` kernel, then one pass:
+a program per key block and KV head walks every query head of its GQA group (key-major products,
+dK/dV in registers) and adds dQ into an fp32 buffer by atomic adds; the deterministic mode adds no
+dQ there and runs one dQ program per query block after. Scores are in log2 units so each
+probability is one ``exp2``. A head dim that is not a power of two runs as two power-of-two parts
+(the ViT's 80 as 64 + 16: two dot products per product, no idle lanes) where that is narrower than
+padding it to the next power of two. In the interpreter fp32 inputs take IEEE fp32 dot products; a
+GPU serves fp32 with PyTorch's SDPA (``backends.kernel_serves``).
 
 Tiles: on GPU ``triton.autotune`` picks among ``CONFIGS``, keyed by head dim, causality, GQA group
 and paging (a new pack length neither re-tunes nor recompiles: the lengths and table sizes are
 not specialised on), after dropping any whose compiled kernel asks for more shared memory than
-the device has (the compiler's own count, not an estimate). On a GPU with TMA a forward whose Q,
-K and V are 16-byte aligned and not paged has a tuner of its own that also tries each tiling with
-the tiles loaded through tensor descriptors; every other forward (a paged prefill, say) is tuned
-among pointer tilings only, so a TMA tiling is never reused where it would read the wrong rows.
+the device has (the compiler's own count, not an estimate) and, where another does not, any that
+spills registers. On a GPU with TMA a forward whose Q, K and V (a backward: and dO) are 16-byte
+aligned and not paged has a tuner of its own that also tries each tiling with the tiles loaded
+through tensor descriptors; every other call (a paged prefill, say) is tuned among pointer tilings
+only, so a TMA tiling is never reused where it would read the wrong rows.
 The interpreter runs small fixed tiles; ``FORCED`` (tests) pins them.
 """
 
@@ -92,12 +93,12 @@ def tma_supported() -> bool:
             and torch.cuda.get_device_capability()[0] >= 9)
 
 
-def tma_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, page: int) -> bool:
-    """Whether a forward may load its tiles through tensor descriptors: contiguous rows (not pages)
-    and 16-byte aligned tile bases, every start row and head offset of Q, K and V."""
+def tma_fits(*tensors: torch.Tensor, page: int = 0) -> bool:
+    """Whether a kernel may load its tiles of ``tensors`` through tensor descriptors: contiguous
+    rows (not pages) and 16-byte aligned tile bases, every start row and head offset."""
     if page:
         return False
-    for t in (q, k, v):
+    for t in tensors:
         size = t.element_size()
         if t.data_ptr() % 16 or (t.stride(0) * size) % 16 or (t.stride(1) * size) % 16:
             return False
@@ -143,8 +144,8 @@ def kept_for(configs: list[TileConfig], head_dim: int) -> list[TileConfig]:
 
 def tuning_space(kernel: str, tma: bool = False, head_dim: int | None = None) -> list[TileConfig]:
     """The tilings one tuner of ``kernel`` tries (at ``head_dim``: those kept for it): each of
-    ``CONFIGS``, and with ``tma`` (the forward's tuner for aligned, unpaged calls) each forward
-    tiling through descriptors as well."""
+    ``CONFIGS``, and with ``tma`` (the tuner of aligned, unpaged calls) each through descriptors
+    as well."""
     ours = [c for c in CONFIGS if c.kernel == kernel]
     if head_dim is not None:
         ours = kept_for(ours, head_dim)
@@ -740,7 +741,7 @@ def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
     args = (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, table, size, page_table,
             page_table.stride(0) if page else 0, scale * LOG2E, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             v.stride(0), v.stride(1), out.stride(0), out.stride(1), total_q)
-    _launch("fwd", _fwd_kernel, _FWD, grid, args, {**meta, "PAGE": page}, tma=tma_fits(q, k, v, page))
+    _launch("fwd", _fwd_kernel, _FWD, grid, args, {**meta, "PAGE": page}, tma=tma_fits(q, k, v, page=page))
     return out, lse
 
 
@@ -773,7 +774,7 @@ def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_
                dq.stride(1), total_q)
     whole_heads = meta["BD"] + meta["SPLIT"] * meta["BE"] == d  # no masked lanes for descriptors to read
     _launch("bwd_kv", _bwd_dkdv_kernel, _DKDV, lambda m: (programs(total_k, n_seq, m["BN"]), hkv), kv_args,
-            {**meta, "ATOMIC_DQ": atomic}, tma=whole_heads and tma_fits(q, k, v, 0) and tma_fits(do, k, v, 0))
+            {**meta, "ATOMIC_DQ": atomic}, tma=whole_heads and tma_fits(q, k, v, do))
     if atomic:
         return dq.to(q.dtype), dk, dv
     if max_seqlen_q == 0:
