@@ -69,6 +69,22 @@ def test_the_stream_benchmark_accepts_its_defaults_and_names_a_bad_run():
     assert stream.options(["--runs", "livecc,eager"]).runs == ("livecc", "eager")
     with pytest.raises(SystemExit):
         stream.options(["--runs", "livecc,fast"])
+    assert stream.options([]).cold_start == ("cold", "warm") and stream.options(["--cold-start", ""]).cold_start == ()
+    with pytest.raises(SystemExit):
+        stream.options(["--cold-start", "cold,hot"])
+
+
+def test_a_cold_start_is_timed_in_a_new_process_phase_by_phase():
+    """``cold_starts``: a new process built, warmed up and stepped to its first window's text, with
+    empty caches; its phases are its total but for the interpreter's exit and the parent's wait."""
+    from livecc.bench.cold_start import PHASES, cold_starts
+
+    (row,) = cold_starts(("cold",))
+    assert row["run"] == "cold" and row["device"] == "cpu" and row["compile_s"] == 0.0  # nothing compiles on a CPU
+    assert all(row[p] >= 0 for p in PHASES) and row["import_s"] > 0.2 and row["first_window_s"] > 0
+    assert sum(row[p] for p in PHASES) == pytest.approx(row["total_s"], abs=0.01)
+    with pytest.raises(ValueError, match="hot"):
+        cold_starts(("hot",))
 
 
 def test_every_headline_target_names_a_row_of_the_targets_table():

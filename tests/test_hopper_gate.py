@@ -152,3 +152,92 @@ def test_a_new_frame_size_or_resize_ratio_does_not_recompile_the_preprocessing()
                 preprocess_frames_fwd(frames, size, PatchGeometry(), torch.bfloat16)
         assert len(compiled) == 4 and len({id(kernel) for _, kernel, _ in compiled}) == 1, compiled
     """)
+
+
+def test_compiling_ahead_covers_every_kernel_of_streaming_windows():
+    """``aot.stream_launches(model, ...)``: every kernel the windows of two streams launch (the GPU's
+    code path on this CPU, each launch compiled for sm_90 and not run: a first window, a steady one,
+    one that evicts and re-rotates keys, decode steps over short and long caches) is among the
+    kernels compiled ahead, by Triton's cache key, for a Qwen2-VL and a Qwen3-VL."""
+    run_python("""
+        import importlib
+        import torch
+        from livecc.infer import KVPool, StreamingSession, step_streams
+        from livecc.kernels import aot
+        from livecc.kernels.varlen_attention import triton as attention
+        from livecc.models import tiny_qwen_vl, use_livecc_attention
+        from livecc.qwen_vl import VisionSpec, offline_processor
+
+        for name in ("rotary", "rerotate", "paged_decode_attention", "preprocess_frames", "varlen_attention.backends"):
+            importlib.import_module(f"livecc.kernels.{name}").use_triton = lambda t: True
+        decode = importlib.import_module("livecc.kernels.paged_decode_attention.triton")
+        decode._splits = lambda n, programs, device: max(1, min(n, -(-2 * 132 // programs)))  # an H100's 132 SMs
+        # a CPU cannot time tilings: one tiling launched (a tuner compiles what the launcher does, tested above)
+        tile = attention.tuning_space("fwd")[2]
+        attention.FORCED["fwd"] = tile
+        g = torch.Generator().manual_seed(0)
+        for arch in ("qwen2_vl", "qwen3_vl"):
+            model, processor = tiny_qwen_vl(arch=arch).to(torch.bfloat16), offline_processor(arch)
+            use_livecc_attention(model)
+            with aot.compile_only(90) as compiled:
+                pool = KVPool.for_model(model, page_size=16)
+                sessions = [StreamingSession(model, processor, pool=pool, max_new_tokens=4, seed=i, horizon=2.0,
+                                             compact_after=0,
+                                             min_pixels=64 * 64, max_pixels=64 * 64) for i in range(2)]
+                sessions[0].engine.runner.use_static_steps()
+                for _ in range(5):
+                    step_streams(sessions, [torch.randint(0, 256, (s.frames_needed, 64, 64, 3), dtype=torch.uint8,
+                                                          generator=g) for s in sessions])
+            windows = {(name, kernel.hash) for name, kernel, _ in compiled}
+            launches = aot.stream_launches(model, VisionSpec.from_processor(processor), 16)
+            ahead = set()
+            for launch in launches:
+                if launch.kernel in ("fwd", "fwd_paged") and launch.config != aot._cfg(tile):
+                    continue
+                with aot.compile_only(90) as compiled:
+                    aot.run_launch(launch, "cpu")
+                ahead |= {(name, kernel.hash) for name, kernel, _ in compiled}
+            names = {name for name, _ in windows}
+            assert {"_preprocess_kernel", "_fwd_kernel", "_rotary_kernel", "_rerotate_kernel", "_split_kernel",
+                    "_combine_kernel"} <= names, names
+            assert windows <= ahead, (arch, sorted(windows - ahead))
+            assert {c for c in (l.config for l in launches if l.kernel == "fwd")} == {
+                aot._cfg(c) for c in attention.tuning_space("fwd", head_dim=model.model.visual.blocks[0].attn.head_dim)}
+    """)
+
+
+def test_a_shipped_tiling_is_launched_without_tuning(tmp_path):
+    """Where the table shipped for the GPU holds the launch's key, the launcher compiles and runs
+    that one tiling (a tuner, which times every tiling, would fail here: a CPU cannot time), and
+    compiling ahead compiles it alone; a tiling the tuner would not try at that head dim is not used."""
+    run_python("""
+        import json
+        import torch
+        from pathlib import Path
+        from livecc.kernels import aot, cu_seqlens, tilings
+        from livecc.kernels.varlen_attention import triton as attention
+        from livecc.models import tiny_qwen_vl
+        from livecc.qwen_vl import VisionSpec, offline_processor
+
+        tilings.TUNED = Path(TABLES)
+        attention._gpu_name = lambda device: "Hopper Test GPU"
+        shipped = ("fwd", 64, 64, 4, 4, False)
+        key = [16, True, 2, 0, "bfloat16"]  # D, CAUSAL, GROUP, PAGE, dtype
+        entries = [{"kernel": "fwd", "tma_tuner": False, "key": key, "tiling": list(shipped)},
+                   {"kernel": "fwd", "tma_tuner": False, "key": [16, False, 1, 0, "bfloat16"],
+                     "tiling": ["fwd", 64, 64, 4, 4, True]},  # a descriptor tiling for the pointer tuner
+                   {"kernel": "fwd", "tma_tuner": False, "key": [16, True, 2, 16, "bfloat16"],
+                    "tiling": ["fwd", 128, 32, 8, 4, False]}]  # the paged prefill's
+        (tilings.TUNED / "hopper-test-gpu.json").write_text(json.dumps({"tilings": entries}))
+        q, k = torch.randn(50, 4, 16).bfloat16(), torch.randn(50, 2, 16).bfloat16()
+        with aot.compile_only(90) as compiled:
+            attention.varlen_attention_fwd(q, k, k, cu_seqlens([20, 30]), cu_seqlens([20, 30]), 30, True, 0.1)
+        fwd = [kernel for name, kernel, _ in compiled if name == "_fwd_kernel"]
+        assert len(fwd) == 1 and (fwd[0].src.constants[(fwd[0].src.fn.arg_names.index("BM"),)],
+                                  fwd[0].metadata.num_warps, fwd[0].metadata.num_stages) == (64, 4, 4)
+        assert attention.shipped_tiling("Hopper Test GPU", "fwd", False, (16, False, 1, 0, "bfloat16")) is None
+        model = tiny_qwen_vl().to(torch.bfloat16)  # decoder: 4 query heads of 16 over 2 KV heads; ViT: 2 of 16
+        launches = aot.stream_launches(model, VisionSpec.from_processor(offline_processor()), 16, gpu="Hopper Test GPU")
+        assert [l.config for l in launches if l.kernel == "fwd_paged"] == [("fwd", 128, 32, 8, 4, False)]
+        assert {l.config for l in launches if l.kernel == "fwd"} == {aot._cfg(c) for c in attention.tuning_space("fwd")}
+    """.replace("TABLES", repr(str(tmp_path))))

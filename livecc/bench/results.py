@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..kernels import tilings
 from .targets import goal_of
 
 __all__ = ["Plot", "Sweep", "device_name", "environment", "on_gpu", "regenerate_readme", "write_sweep"]
@@ -98,6 +99,8 @@ def write_sweep(sweep: Sweep, out_dir: str | Path, env: dict) -> Path:
     headline = [{**h, "goal": goal_of(h["target"])} for h in sweep.headline]
     payload = {"benchmark": sweep.name, "environment": env, "notes": sweep.notes, "headline": headline,
                "results": sweep.rows, "plot": asdict(sweep.plot) if sweep.plot else None}
+    if tilings.chosen():  # what this run's attention tuners chose: ``python -m livecc.kernels.tilings`` ships it
+        payload["tilings"] = tilings.chosen()
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# {sweep.name} on {env['device']}", "", f"torch {env['torch']}, triton {env['triton']}, "
              f"commit {env['commit'][:10]}{' (dirty)' if env['dirty'] else ''}, {env['date']}", ""]

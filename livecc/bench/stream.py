@@ -13,7 +13,8 @@ stopping at ``' ...'`` or ``<|im_end|>``.
 Measured: per-window latency (p50/p99; GPU: against the physical floor), real-time streams
 (N sessions stepped together; sustained while a round of N windows takes < 1 s at p99), memory
 over a stream (livecc with a short horizon; the reference's cache growth per window) and a long
-stream with the default bounds (cache tokens, largest position and latency after hours).
+stream with the default bounds (cache tokens, largest position and latency after hours), and
+cold start (P9: new processes to their first window's text, in phases; :mod:`.cold_start`).
 GPU: the 7B Qwen2-VL shape with random bf16 weights, frames at the demo budget (384*28*28 px).
 CPU: a tiny random model; only the ratios mean anything.
 
@@ -34,6 +35,7 @@ from ..infer.stream import percentile
 from ..kernels import preprocess_frames
 from ..models import tiny_qwen_vl, use_livecc_attention
 from ..qwen_vl import TokenIds, VisionSpec, expand_pads, offline_processor, smart_resize
+from .cold_start import PHASES, cold_starts
 from .measure import HBM, PEAK, random_qwen2vl, reference_attention
 from .results import Plot, Sweep, on_gpu
 
@@ -306,10 +308,15 @@ def options(argv=()) -> argparse.Namespace:
     parser.add_argument("--memory-windows", type=int, default=300 if on_gpu() else 60, help="0 for no memory run")
     parser.add_argument("--census", type=int, default=6, help="rounds of 2 streams counted per phase (launches "
                         "outside graphs, device reads) on the GPU code path; 0 for none")
+    parser.add_argument("--cold-start", default="cold,warm", help="new processes timed to their first window's "
+                        "text: cold (empty Triton and livecc caches), warm (the same caches again); '' for none")
     parser.add_argument("--long-hours", default="1", help="hours of one-second windows for the long-stream rows "
                         "(e.g. 1,10; '' for none). CPU: 56x56 frames")
     args = parser.parse_args(list(argv))
     args.runs = tuple(args.runs.split(","))
+    args.cold_start = tuple(r for r in args.cold_start.split(",") if r)
+    if set(args.cold_start) - {"cold", "warm"}:
+        parser.error(f"--cold-start takes cold and warm, not {','.join(args.cold_start)!r}")
     if "livecc" not in args.runs or set(args.runs) - set(RUNS):
         parser.error(f"--runs takes livecc and any of {', '.join(RUNS)}, not {','.join(args.runs)!r}")
     return args
@@ -322,6 +329,7 @@ def run(argv=()) -> Sweep:
     device = "cuda" if gpu else "cpu"
     size = (360, 640) if gpu else (90, 120)
     processor = offline_processor()
+    starts = cold_starts(args.cold_start) if args.cold_start else []  # first: nothing of this process in them
     counted = census_rows(processor, device, args.census) if args.census else []
     attn = reference_attention() if gpu else "sdpa"
     model = build(gpu, attn)
@@ -352,7 +360,8 @@ def run(argv=()) -> Sweep:
             "speedup_vs_reference", "streams", "round_p50_ms", "round_p99_ms", "real_time", "margin",
             "mb_per_stream", "vs_one_at_a_time",
             "window", "cache_tokens", "held_mb", "pool_mb", "evict_ms", "stream_hours", "largest_position",
-            "evicted_tokens", "model", "phase", "decode_steps", "launches", "reads", "uploads", "captured"]
+            "evicted_tokens", "model", "phase", "decode_steps", "launches", "reads", "uploads", "captured",
+            "run", *PHASES, "total_s"]
     ours = lat[0]
     headline = [
         {"target": "P6",
@@ -385,5 +394,11 @@ def run(argv=()) -> Sweep:
                                              f"decode {per[m, 'decode']['reads']:g} in "
                                              f"{per[m, 'decode']['decode_steps']} steps, end "
                                              f"{per[m, 'end']['reads']:g}" for m in ("tiny", "7b-depth"))})
+    if starts:
+        headline.append({"target": "P9", "figure": "; ".join(
+            f"{r['run']}: {r['total_s']:.1f} s to the first window's text (" + ", ".join(
+                f"{p.removesuffix('_s').replace('_', ' ')} {r[p]:.1f} s" for p in PHASES) + ")" for r in starts)})
+        notes += (" Cold start: " + ("the 7B shape built with random weights on the GPU (no checkpoint read)"
+                                     if gpu else "the tiny model on the CPU") + ".")
     plot = Plot("streams", "round_p50_ms", "provider", "round p50, ms") if many else None
-    return Sweep("stream", lat + many + mem + long + counted, cols, notes, plot, headline)
+    return Sweep("stream", lat + many + mem + long + counted + starts, cols, notes, plot, headline)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from .common import MODEL_HELP, session_config, session_flags
 
@@ -18,6 +19,9 @@ def run(args) -> int:
     model, processor = load_model(args.model, args.device)
     config = session_config(model, args, query=args.query)
     session = StreamingSession(model, processor, config, cuda_graphs=not args.no_cuda_graphs)
+    # before the first window: the pool, the graphs and (on a GPU) the kernels compiled in parallel processes
+    warm = session.engine.warm_up(1, config.cache_tokens(session.engine.spec))
+    print("warmed up: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in warm.items()), file=sys.stderr)
     out = open(args.jsonl, "w") if args.jsonl else None
     subtitles = VttWriter(args.vtt) if args.vtt else None
 

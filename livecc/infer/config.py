@@ -62,3 +62,12 @@ class SessionConfig:
         if unknown:
             raise TypeError(f"unknown session options {sorted(unknown)}")
         return replace(base, **overrides)
+
+    def cache_tokens(self, spec) -> int:
+        """The most tokens a stream's cache holds under these bounds (4096 when text is unbounded),
+        with frames of vision ``spec``: what a pool is sized for before the first window."""
+        if self.max_text_tokens is None:
+            return 4096
+        per_second = self.max_pixels // spec.factor**2 * self.plan.fps / spec.temporal_patch_size
+        seconds = self.horizon + self.plan.initial_frames / self.plan.fps
+        return int(per_second * seconds) + self.text_sink + self.max_text_tokens + 64 + self.max_new_tokens

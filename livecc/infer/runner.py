@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import rerotate_keys, shift_angles
+from ..kernels import aot, rerotate_keys, shift_angles
+from ..kernels.varlen_attention.triton import tma_supported
 from ..models import use_livecc_vision_attention
 from ..models.vision import Grid, run_vision, vision_geometry
 from .cache import KVPool, StreamKVCache
@@ -67,6 +68,16 @@ class ModelRunner:
         self.vision_graphs = None
         for block in self.model.model.visual.blocks:
             block.compile(dynamic=True)
+
+    def compile_ahead(self, geometry) -> dict:
+        """On a GPU, the kernels of this model's windows (frames of ``geometry``) compiled in
+        parallel processes into Triton's cache (:func:`livecc.kernels.aot.compile_ahead`); a tiling
+        shipped for this GPU is compiled alone. Nothing elsewhere."""
+        if self.device.type != "cuda":
+            return aot.compile_ahead([])
+        props = torch.cuda.get_device_properties(self.device)
+        return aot.compile_ahead(aot.stream_launches(self.model, geometry, self.pool.page_size, gpu=props.name,
+                                                     tma=tma_supported(), sms=props.multi_processor_count))
 
     def warm_up(self, max_streams: int, max_tokens: int) -> None:
         """Allocate the pool for ``max_streams`` streams of up to ``max_tokens`` cached tokens each and

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -36,7 +37,9 @@ import torch
 
 from .cubin import resources
 
-__all__ = ["Launch", "compile_only", "launches", "problems", "pruned"]
+__all__ = ["Launch", "compile_ahead", "compile_only", "launches", "problems", "pruned", "stream_launches"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +50,12 @@ class Launch:
     shape: str
     dtype: str
     config: tuple = ()
+    heads: tuple = ()  # a model's (q heads, kv heads, head dim, causal), where ``shape`` is not in ATTENTION
+    page: int = 64  # fwd_paged: the KV pool's page size
+
+    @property
+    def attention(self) -> tuple:
+        return tuple(self.heads) or ATTENTION[self.shape]
 
     @property
     def name(self) -> str:
@@ -86,7 +95,7 @@ def launches(scope: str = "all") -> list[Launch]:
                         for i in range(max(len(kv), len(dq)))]
             out += [Launch("fwd_paged", "llm7b", dt, _cfg(cfg)) for cfg in tuning_space("fwd")]
         for page in (16, 64):
-            out.append(Launch("decode", "llm7b", dt, (page,)))
+            out.append(Launch("decode", "llm7b", dt, (page, 5)))
         out += [Launch("ce", "7b", dt, (grad,)) for grad in (False, True)]
         out += [Launch("rotary", shape, dt, (inverse,)) for shape in ("llm7b", "vit") for inverse in (False, True)]
         out.append(Launch("rerotate", "llm7b", dt, ()))
@@ -98,6 +107,64 @@ def _cfg(c) -> tuple:
     return (c.kernel, c.BM, c.BN, c.num_warps, c.num_stages, c.tma)
 
 
+def stream_launches(model, geometry, page_size: int, gpu: str | None = None, tma: bool = False,
+                    sms: int = 132) -> list[Launch]:
+    """The launches of ``model``'s streaming windows: frames to patch rows (``geometry``: a
+    :class:`PatchGeometry`), the ViT's attention, the decoder's paged prefill and decode, rotary
+    and key re-rotation, at the model's own heads and dtype and at ``page_size``. An attention key
+    that the shipped table of ``gpu`` holds (:mod:`livecc.kernels.tilings`) compiles its one
+    tiling; any other, every tiling its tuner tries (descriptor ones too with ``tma``: the ViT's
+    tuner on a GPU with TMA). Decode's combining kernel is compiled for every power of two of page
+    ranges a GPU of ``sms`` multiprocessors splits one stream's cache into."""
+    from .tilings import key_of
+    from .varlen_attention.triton import shipped_tiling, tuning_space
+
+    dtype = next(model.parameters()).dtype
+    label = next((k for k, v in DTYPES.items() if v == dtype), None)
+    if label is None:
+        raise ValueError(f"no kernels for a model in {dtype}")
+    text, block = model.config.get_text_config(), model.model.visual.blocks[0].attn
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    decoder = (text.num_attention_heads, text.num_key_value_heads, head_dim, True)
+    vit = (block.num_heads, block.num_heads, block.head_dim, False)
+
+    def attention(heads: tuple, page: int, tma: bool) -> list[tuple]:
+        if label == "fp32":  # fp32 attention on a GPU is PyTorch's SDPA
+            return []
+        hq, hkv, d, causal = heads
+        key = key_of({"D": d, "CAUSAL": causal, "GROUP": hq // hkv, "PAGE": page}, ["D", "CAUSAL", "GROUP", "PAGE"],
+                     dtype)
+        found = shipped_tiling(gpu, "fwd", tma, key)
+        return [_cfg(found)] if found else [_cfg(c) for c in tuning_space("fwd", tma=tma, head_dim=d)]
+
+    most_splits = -(-2 * sms // decoder[1])  # one stream: paged_decode_attention's _splits
+    patches = (geometry.patch_size, geometry.temporal_patch_size, geometry.merge_size)
+    return [Launch("preprocess", "360x640", label, patches),  # one kernel for every frame size
+            *(Launch("fwd", "vit", label, c, vit) for c in attention(vit, 0, tma)),
+            *(Launch("fwd_paged", "decoder", label, c, decoder, page_size)
+              for c in attention(decoder, page_size, False)),
+            *(Launch("decode", "decoder", label, (page_size, 1 << i), decoder)
+              for i in range((most_splits - 1).bit_length() + 1)),
+            Launch("rotary", "decoder", label, (False,), decoder),
+            Launch("rerotate", "decoder", label, (), decoder)]
+
+
+def compile_ahead(launches: list[Launch], jobs: int | None = None) -> dict:
+    """Compile ``launches`` for this machine's GPU in ``jobs`` processes (Triton's cache then
+    serves the process's own launches); nothing without a GPU, which compiles nothing. Returns
+    ``{"launches", "failed", "seconds"}``; a launch that does not compile is logged, and then
+    compiles (and fails) where it is launched."""
+    t0 = time.perf_counter()
+    if not launches or not torch.cuda.is_available():
+        return {"launches": 0, "failed": 0, "seconds": 0.0}
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(launches)))
+    rows = compile_all(launches, None, jobs)
+    failed = [row for row in rows if not row["ok"]]
+    for row in failed:
+        log.warning("compiling %s ahead failed: %s", Launch(**row["launch"]).name, row["error"].splitlines()[0])
+    return {"launches": len(rows), "failed": len(failed), "seconds": time.perf_counter() - t0}
+
+
 def run_launch(launch: Launch, device: str) -> None:
     """Drive the launcher of ``launch`` once (inside :func:`compile_only` it compiles, no more)."""
     from . import cu_seqlens
@@ -107,7 +174,7 @@ def run_launch(launch: Launch, device: str) -> None:
     g = torch.Generator().manual_seed(0)
     rand = lambda *shape, dtype=dt: torch.randn(*shape, generator=g).to(dtype).to(device)
     if launch.kernel in ("fwd", "fwd_paged", "bwd", "bwd_det"):
-        hq, hkv, d, causal = ATTENTION[launch.shape]
+        hq, hkv, d, causal = launch.attention
         lengths = [300, 1000, 77]
         cu = cu_seqlens(lengths, device)
         q, k, v = rand(sum(lengths), hq, d), rand(sum(lengths), hkv, d), rand(sum(lengths), hkv, d)
@@ -116,9 +183,9 @@ def run_launch(launch: Launch, device: str) -> None:
             if launch.kernel == "fwd":
                 attention.varlen_attention_fwd(q, k, v, cu, cu, max(lengths), causal, scale)
             elif launch.kernel == "fwd_paged":
-                page = 64
-                pool = rand(64, page, hkv, d)
-                table = torch.arange(60, dtype=torch.int32, device=device).view(3, 20)
+                page = launch.page
+                pool = rand(-(-1300 // page) * 3, page, hkv, d)
+                table = torch.arange(pool.shape[0], dtype=torch.int32, device=device).view(3, -1)
                 cu_k = cu_seqlens([m + 200 for m in lengths], device)
                 attention.varlen_attention_fwd(q, pool, pool, cu, cu_k, max(lengths), True, scale, table)
             else:
@@ -128,12 +195,13 @@ def run_launch(launch: Launch, device: str) -> None:
     elif launch.kernel == "decode":
         from .paged_decode_attention.triton import paged_decode_attention_fwd
 
-        hq, hkv, d, _ = ATTENTION[launch.shape]
-        (page,) = launch.config
+        hq, hkv, d, _ = launch.attention
+        page, splits = launch.config  # the combining kernel is compiled per power of two of splits
         pool = rand(8, page, hkv, d)
-        table = torch.zeros(2, 8, dtype=torch.int32, device=device)
-        lengths = torch.full((2,), 5 * page, dtype=torch.int32, device=device)
-        paged_decode_attention_fwd(rand(2, hq, d), pool, pool, table, lengths, 5 * page, d**-0.5, num_splits=5)
+        table = torch.zeros(2, splits, dtype=torch.int32, device=device)
+        lengths = torch.full((2,), splits * page, dtype=torch.int32, device=device)
+        paged_decode_attention_fwd(rand(2, hq, d), pool, pool, table, lengths, splits * page, d**-0.5,
+                                   num_splits=splits)
     elif launch.kernel == "ce":
         from .text_only_linear_cross_entropy.triton import text_only_linear_cross_entropy_fwd
 
@@ -143,14 +211,14 @@ def run_launch(launch: Launch, device: str) -> None:
     elif launch.kernel == "rotary":
         from .rotary.triton import rotary_qk_fwd
 
-        hq, hkv, d, _ = ATTENTION[launch.shape]
+        hq, hkv, d, _ = launch.attention
         q, k = rand(1, 37, hq, d).transpose(1, 2), rand(1, 37, hkv, d).transpose(1, 2)
         cos = rand(1, 37, d)
         rotary_qk_fwd(q, k, cos, cos, launch.config[0])
     elif launch.kernel == "rerotate":
         from .rerotate.triton import rerotate_keys_fwd
 
-        _, hkv, d, _ = ATTENTION[launch.shape]
+        _, hkv, d, _ = launch.attention
         slots = torch.arange(5, device=device)
         table = torch.zeros(2, d // 2, device=device)
         rerotate_keys_fwd(rand(64, hkv, d), slots, torch.zeros(5, dtype=torch.int64, device=device), table, table)
@@ -159,8 +227,10 @@ def run_launch(launch: Launch, device: str) -> None:
         from .preprocess_frames.triton import preprocess_frames_fwd
 
         h, w = (int(x) for x in launch.shape.split("x"))
-        frames = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8).to(device)
-        preprocess_frames_fwd(frames, (h // 28 * 28, w // 28 * 28), PatchGeometry(), DTYPES[launch.dtype])
+        geometry = PatchGeometry(*launch.config)  # config: (patch size, temporal patch size, merge size)
+        frames = torch.randint(0, 256, (geometry.temporal_patch_size, h, w, 3), dtype=torch.uint8).to(device)
+        size = (h // geometry.factor * geometry.factor, w // geometry.factor * geometry.factor)
+        preprocess_frames_fwd(frames, size, geometry, DTYPES[launch.dtype])
     else:
         raise ValueError(f"unknown kernel family {launch.kernel!r}")
 

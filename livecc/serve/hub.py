@@ -46,7 +46,7 @@ class Hub:
                  idle_s: float = 30.0):
         self.engine = StreamEngine.of(model, processor)
         self.config = config if config is not None else SessionConfig.for_model(model)
-        self.engine.warm_up(max_streams, max_tokens=_cache_bound(self.config, self.engine.spec))
+        self.engine.warm_up(max_streams, max_tokens=self.config.cache_tokens(self.engine.spec))
         self.max_streams, self.max_viewers, self.grace_s, self.idle_s = max_streams, max_viewers, grace_s, idle_s
         self.reserved = 0  # slots taken by streams still being received
         self.uploads = UploadDir(upload_dir)
@@ -260,13 +260,3 @@ class Hub:
     @property
     def upload_dir(self) -> Path:
         return self.uploads.path
-
-
-def _cache_bound(config: SessionConfig, spec) -> int:
-    """The most tokens a stream's cache holds under ``config``'s bounds (4096 when text is
-    unbounded): the pool is sized for it before the first window."""
-    if config.max_text_tokens is None:
-        return 4096
-    per_second = config.max_pixels // spec.factor**2 * config.plan.fps / spec.temporal_patch_size
-    seconds = config.horizon + config.plan.initial_frames / config.plan.fps
-    return int(per_second * seconds) + config.text_sink + config.max_text_tokens + 64 + config.max_new_tokens

@@ -1,4 +1,6 @@
 import functools
+import importlib
+import types
 
 import pytest
 import torch
@@ -216,6 +218,33 @@ def test_the_dispatcher_keeps_the_fastest_correct_backend_and_remembers_it(tmp_p
     again = Dispatcher("Some GPU", tmp_path)
     assert again.choose(key, candidates) == "fast" and not calls  # read from disk, nothing probed
     assert Dispatcher("Other GPU", tmp_path).choices == {}  # per device
+
+
+def test_a_forward_alone_takes_the_kernel_without_probing(monkeypatch, gen):
+    """``backend="auto"`` probes (forward and backward) only where a backward follows: without
+    grad (streaming, a ViT graph's warm-up before its capture) or on inputs that need none (a
+    frozen ViT in training) the call takes livecc's kernel, which reads nothing back; a CUDA call
+    is stood in for by tensors that say they are on CUDA."""
+    attention = importlib.import_module("livecc.kernels.varlen_attention")  # the module, not its function
+    probed = []
+    monkeypatch.setattr(attention, "available_backends", lambda aligned: ("triton", "sdpa_cudnn"))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(attention, "_dispatcher", lambda index: types.SimpleNamespace(
+        choose=lambda key, candidates: probed.append(key) or "sdpa_cudnn"))
+
+    class OnCuda(torch.Tensor):
+        is_cuda = property(lambda self: True)
+
+    def args(requires_grad):
+        q, k = (torch.randn(40, h, 16, generator=gen).as_subclass(OnCuda).requires_grad_(requires_grad)
+                for h in (4, 2))
+        cu = torch.tensor([0, 15, 40], dtype=torch.int32)
+        return (q, k, k, cu, cu, 25, 25, True, 0.25)
+
+    with torch.no_grad():
+        assert attention._auto(args(True), aligned=True) == "triton"
+    assert attention._auto(args(False), aligned=True) == "triton" and not probed
+    assert attention._auto(args(True), aligned=True) == "sdpa_cudnn" and len(probed) == 1  # a backward follows
 
 
 @pytest.mark.parametrize("policy", ["full", "selective"])

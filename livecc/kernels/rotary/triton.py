@@ -27,7 +27,7 @@ def _rotate(X, Y, b, t, h, H, sx_b, sx_h, sx_l, sy_b, sy_h, sy_l, c1, c2, s1, s2
     tl.store(y_ptr + HALF, (x2 * c2[None, :] + x1 * s2[None, :]).to(Y.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L"])  # one kernel for every length: a prefill's, a decode step's
 def _rotary_kernel(
     Q, K, QO, KO, COS, SIN, L, HQ, HK,
     sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sqo_b, sqo_h, sqo_l, sko_b, sko_h, sko_l, sc_b, sc_l,

@@ -86,6 +86,12 @@ def _auto(args: tuple, aligned: bool) -> str:
     names = available_backends(aligned)
     if not q.is_cuda or len(names) == 1 or torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
         return "triton"  # nothing to choose, or no probing inside a traced or captured region
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in args[:3])):
+        # A forward alone (streaming, evaluation, a frozen ViT in training): the probe times forward
+        # and backward, where the candidates differ most; livecc's forward reads nothing back from the
+        # device (the SDPA backends read the lengths every call), so a CUDA graph can hold it, and it
+        # ran level with cuDNN's on the ViT (342 / 343 TFLOP/s, H200, 2026-12-04).
+        return "triton"
     dispatcher = _dispatcher(q.device.index or 0)
 
     def run(name):

@@ -30,19 +30,24 @@ The interpreter runs small fixed tiles; ``FORCED`` (tests) pins them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import tilings
 from ..cubin import spills
 from ..dispatch import interpreting
 from ..triton_utils import LOG2E, dot, softmax_result, softmax_weights
 
 __all__ = ["BLOCK_SIZES", "CONFIGS", "SMEM_LIMIT", "TileConfig", "block_table", "head_split", "programs", "tma_fits",
-           "tuning_space", "varlen_attention_bwd", "varlen_attention_fwd"]
+           "shipped_tiling", "tuning_space", "varlen_attention_bwd",
+           "varlen_attention_fwd"]
+
+log = logging.getLogger(__name__)
 
 SMEM_LIMIT = 232448  # bytes of shared memory a block may have on Hopper (227 KB), where no device is asked
 
@@ -181,11 +186,38 @@ def _launch(kernel: str, jitted, tuners: tuple, grid, args, meta: dict, tma: boo
         jitted[grid(cfg.tiles)](*args, **meta, **cfg.tiles, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif interpreting():
         jitted[grid(_INTERPRETER_TILES)](*args, **meta, **_INTERPRETER_TILES)
-    elif use_tma:
-        _ensure_descriptor_allocator()
-        tuners[1][grid](*args, **meta)
     else:
-        tuners[0][grid](*args, **meta)
+        if use_tma:
+            _ensure_descriptor_allocator()
+        key = tilings.key_of(meta, _TUNING_KEYS[kernel], args[0].dtype)
+        cfg = shipped_tiling(_gpu_name(args[0].device), kernel, use_tma, key)
+        if cfg is not None:
+            jitted[grid(cfg.tiles)](*args, **meta, **cfg.tiles, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            return
+        tuner = tuners[1] if use_tma else tuners[0]
+        tuner[grid](*args, **meta)
+        best = tuner.best_config
+        tilings.note(kernel, use_tma, key, (kernel, best.kwargs["BM"], best.kwargs["BN"], best.num_warps,
+                                            best.num_stages, bool(best.kwargs.get("TMA", False))))
+
+
+@lru_cache(maxsize=8)
+def _gpu_name(device: torch.device) -> str | None:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+@lru_cache(maxsize=256)
+def shipped_tiling(gpu: str | None, kernel: str, tma: bool, key: tuple) -> TileConfig | None:
+    """The tiling shipped for this GPU and key (:mod:`livecc.kernels.tilings`), if it is one the
+    tuner of ``kernel`` would try at the key's head dim (``key[0]``)."""
+    found = tilings.shipped(gpu, kernel, tma, key) if gpu else None
+    if found is None:
+        return None
+    cfg = TileConfig(*found)
+    if cfg not in {replace(c, head_dims=()) for c in tuning_space(kernel, tma, head_dim=key[0])}:
+        log.warning("the tiling %s shipped for %s is not one livecc tries at %s; tuning instead", found, gpu, key)
+        return None
+    return cfg
 
 
 def _descriptor_scratch(size: int, alignment: int, stream) -> torch.Tensor:
