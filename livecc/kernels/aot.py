@@ -152,17 +152,38 @@ def stream_launches(model, geometry, page_size: int, gpu: str | None = None, tma
 def compile_ahead(launches: list[Launch], jobs: int | None = None) -> dict:
     """Compile ``launches`` for this machine's GPU in ``jobs`` processes (Triton's cache then
     serves the process's own launches); nothing without a GPU, which compiles nothing. Returns
-    ``{"launches", "failed", "seconds"}``; a launch that does not compile is logged, and then
-    compiles (and fails) where it is launched."""
+    ``{"launches", "failed", "seconds", "cached"}``; a launch that does not compile is logged (it
+    then compiles, and fails, where it is launched). A set of launches compiled whole leaves a mark
+    in Triton's cache (:func:`_compiled_mark`), so a restart does not start the processes again."""
     t0 = time.perf_counter()
     if not launches or not torch.cuda.is_available():
-        return {"launches": 0, "failed": 0, "seconds": 0.0}
+        return {"launches": 0, "failed": 0, "seconds": 0.0, "cached": False}
+    mark = _compiled_mark(launches, torch.cuda.get_device_name())
+    if mark.exists():
+        return {"launches": len(launches), "failed": 0, "seconds": time.perf_counter() - t0, "cached": True}
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(launches)))
     rows = compile_all(launches, None, jobs)
     failed = [row for row in rows if not row["ok"]]
     for row in failed:
         log.warning("compiling %s ahead failed: %s", Launch(**row["launch"]).name, row["error"].splitlines()[0])
-    return {"launches": len(rows), "failed": len(failed), "seconds": time.perf_counter() - t0}
+    if not failed:
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.write_text(json.dumps([dataclasses.asdict(x) for x in launches]) + "\n")
+    return {"launches": len(rows), "failed": len(failed), "seconds": time.perf_counter() - t0, "cached": False}
+
+
+def _compiled_mark(launches: list[Launch], device: str) -> Path:
+    """Where Triton's cache notes that ``launches`` were compiled for ``device`` by this Triton from
+    these kernel sources: inside the cache, so that emptying it empties the marks too."""
+    import hashlib
+
+    import triton
+
+    digest = hashlib.sha256(json.dumps([device, triton.__version__, [dataclasses.asdict(x) for x in launches]],
+                                       default=str).encode())
+    for source in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(source.read_bytes())
+    return Path(triton.knobs.cache.dir) / "livecc-compiled-ahead" / f"{digest.hexdigest()}.json"
 
 
 def run_launch(launch: Launch, device: str) -> None:

@@ -1,12 +1,15 @@
-"""The attention tilings a GPU run's tuners chose, recorded in its result files and shipped per GPU
-(``livecc.kernels.tilings``); that a launch uses a shipped one is in ``test_hopper_gate.py``."""
+"""What a new process does before its first window: the attention tilings a GPU run's tuners chose,
+recorded in its result files and shipped per GPU (``livecc.kernels.tilings``), and the kernels of
+its windows compiled ahead (``livecc.kernels.aot.compile_ahead``). That a launch uses a shipped
+tiling, and that compiling ahead covers every kernel of a window, are checked by compiling for
+sm_90 in ``test_hopper_gate.py``; the cold start's phases are timed in ``test_bench.py``."""
 
 import json
 
 import pytest
 
 from livecc.bench.results import Sweep, write_sweep
-from livecc.kernels import tilings
+from livecc.kernels import aot, tilings
 
 
 def _env(device: str) -> dict:
@@ -52,3 +55,31 @@ def test_the_shipping_command_names_what_it_cannot_use(tmp_path, capsys):
     with pytest.raises(ValueError, match="not a table of tilings"):
         tilings.shipped("NVIDIA H200", "fwd", False, (128,), bad.parent)
     assert tilings.gpu_label("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+def test_compiling_ahead_leaves_a_mark_that_spares_a_restart(tmp_path, monkeypatch):
+    """Launches compiled whole are marked inside Triton's cache: the next start compiles nothing; a
+    failed launch leaves no mark; other launches, another GPU or an emptied cache compile again."""
+    compiled = []
+
+    def compile_all(selected, arch, jobs, progress=None):
+        compiled.append(len(selected))
+        return [{"launch": {"kernel": x.kernel, "shape": x.shape, "dtype": x.dtype}, "ok": x.kernel != "bad",
+                 "error": "CompilationError: no"} for x in selected]
+
+    monkeypatch.setattr(aot, "compile_all", compile_all)
+    monkeypatch.setattr(aot.torch.cuda, "is_available", lambda: True)
+    gpu = ["Some GPU"]
+    monkeypatch.setattr(aot.torch.cuda, "get_device_name", lambda *device: gpu[0])
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    launches = [aot.Launch("rotary", "llm7b", "bf16", (False,)), aot.Launch("rerotate", "llm7b", "bf16")]
+    assert aot.compile_ahead(launches, jobs=2)["cached"] is False and compiled == [2]
+    assert aot.compile_ahead(launches, jobs=2) == {"launches": 2, "failed": 0, "seconds": pytest.approx(0, abs=1),
+                                                   "cached": True} and compiled == [2]
+    gpu[0] = "Other GPU"
+    assert aot.compile_ahead(launches)["cached"] is False and compiled == [2, 2]
+    failing = [*launches, aot.Launch("bad", "llm7b", "bf16")]
+    assert aot.compile_ahead(failing)["failed"] == 1 and aot.compile_ahead(failing)["cached"] is False
+    for mark in (tmp_path / "triton").rglob("*.json"):
+        mark.unlink()
+    assert aot.compile_ahead(launches)["cached"] is False and compiled[-1] == 2
