@@ -119,6 +119,46 @@ def test_a_steady_window_on_the_gpu_reads_the_device_once_per_decode_step():
         assert window["end"]["reads"] == 1
 
 
+def test_a_warmed_up_engine_compiles_nothing_in_its_first_windows(tmp_path):
+    """In a new process with an empty Triton cache: the warm-up compiles the windows' kernels in
+    parallel processes (none fails), and the first windows (frames to patches, the ViT captured,
+    the prefill, decode steps, keys evicted and moved) add no kernel to the cache; a second
+    warm-up finds the mark and starts no process."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import json, pathlib, torch, triton
+        from livecc.infer import StreamingSession
+        from livecc.models import tiny_qwen_vl, use_livecc_attention
+        from livecc.qwen_vl import offline_processor
+        model = tiny_qwen_vl(seed=0).cuda().to(torch.bfloat16)
+        use_livecc_attention(model)
+        session = StreamingSession(model, offline_processor(), max_new_tokens=4, page_size=16, horizon=2.0,
+                                   compact_after=0, min_pixels=64 * 64, max_pixels=64 * 64)
+        first = session.engine.runner.compile_ahead(session.engine.spec)
+        session.engine.warm_up(1, 2048)
+        cache = pathlib.Path(triton.knobs.cache.dir)
+        before = sorted(str(p) for p in cache.rglob("*.cubin"))
+        g = torch.Generator().manual_seed(0)
+        for _ in range(5):
+            session.step(torch.randint(0, 256, (session.frames_needed, 64, 64, 3), dtype=torch.uint8,
+                                       generator=g).cuda())
+        after = sorted(str(p) for p in cache.rglob("*.cubin"))
+        again = session.engine.runner.compile_ahead(session.engine.spec)
+        print(json.dumps({"first": first, "again": again, "new": sorted(set(after) - set(before))}))
+    """)
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "triton"), "LIVECC_CACHE": str(tmp_path / "livecc")}
+    env.pop("TRITON_INTERPRET", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["first"]["launches"] > 10 and report["first"]["failed"] == 0 and not report["first"]["cached"]
+    assert report["again"]["cached"] and not report["new"], report
+
+
 def test_twenty_training_steps_follow_the_cpu_loss_curve(tmp_path):
     """The same 20 steps in fp32 on the CPU and in bf16 on the GPU (kernels, gradient checkpointing
     and all): the curves agree within bf16 noise."""
