@@ -83,3 +83,38 @@ def test_compiling_ahead_leaves_a_mark_that_spares_a_restart(tmp_path, monkeypat
     for mark in (tmp_path / "triton").rglob("*.json"):
         mark.unlink()
     assert aot.compile_ahead(launches)["cached"] is False and compiled[-1] == 2
+
+
+def test_a_compile_started_while_the_model_loads_is_the_one_the_warm_up_waits_for(tmp_path, monkeypatch):
+    """``compile_ahead(background=True)`` returns at once; the next call for the same launches (the
+    engine's warm-up) waits for that compile rather than starting another; the launches computed
+    from a checkpoint's config before its weights load are the loaded model's own."""
+    import threading
+
+    import torch
+
+    from livecc.infer import StreamingSession
+    from livecc.infer.cache import PAGE_SIZE
+    from livecc.models import load_config, load_model
+
+    release, compiled = threading.Event(), []
+
+    def compile_all(selected, arch, jobs, progress=None):
+        release.wait(10)
+        compiled.append(len(selected))
+        return [{"launch": {"kernel": x.kernel, "shape": x.shape, "dtype": x.dtype}, "ok": True} for x in selected]
+
+    monkeypatch.setattr(aot, "compile_all", compile_all)
+    monkeypatch.setattr(aot.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(aot.torch.cuda, "get_device_name", lambda *device: "Some GPU")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    for arch in ("qwen2_vl", "qwen3_vl"):
+        before = aot.stream_launches(load_config(f"tiny:{arch}"), torch.bfloat16, PAGE_SIZE)
+        model, processor = load_model(f"tiny:{arch}", "cpu", torch.bfloat16)
+        pool = StreamingSession(model, processor).engine.pool
+        assert before == aot.stream_launches(model.config, model.dtype, pool.page_size)
+    assert aot.compile_ahead(before, background=True) is None and compiled == []  # returned before compiling
+    assert aot.compile_ahead(before, background=True) is None and len(aot._in_flight) == 1  # not started twice
+    threading.Timer(0.2, release.set).start()
+    assert aot.compile_ahead(before)["cached"] is False and compiled == [len(before)]
+    assert aot.compile_ahead(before)["cached"] is True and compiled == [len(before)]

@@ -166,7 +166,7 @@ def test_compiling_ahead_covers_every_kernel_of_streaming_windows():
         from livecc.kernels import aot
         from livecc.kernels.varlen_attention import triton as attention
         from livecc.models import tiny_qwen_vl, use_livecc_attention
-        from livecc.qwen_vl import VisionSpec, offline_processor
+        from livecc.qwen_vl import offline_processor
 
         for name in ("rotary", "rerotate", "paged_decode_attention", "preprocess_frames", "varlen_attention.backends"):
             importlib.import_module(f"livecc.kernels.{name}").use_triton = lambda t: True
@@ -189,7 +189,7 @@ def test_compiling_ahead_covers_every_kernel_of_streaming_windows():
                     step_streams(sessions, [torch.randint(0, 256, (s.frames_needed, 64, 64, 3), dtype=torch.uint8,
                                                           generator=g) for s in sessions])
             windows = {(name, kernel.hash) for name, kernel, _ in compiled}
-            launches = aot.stream_launches(model, VisionSpec.from_processor(processor), 16)
+            launches = aot.stream_launches(model.config, torch.bfloat16, 16)
             ahead = set()
             for launch in launches:
                 if launch.kernel in ("fwd", "fwd_paged") and launch.config != aot._cfg(tile):
@@ -217,7 +217,6 @@ def test_a_shipped_tiling_is_launched_without_tuning(tmp_path):
         from livecc.kernels import aot, cu_seqlens, tilings
         from livecc.kernels.varlen_attention import triton as attention
         from livecc.models import tiny_qwen_vl
-        from livecc.qwen_vl import VisionSpec, offline_processor
 
         tilings.TUNED = Path(TABLES)
         attention._gpu_name = lambda device: "Hopper Test GPU"
@@ -237,7 +236,7 @@ def test_a_shipped_tiling_is_launched_without_tuning(tmp_path):
                                   fwd[0].metadata.num_warps, fwd[0].metadata.num_stages) == (64, 4, 4)
         assert attention.shipped_tiling("Hopper Test GPU", "fwd", False, (16, False, 1, 0, "bfloat16")) is None
         model = tiny_qwen_vl().to(torch.bfloat16)  # decoder: 4 query heads of 16 over 2 KV heads; ViT: 2 of 16
-        launches = aot.stream_launches(model, VisionSpec.from_processor(offline_processor()), 16, gpu="Hopper Test GPU")
+        launches = aot.stream_launches(model.config, torch.bfloat16, 16, gpu="Hopper Test GPU")
         assert [l.config for l in launches if l.kernel == "fwd_paged"] == [("fwd", 128, 32, 8, 4, False)]
         assert {l.config for l in launches if l.kernel == "fwd"} == {aot._cfg(c) for c in attention.tuning_space("fwd")}
     """.replace("TABLES", repr(str(tmp_path))))

@@ -22,10 +22,9 @@ PEAK_HBM = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # SXM HBM bytes/s,
 HBM = next((v for k, v in PEAK_HBM.items() if on_gpu() and k in torch.cuda.get_device_name()), PEAK_HBM["H100"])
 
 
-def random_qwen2vl(shape: str, attn: str, device: str = "cuda"):
-    """A Qwen2-VL of ``shape`` (the real ViT) with random bf16 weights, built on ``device`` (the
-    GPU; ``meta`` for its shapes alone)."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+def qwen2vl_config(shape: str, attn: str = "sdpa"):
+    """The config of a Qwen2-VL of ``shape`` with the real ViT."""
+    from transformers import Qwen2VLConfig
 
     h, n, hq, hkv, mlp, vocab = SHAPES[shape]
     cfg = Qwen2VLConfig(
@@ -34,8 +33,16 @@ def random_qwen2vl(shape: str, attn: str, device: str = "cuda"):
                          rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
         vision_config=dict(depth=32, embed_dim=1280, num_heads=16, hidden_size=h))
     cfg._attn_implementation = attn
+    return cfg
+
+
+def random_qwen2vl(shape: str, attn: str, device: str = "cuda"):
+    """A Qwen2-VL of ``shape`` (the real ViT) with random bf16 weights, built on ``device`` (the
+    GPU; ``meta`` for its shapes alone)."""
+    from transformers import Qwen2VLForConditionalGeneration
+
     with torch.device(device):
-        return Qwen2VLForConditionalGeneration(cfg).to(torch.bfloat16)
+        return Qwen2VLForConditionalGeneration(qwen2vl_config(shape, attn)).to(torch.bfloat16)
 
 
 def reference_attention() -> str:

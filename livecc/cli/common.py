@@ -1,12 +1,14 @@
-"""What several commands share: the model option's help, a stream's settings as flags, the exit
-code of a batch job, and the limits of requests to a chat endpoint."""
+"""What several commands share: the model option's help, a stream's settings as flags, the kernels
+compiled while a model loads, the exit code of a batch job, and the limits of requests to a chat
+endpoint."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-__all__ = ["MODEL_HELP", "chat_client", "failures_exit", "request_limits", "session_config", "session_flags"]
+__all__ = ["MODEL_HELP", "chat_client", "compile_while_loading", "failures_exit", "request_limits", "session_config",
+           "session_flags"]
 
 MODEL_HELP = "local Qwen2-VL, Qwen2.5-VL or Qwen3-VL checkpoint directory, or 'tiny' / 'tiny:qwen3_vl' (random)"
 SESSION_FLAGS = ("max_new_tokens", "repetition_penalty", "horizon", "min_pixels", "max_pixels")
@@ -25,6 +27,19 @@ def session_flags(parser: argparse.ArgumentParser) -> None:
                         f"checkpoint's, else {d.min_pixels})")
     parser.add_argument("--max-pixels", type=int, default=None, help="pixels per frame at most (default: the "
                         f"checkpoint's, else {d.max_pixels})")
+
+
+def compile_while_loading(path: str, device: str | None) -> None:
+    """On a GPU, the kernels of the windows of the model at ``path`` start compiling in parallel
+    processes (from its config) while its weights load; the engine's warm-up waits for them."""
+    from ..infer.cache import PAGE_SIZE
+    from ..infer.runner import window_launches
+    from ..kernels import aot
+    from ..models import load_config, placement
+
+    device, dtype = placement(device)
+    if device.startswith("cuda"):
+        aot.compile_ahead(window_launches(load_config(path), dtype, PAGE_SIZE, device), background=True)
 
 
 def session_options(args) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import MODEL_HELP, session_config, session_flags, session_options
+from .common import MODEL_HELP, compile_while_loading, session_config, session_flags, session_options
 
 __all__ = ["add_parser", "run"]
 
@@ -22,6 +22,7 @@ def run(args) -> int:
         return 2
     if args.replicas is not None:
         return _replicated(args)
+    compile_while_loading(args.model, args.device)
     model, processor = load_model(args.model, args.device)
     config = session_config(model, args)
     hub = Hub(model, processor, max_streams=args.max_streams, config=config, upload_dir=args.upload_dir,

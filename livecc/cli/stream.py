@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import MODEL_HELP, session_config, session_flags
+from .common import MODEL_HELP, compile_while_loading, session_config, session_flags
 
 __all__ = ["add_parser", "run"]
 
@@ -16,6 +16,7 @@ def run(args) -> int:
     from ..models import load_model
     from ..serve.vtt import VttWriter
 
+    compile_while_loading(args.model, args.device)
     model, processor = load_model(args.model, args.device)
     config = session_config(model, args, query=args.query)
     session = StreamingSession(model, processor, config, cuda_graphs=not args.no_cuda_graphs)

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["KVPool", "StreamKVCache", "TEXT", "VISION", "padded_page_tables"]
+__all__ = ["PAGE_SIZE", "KVPool", "StreamKVCache", "TEXT", "VISION", "padded_page_tables"]
 
 TEXT, VISION = 0, 1
+PAGE_SIZE = 64  # tokens a page holds, unless a pool is given another
 
 
 class KVPool:
     """Per layer, keys and values ``[pages, page_size, Hkv, D]``; pages are lent to streams."""
 
-    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, dtype, device, *, page_size: int = 64,
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, dtype, device, *, page_size: int = PAGE_SIZE,
                  pages: int = 64):
         if page_size < 16 or page_size & (page_size - 1):
             raise ValueError(f"page size must be a power of two >= 16, got {page_size}")

@@ -29,7 +29,7 @@ from ..data.windows import FrameWindow
 from ..kernels import preprocess_frames
 from ..qwen_vl import VideoFormat, VisionSpec, smart_resize
 from . import census
-from .cache import TEXT, KVPool, StreamKVCache
+from .cache import PAGE_SIZE, TEXT, KVPool, StreamKVCache
 from .config import SessionConfig
 from .policy import MAX_QUERY_TOKENS, MAX_QUESTION_TOKENS, StreamPolicy
 from .runner import ModelRunner, upload
@@ -100,7 +100,7 @@ class StreamEngine:
         self.vocab = model.get_output_embeddings().out_features
 
     @classmethod
-    def of(cls, model, processor, pool: KVPool | None = None, *, page_size: int = 64,
+    def of(cls, model, processor, pool: KVPool | None = None, *, page_size: int = PAGE_SIZE,
            cuda_graphs: bool = True) -> StreamEngine:
         """The engine of ``pool`` (one is made for a new pool), shared by every stream on it."""
         if pool is None:
@@ -121,7 +121,7 @@ class StreamEngine:
         :meth:`ModelRunner.warm_up` (the pool, and the prefill and decode graphs)."""
         t0 = time.perf_counter()
         if compile_ahead:
-            self.runner.compile_ahead(self.spec)
+            self.runner.compile_ahead()
         t1 = time.perf_counter()
         if compile_vision:
             self.runner.compile_vision()

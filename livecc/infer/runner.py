@@ -19,7 +19,7 @@ from .decoder import forward_tokens
 from .graphs import DecodeGraphs, PrefillGraphs
 from .vision import VisionGraphs
 
-__all__ = ["ModelRunner", "upload"]
+__all__ = ["ModelRunner", "upload", "window_launches"]
 
 
 def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -28,6 +28,17 @@ def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda" or tensor.device.type != "cpu":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def window_launches(config, dtype: torch.dtype, page_size: int, device) -> list[aot.Launch]:
+    """The kernel launches of the windows of a model of ``config`` in ``dtype`` on ``device``
+    (:func:`livecc.kernels.aot.stream_launches` for that GPU; none elsewhere)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return []
+    props = torch.cuda.get_device_properties(device)
+    return aot.stream_launches(config, dtype, page_size, gpu=props.name, tma=tma_supported(),
+                               sms=props.multi_processor_count)
 
 
 class ModelRunner:
@@ -69,15 +80,11 @@ class ModelRunner:
         for block in self.model.model.visual.blocks:
             block.compile(dynamic=True)
 
-    def compile_ahead(self, geometry) -> dict:
-        """On a GPU, the kernels of this model's windows (frames of ``geometry``) compiled in
-        parallel processes into Triton's cache (:func:`livecc.kernels.aot.compile_ahead`); a tiling
-        shipped for this GPU is compiled alone. Nothing elsewhere."""
-        if self.device.type != "cuda":
-            return aot.compile_ahead([])
-        props = torch.cuda.get_device_properties(self.device)
-        return aot.compile_ahead(aot.stream_launches(self.model, geometry, self.pool.page_size, gpu=props.name,
-                                                     tma=tma_supported(), sms=props.multi_processor_count))
+    def compile_ahead(self) -> dict:
+        """On a GPU, the kernels of this model's windows compiled in parallel processes into
+        Triton's cache (:func:`livecc.kernels.aot.compile_ahead`; a compile started while the model
+        loaded is waited for); a tiling shipped for this GPU is compiled alone. Nothing elsewhere."""
+        return aot.compile_ahead(window_launches(self.model.config, self.dtype, self.pool.page_size, self.device))
 
     def warm_up(self, max_streams: int, max_tokens: int) -> None:
         """Allocate the pool for ``max_streams`` streams of up to ``max_tokens`` cached tokens each and

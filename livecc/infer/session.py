@@ -12,7 +12,7 @@ from dataclasses import replace
 import torch
 
 from ..data.windows import FrameWindow, WindowPlan
-from .cache import KVPool
+from .cache import PAGE_SIZE, KVPool
 from .config import SessionConfig
 from .engine import StreamEngine, WindowResult
 
@@ -26,7 +26,7 @@ class StreamingSession:
     and pixel bounds, :meth:`SessionConfig.for_model`)."""
 
     def __init__(self, model, processor, config: SessionConfig | None = None, *, pool: KVPool | None = None,
-                 trace: bool = False, page_size: int = 64, cuda_graphs: bool = True, **options):
+                 trace: bool = False, page_size: int = PAGE_SIZE, cuda_graphs: bool = True, **options):
         unknown = set(options) - SessionConfig.names()
         if unknown:
             raise TypeError(f"unknown session options {sorted(unknown)}")

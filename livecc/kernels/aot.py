@@ -21,15 +21,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import logging
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -107,26 +109,27 @@ def _cfg(c) -> tuple:
     return (c.kernel, c.BM, c.BN, c.num_warps, c.num_stages, c.tma)
 
 
-def stream_launches(model, geometry, page_size: int, gpu: str | None = None, tma: bool = False,
+def stream_launches(config, dtype: torch.dtype, page_size: int, gpu: str | None = None, tma: bool = False,
                     sms: int = 132) -> list[Launch]:
-    """The launches of ``model``'s streaming windows: frames to patch rows (``geometry``: a
-    :class:`PatchGeometry`), the ViT's attention, the decoder's paged prefill and decode, rotary
-    and key re-rotation, at the model's own heads and dtype and at ``page_size``. An attention key
-    that the shipped table of ``gpu`` holds (:mod:`livecc.kernels.tilings`) compiles its one
-    tiling; any other, every tiling its tuner tries (descriptor ones too with ``tma``: the ViT's
-    tuner on a GPU with TMA). Decode's combining kernel is compiled for every power of two of page
-    ranges a GPU of ``sms`` multiprocessors splits one stream's cache into."""
+    """The launches of the streaming windows of a model of ``config`` (a Hugging Face Qwen-VL
+    config: known before the weights are read) in ``dtype``: frames to patch rows, the ViT's
+    attention, the decoder's paged prefill (pages of ``page_size``) and decode, rotary and key
+    re-rotation. An attention key that the shipped table of ``gpu`` holds
+    (:mod:`livecc.kernels.tilings`) compiles its one tiling; any other, every tiling its tuner
+    tries (descriptor ones too with ``tma``: the ViT's tuner on a GPU with TMA). Decode's
+    combining kernel is compiled for every power of two of page ranges a GPU of ``sms``
+    multiprocessors splits one stream's cache into."""
     from .tilings import key_of
     from .varlen_attention.triton import shipped_tiling, tuning_space
 
-    dtype = next(model.parameters()).dtype
     label = next((k for k, v in DTYPES.items() if v == dtype), None)
     if label is None:
         raise ValueError(f"no kernels for a model in {dtype}")
-    text, block = model.config.get_text_config(), model.model.visual.blocks[0].attn
+    text, vision = config.get_text_config(), config.vision_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     decoder = (text.num_attention_heads, text.num_key_value_heads, head_dim, True)
-    vit = (block.num_heads, block.num_heads, block.head_dim, False)
+    vit_width = getattr(vision, "embed_dim", None) or vision.hidden_size  # Qwen2-VL's ViT width is its embed_dim
+    vit = (vision.num_heads, vision.num_heads, vit_width // vision.num_heads, False)
 
     def attention(heads: tuple, page: int, tma: bool) -> list[tuple]:
         if label == "fp32":  # fp32 attention on a GPU is PyTorch's SDPA
@@ -138,7 +141,7 @@ def stream_launches(model, geometry, page_size: int, gpu: str | None = None, tma
         return [_cfg(found)] if found else [_cfg(c) for c in tuning_space("fwd", tma=tma, head_dim=d)]
 
     most_splits = -(-2 * sms // decoder[1])  # one stream: paged_decode_attention's _splits
-    patches = (geometry.patch_size, geometry.temporal_patch_size, geometry.merge_size)
+    patches = (vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size)
     return [Launch("preprocess", "360x640", label, patches),  # one kernel for every frame size
             *(Launch("fwd", "vit", label, c, vit) for c in attention(vit, 0, tma)),
             *(Launch("fwd_paged", "decoder", label, c, decoder, page_size)
@@ -149,20 +152,44 @@ def stream_launches(model, geometry, page_size: int, gpu: str | None = None, tma
             Launch("rerotate", "decoder", label, (), decoder)]
 
 
-def compile_ahead(launches: list[Launch], jobs: int | None = None) -> dict:
+def compile_ahead(launches: list[Launch], jobs: int | None = None, background: bool = False) -> dict | None:
     """Compile ``launches`` for this machine's GPU in ``jobs`` processes (Triton's cache then
-    serves the process's own launches); nothing without a GPU, which compiles nothing. Returns
-    ``{"launches", "failed", "seconds", "cached"}``; a launch that does not compile is logged (it
+    serves the process's own launches); nothing without a GPU, which compiles nothing. With
+    ``background`` it returns at once (a process loads its model meanwhile) and the next call for
+    the same launches waits for that compile instead of starting another. Returns ``{"launches",
+    "failed", "seconds" (compiling), "cached"}``; a launch that does not compile is logged (it
     then compiles, and fails, where it is launched). A set of launches compiled whole leaves a mark
-    in Triton's cache (:func:`_compiled_mark`), so a restart does not start the processes again."""
-    t0 = time.perf_counter()
+    in Triton's cache (:func:`_compiled_mark`), so a restart starts no process."""
     if not launches or not torch.cuda.is_available():
-        return {"launches": 0, "failed": 0, "seconds": 0.0, "cached": False}
+        return None if background else {"launches": 0, "failed": 0, "seconds": 0.0, "cached": False}
     mark = _compiled_mark(launches, torch.cuda.get_device_name())
+    with _in_flight_lock:
+        running = _in_flight.get(mark)
+        if running is None:
+            running = _in_flight[mark] = _compiler().submit(_compile_ahead, launches, jobs, mark)
+    if background:
+        return None
+    try:
+        return running.result()
+    finally:
+        with _in_flight_lock:
+            _in_flight.pop(mark, None)
+
+
+_in_flight: dict[Path, Future] = {}  # compiles started and not yet waited for, by their mark
+_in_flight_lock = threading.Lock()
+
+
+@functools.cache
+def _compiler() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="livecc-compile-ahead")
+
+
+def _compile_ahead(launches: list[Launch], jobs: int | None, mark: Path) -> dict:
+    t0 = time.perf_counter()
     if mark.exists():
         return {"launches": len(launches), "failed": 0, "seconds": time.perf_counter() - t0, "cached": True}
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(launches)))
-    rows = compile_all(launches, None, jobs)
+    rows = compile_all(launches, None, max(1, min(jobs or os.cpu_count() or 1, len(launches))))
     failed = [row for row in rows if not row["ok"]]
     for row in failed:
         log.warning("compiling %s ahead failed: %s", Launch(**row["launch"]).name, row["error"].splitlines()[0])

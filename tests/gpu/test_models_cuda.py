@@ -138,7 +138,7 @@ def test_a_warmed_up_engine_compiles_nothing_in_its_first_windows(tmp_path):
         use_livecc_attention(model)
         session = StreamingSession(model, offline_processor(), max_new_tokens=4, page_size=16, horizon=2.0,
                                    compact_after=0, min_pixels=64 * 64, max_pixels=64 * 64)
-        first = session.engine.runner.compile_ahead(session.engine.spec)
+        first = session.engine.runner.compile_ahead()
         session.engine.warm_up(1, 2048)
         cache = pathlib.Path(triton.knobs.cache.dir)
         before = sorted(str(p) for p in cache.rglob("*.cubin"))
@@ -147,7 +147,7 @@ def test_a_warmed_up_engine_compiles_nothing_in_its_first_windows(tmp_path):
             session.step(torch.randint(0, 256, (session.frames_needed, 64, 64, 3), dtype=torch.uint8,
                                        generator=g).cuda())
         after = sorted(str(p) for p in cache.rglob("*.cubin"))
-        again = session.engine.runner.compile_ahead(session.engine.spec)
+        again = session.engine.runner.compile_ahead()
         print(json.dumps({"first": first, "again": again, "new": sorted(set(after) - set(before))}))
     """)
     env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "triton"), "LIVECC_CACHE": str(tmp_path / "livecc")}

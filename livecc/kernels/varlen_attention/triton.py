@@ -44,8 +44,7 @@ from ..dispatch import interpreting
 from ..triton_utils import LOG2E, dot, softmax_result, softmax_weights
 
 __all__ = ["BLOCK_SIZES", "CONFIGS", "SMEM_LIMIT", "TileConfig", "block_table", "head_split", "programs", "tma_fits",
-           "shipped_tiling", "tuning_space", "varlen_attention_bwd",
-           "varlen_attention_fwd"]
+           "shipped_tiling", "tuning_space", "varlen_attention_bwd", "varlen_attention_fwd"]
 
 log = logging.getLogger(__name__)
 
@@ -173,32 +172,30 @@ def _tuned(kernel: str, fn, tma: bool = False):
 
 
 def _launch(kernel: str, jitted, tuners: tuple, grid, args, meta: dict, tma: bool = False) -> None:
-    """Run ``jitted`` with the forced tiling, the interpreter's, or its tuner on GPU: ``tuners`` is
-    (pointer tilings, with descriptors too); the second only where ``tma`` (the call fits TMA)."""
-    use_tma = tma and not interpreting() and tma_supported()
-    if kernel in FORCED:
-        cfg = FORCED[kernel]
-        if cfg.tma and not tma:
-            raise ValueError(f"forced tiling {cfg} loads through tensor descriptors, which this call cannot take "
-                             "(paged or unaligned K/V)")
-        if cfg.tma:
-            _ensure_descriptor_allocator()
-        jitted[grid(cfg.tiles)](*args, **meta, **cfg.tiles, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    elif interpreting():
+    """Run ``jitted`` with the forced tiling, the interpreter's, the one shipped for this GPU and
+    key, or its tuner's on GPU (recording the choice): ``tuners`` is (pointer tilings, with
+    descriptors too); the second only where ``tma`` (the call fits TMA)."""
+    if interpreting() and kernel not in FORCED:
         jitted[grid(_INTERPRETER_TILES)](*args, **meta, **_INTERPRETER_TILES)
-    else:
-        if use_tma:
-            _ensure_descriptor_allocator()
+        return
+    use_tma = tma and tma_supported()
+    cfg = FORCED.get(kernel)
+    if cfg is not None and cfg.tma and not tma:
+        raise ValueError(f"forced tiling {cfg} loads through tensor descriptors, which this call cannot take "
+                         "(paged or unaligned K/V)")
+    if cfg is None:
         key = tilings.key_of(meta, _TUNING_KEYS[kernel], args[0].dtype)
         cfg = shipped_tiling(_gpu_name(args[0].device), kernel, use_tma, key)
-        if cfg is not None:
-            jitted[grid(cfg.tiles)](*args, **meta, **cfg.tiles, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-            return
-        tuner = tuners[1] if use_tma else tuners[0]
-        tuner[grid](*args, **meta)
-        best = tuner.best_config
-        tilings.note(kernel, use_tma, key, (kernel, best.kwargs["BM"], best.kwargs["BN"], best.num_warps,
-                                            best.num_stages, bool(best.kwargs.get("TMA", False))))
+    if (cfg.tma if cfg is not None else use_tma):
+        _ensure_descriptor_allocator()
+    if cfg is not None:
+        jitted[grid(cfg.tiles)](*args, **meta, **cfg.tiles, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return
+    tuner = tuners[1] if use_tma else tuners[0]
+    tuner[grid](*args, **meta)
+    best = tuner.best_config
+    tilings.note(kernel, use_tma, key, (kernel, best.kwargs["BM"], best.kwargs["BN"], best.num_warps,
+                                        best.num_stages, bool(best.kwargs.get("TMA", False))))
 
 
 @lru_cache(maxsize=8)
