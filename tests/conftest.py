@@ -6,6 +6,18 @@ import torch  # only its CUDA query: Triton is not imported yet
 # triton.jit decorates anything. With one, the kernels compile, and tests/gpu checks them on CUDA.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    if os.environ["TRITON_INTERPRET"] == "1":
+        # triton.jit decides at decoration: decorate every kernel now, so that a test importing one
+        # late, after ``kernel_path`` turned the interpreter off for its torch paths, cannot leave
+        # compiled kernels behind for the kernel tests of the same worker
+        import importlib
+        import pkgutil
+
+        import livecc.kernels
+
+        for _info in pkgutil.walk_packages(livecc.kernels.__path__, "livecc.kernels."):
+            if _info.name.endswith(".triton"):
+                importlib.import_module(_info.name)
 
 # Under pytest-xdist each worker takes its share of the cores (and so do the processes its tests
 # start): workers that each spin every core's threads would only take turns.

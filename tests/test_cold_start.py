@@ -54,7 +54,7 @@ def test_the_shipping_command_names_what_it_cannot_use(tmp_path, capsys):
     bad.write_text('{"tilings": [{"kernel": "fwd"}]}')
     with pytest.raises(ValueError, match="not a table of tilings"):
         tilings.shipped("NVIDIA H200", "fwd", False, (128,), bad.parent)
-    assert tilings.gpu_label("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert tilings.table_path("NVIDIA H100 80GB HBM3").name == "nvidia-h100-80gb-hbm3.json"
 
 
 def test_compiling_ahead_leaves_a_mark_that_spares_a_restart(tmp_path, monkeypatch):

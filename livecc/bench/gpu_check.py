@@ -36,7 +36,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .results import environment, on_gpu, slug
+from ..cache import file_label
+from .results import environment, on_gpu
 
 __all__ = ["FULL", "QUICK", "Item", "main"]
 
@@ -121,7 +122,7 @@ class Run:
     def __init__(self, plan: list[Item], tier: str, out: Path, budget_s: float | None, gpu: bool):
         self.plan, self.tier, self.out, self.budget_s, self.gpu = plan, tier, out, budget_s, gpu
         self.env = environment()
-        self.stem = out / f"{self.env['date'][:10]}-{slug(self.env['device'])}-gpu-check"
+        self.stem = out / f"{self.env['date'][:10]}-{file_label(self.env['device'])}-gpu-check"
         self.results: list[dict] = []  # one per item started or left out
         self.suites: list[ET.Element] = []
         self.started = time.time()

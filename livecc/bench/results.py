@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..cache import file_label
 from ..kernels import tilings
 from .targets import goal_of
 
@@ -87,15 +88,11 @@ def _git(*args: str) -> str:
         return "unknown"
 
 
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
-
-
 def write_sweep(sweep: Sweep, out_dir: str | Path, env: dict) -> Path:
     """``OUT/<date>-<device>-<name>.{json,md,png}``; returns the JSON path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{env['date'][:10]}-{slug(env['device'])}-{sweep.name}"
+    stem = out / f"{env['date'][:10]}-{file_label(env['device'])}-{sweep.name}"
     headline = [{**h, "goal": goal_of(h["target"])} for h in sweep.headline]
     payload = {"benchmark": sweep.name, "environment": env, "notes": sweep.notes, "headline": headline,
                "results": sweep.rows, "plot": asdict(sweep.plot) if sweep.plot else None}

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from ..cache import file_label
 from .cubin import resources
 
 __all__ = ["Launch", "compile_ahead", "compile_only", "launches", "problems", "pruned", "stream_launches"]
@@ -488,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {problem}")
     if args.out:
         date = time.strftime("%Y-%m-%d", time.gmtime())
-        label = "sm90" if arch else "".join(c if c.isalnum() else "-" for c in target.lower())
+        label = "sm90" if arch else file_label(target)
         stem = Path(args.out) / f"{date}-{label}-triton-{triton.__version__}-kernels"
         write_table(rows, stem, f"Kernels compiled for {target} with Triton {triton.__version__} ({args.scope} scope)",
                     found, dropped)

@@ -17,19 +17,17 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["chosen", "gpu_label", "key_of", "note", "shipped", "table_path"]
+from ..cache import file_label
+
+__all__ = ["chosen", "key_of", "note", "shipped", "table_path"]
 
 TUNED = Path(__file__).parent / "tuned"
 _chosen: dict[tuple, dict] = {}  # this process's tuners' choices, by (kernel, tma, key)
 
 
-def gpu_label(name: str) -> str:
-    """A file name for the GPU called ``name`` (``"NVIDIA H200"`` -> ``nvidia-h200``)."""
-    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
-
-
 def table_path(name: str, folder: Path | None = None) -> Path:
-    return (folder or TUNED) / f"{gpu_label(name)}.json"
+    """The table of the GPU called ``name`` in ``folder`` (the shipped ones by default)."""
+    return (folder or TUNED) / f"{file_label(name)}.json"
 
 
 def key_of(meta: dict, keys: list[str], dtype) -> tuple:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ...cache import cache_root
+from ...cache import cache_root, file_label
 from ..dispatch import use_triton
 
 __all__ = ["BACKENDS", "Dispatcher", "available_backends", "kernel_serves", "shape_class", "torch_varlen_call"]
@@ -153,8 +153,7 @@ class Dispatcher:
 
     def __init__(self, device_name: str, cache_dir: str | os.PathLike | None = None):
         root = Path(cache_dir) if cache_dir else cache_root()
-        slug = "".join(c if c.isalnum() else "-" for c in device_name.lower())
-        self.path = root / f"attention-{slug}.json"
+        self.path = root / f"attention-{file_label(device_name)}.json"
         self.choices: dict[str, dict] = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def choose(self, key: str, candidates: dict[str, Callable[[], torch.Tensor]], reference: str = "triton",
