@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from ..kernels import aot, rerotate_keys, shift_angles
-from ..kernels.varlen_attention.triton import tma_supported
 from ..models import use_livecc_vision_attention
 from ..models.vision import Grid, run_vision, vision_geometry
 from .cache import KVPool, StreamKVCache
@@ -33,6 +32,8 @@ def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 def window_launches(config, dtype: torch.dtype, page_size: int, device) -> list[aot.Launch]:
     """The kernel launches of the windows of a model of ``config`` in ``dtype`` on ``device``
     (:func:`livecc.kernels.aot.stream_launches` for that GPU; none elsewhere)."""
+    from ..kernels.varlen_attention.triton import tma_supported  # the kernels' module: imported where used
+
     device = torch.device(device)
     if device.type != "cuda":
         return []

@@ -22,7 +22,7 @@ from ..cache import file_label
 __all__ = ["chosen", "key_of", "note", "shipped", "table_path"]
 
 TUNED = Path(__file__).parent / "tuned"
-_chosen: dict[tuple, dict] = {}  # this process's tuners' choices, by (kernel, tma, key)
+_chosen: dict[tuple, tuple] = {}  # this process's tuners' choices: (kernel, tma, key) -> tiling
 
 
 def table_path(name: str, folder: Path | None = None) -> Path:
@@ -38,12 +38,13 @@ def key_of(meta: dict, keys: list[str], dtype) -> tuple:
 def note(kernel: str, tma: bool, key: tuple, tiling: tuple) -> None:
     """Record that the tuner of ``kernel`` (``tma``: its descriptor tuner) chose ``tiling`` (a
     ``TileConfig`` as a tuple) for ``key``."""
-    _chosen[kernel, tma, key] = {"kernel": kernel, "tma_tuner": tma, "key": list(key), "tiling": list(tiling)}
+    _chosen[kernel, tma, key] = tiling  # on every tuned launch: kept to one dictionary store
 
 
 def chosen() -> list[dict]:
     """What this process's tuners chose, one entry per tuner and key."""
-    return list(_chosen.values())
+    return [{"kernel": kernel, "tma_tuner": tma, "key": list(key), "tiling": list(tiling)}
+            for (kernel, tma, key), tiling in _chosen.items()]
 
 
 @lru_cache(maxsize=8)

@@ -47,6 +47,6 @@ def load_model(path: str, device: str | None = None, dtype: torch.dtype | None =
     if path in TINY_MODELS:
         arch = path.partition(":")[2] or "qwen2_vl"
         return tiny_qwen_vl(arch=arch).to(device=device, dtype=dtype), offline_processor(arch)
-    load_config(path)  # a clear error for a missing directory or another architecture
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
+    config = load_config(path)  # a clear error for a missing directory or another architecture
+    model = AutoModelForImageTextToText.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
     return model.to(device).eval(), load_processor(path)
