@@ -32,11 +32,11 @@ def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 def window_launches(config, dtype: torch.dtype, page_size: int, device) -> list[aot.Launch]:
     """The kernel launches of the windows of a model of ``config`` in ``dtype`` on ``device``
     (:func:`livecc.kernels.aot.stream_launches` for that GPU; none elsewhere)."""
-    from ..kernels.varlen_attention.triton import tma_supported  # the kernels' module: imported where used
-
     device = torch.device(device)
     if device.type != "cuda":
         return []
+    from ..kernels.varlen_attention.triton import tma_supported  # the kernels' module: only where they compile
+
     props = torch.cuda.get_device_properties(device)
     return aot.stream_launches(config, dtype, page_size, gpu=props.name, tma=tma_supported(),
                                sms=props.multi_processor_count)
