@@ -228,6 +228,18 @@ def test_a_replica_before_its_first_round_is_judged_as_the_measured_ones_run():
     assert alone[0]["round_s"] is None and _headroom(alone[0]) == pytest.approx(1 - 1 / 8)
 
 
+def test_a_replica_that_ran_one_round_size_takes_the_others_cost_per_window():
+    """Rounds of 3 windows only (0.3 s: 150 ms a round + 50 ms a window, not told apart) beside a
+    replica whose rounds gave those parts: the first, empty, is judged to run one window in 0.2 s,
+    not 0.1 s (a third of its rounds), so it looks no emptier than the other, which holds no stream."""
+    from livecc.serve.router import _estimated
+
+    one_size = {"streams": 0, "max_streams": 8, "period_s": 1.0, "round_s": 0.1, "fit": (3.0, 0.3, None)}
+    fitted = {"streams": 0, "max_streams": 8, "period_s": 1.0, "round_s": 0.2, "fit": (2.0, 0.25, 0.05)}
+    out = _estimated({0: dict(one_size), 1: dict(fitted)})
+    assert out[0]["round_s"] == pytest.approx(0.2) and out[1]["round_s"] == pytest.approx(0.2)
+
+
 def test_a_rounds_time_is_read_as_a_fixed_part_and_a_part_per_window():
     from livecc.serve.loop import StepLoop
 

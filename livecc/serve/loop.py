@@ -93,16 +93,27 @@ class StepLoop:
         """What a round of ``windows`` stream-windows would take, by a line through the recent rounds
         (a fixed part per round, a part per window: batching makes a window cheaper in a larger
         round); None before the first round."""
+        fit = self.round_fit()
+        if fit is None:
+            return None
+        n_mean, s_mean, slope = fit
+        if slope is None:  # one round size seen: its cost per window
+            return s_mean / n_mean * windows
+        return max(0.0, s_mean - slope * n_mean) + slope * windows
+
+    def round_fit(self) -> tuple[float, float, float | None] | None:
+        """The recent rounds' mean windows, mean seconds and seconds per window more (None where
+        one round size was seen: the fixed and the per-window parts cannot be told apart); None
+        before the first round."""
         rounds = list(self.recent)
         if not rounds:
             return None
         n_mean = statistics.fmean(n for _, n in rounds)
         s_mean = statistics.fmean(s for s, _ in rounds)
         spread = sum((n - n_mean) ** 2 for _, n in rounds)
-        if spread == 0:  # one round size seen: its cost per window
-            return s_mean / n_mean * windows
-        slope = max(0.0, sum((n - n_mean) * (s - s_mean) for s, n in rounds) / spread)
-        return max(0.0, s_mean - slope * n_mean) + slope * windows
+        if spread == 0:
+            return n_mean, s_mean, None
+        return n_mean, s_mean, max(0.0, sum((n - n_mean) * (s - s_mean) for s, n in rounds) / spread)
 
     def _publish(self, ready: list[tuple[ServedStream, object, float]], results) -> None:
         for (stream, window, arrived), result in zip(ready, results):

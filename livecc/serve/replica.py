@@ -41,7 +41,8 @@ class EngineReplica:
         hub, plan = self.hub, self.hub.config.plan
         streams = hub.held()
         return {"replica": self.name, "pid": os.getpid(), "streams": streams, "max_streams": hub.max_streams,
-                "period_s": plan.frames_per_window / plan.fps, "round_s": hub.loop.round_seconds(streams + 1)}
+                "period_s": plan.frames_per_window / plan.fps, "round_s": hub.loop.round_seconds(streams + 1),
+                "fit": hub.loop.round_fit()}
 
     def reserve(self, token: str) -> None:
         """A slot, named ``token`` by the router, for a stream about to be opened

@@ -252,9 +252,16 @@ class Router:
 
 
 def _estimated(capacities: dict[int, dict]) -> dict[int, dict]:
-    """A replica before its first round taken to run as the measured ones do (the same engine): their
-    mean time per stream-window, at its streams + 1. Else one fresh replica would look emptier or
-    fuller than a measured one by how each is judged, not by its load."""
+    """Every replica judged as the same engine: one whose recent rounds were all of one size (its
+    fixed and per-window parts not told apart) takes the measured replicas' mean seconds per window
+    more from its own mean round; one before its first round, their mean time per stream-window at
+    its streams + 1. Else a replica would look emptier or fuller than another by how each is
+    judged, not by its load."""
+    slopes = [c["fit"][2] for c in capacities.values() if c.get("fit") and c["fit"][2] is not None]
+    for c in capacities.values():
+        if slopes and c.get("fit") and c["fit"][2] is None:
+            n_mean, s_mean, _ = c["fit"]
+            c["round_s"] = max(0.0, s_mean + sum(slopes) / len(slopes) * (c["streams"] + 1 - n_mean))
     measured = [c["round_s"] / (c["streams"] + 1) for c in capacities.values() if c["round_s"] is not None]
     if measured:
         for c in capacities.values():
