@@ -95,7 +95,7 @@ def test_a_compile_started_while_the_model_loads_is_the_one_the_warm_up_waits_fo
 
     from livecc.infer import StreamingSession
     from livecc.infer.cache import PAGE_SIZE
-    from livecc.models import load_config, load_model
+    from livecc.models import load_model, model_config
 
     release, compiled = threading.Event(), []
 
@@ -109,7 +109,7 @@ def test_a_compile_started_while_the_model_loads_is_the_one_the_warm_up_waits_fo
     monkeypatch.setattr(aot.torch.cuda, "get_device_name", lambda *device: "Some GPU")
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
     for arch in ("qwen2_vl", "qwen3_vl"):
-        before = aot.stream_launches(load_config(f"tiny:{arch}"), torch.bfloat16, PAGE_SIZE)
+        before = aot.stream_launches(model_config(f"tiny:{arch}"), torch.bfloat16, PAGE_SIZE)
         model, processor = load_model(f"tiny:{arch}", "cpu", torch.bfloat16)
         pool = StreamingSession(model, processor).engine.pool
         assert before == aot.stream_launches(model.config, model.dtype, pool.page_size)

@@ -35,11 +35,11 @@ def compile_while_loading(path: str, device: str | None) -> None:
     from ..infer.cache import PAGE_SIZE
     from ..infer.runner import window_launches
     from ..kernels import aot
-    from ..models import load_config, placement
+    from ..models import model_config, placement
 
     device, dtype = placement(device)
     if device.startswith("cuda"):
-        aot.compile_ahead(window_launches(load_config(path), dtype, PAGE_SIZE, device), background=True)
+        aot.compile_ahead(window_launches(model_config(path), dtype, PAGE_SIZE, device), background=True)
 
 
 def session_options(args) -> dict:

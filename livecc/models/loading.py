@@ -9,18 +9,18 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 
 from ..qwen_vl import load_processor, offline_processor
-from .tiny import ARCHS, tiny_qwen_vl
+from .tiny import ARCHS, tiny_config, tiny_qwen_vl
 
-__all__ = ["TINY_MODELS", "load_config", "load_model", "placement"]
+__all__ = ["TINY_MODELS", "load_model", "model_config", "placement"]
 
 # ``tiny`` (Qwen2-VL) and ``tiny:<arch>``: random tiny models with the offline processor, for smoke runs
 TINY_MODELS = ("tiny", *(f"tiny:{arch}" for arch in ARCHS))
 
 
-def load_config(path: str):
+def model_config(path: str):
     """The Hugging Face config of the model ``load_model(path)`` loads, without reading its weights."""
     if path in TINY_MODELS:
-        return tiny_qwen_vl(arch=path.partition(":")[2] or "qwen2_vl").config
+        return tiny_config(arch=path.partition(":")[2] or "qwen2_vl")
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: model directory not found (no model hub is used)")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
@@ -47,6 +47,6 @@ def load_model(path: str, device: str | None = None, dtype: torch.dtype | None =
     if path in TINY_MODELS:
         arch = path.partition(":")[2] or "qwen2_vl"
         return tiny_qwen_vl(arch=arch).to(device=device, dtype=dtype), offline_processor(arch)
-    config = load_config(path)  # a clear error for a missing directory or another architecture
+    config = model_config(path)  # a clear error for a missing directory or another architecture
     model = AutoModelForImageTextToText.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
     return model.to(device).eval(), load_processor(path)
