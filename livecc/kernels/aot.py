@@ -120,8 +120,7 @@ def stream_launches(config, dtype: torch.dtype, page_size: int, gpu: str | None 
     tries (descriptor ones too with ``tma``: the ViT's tuner on a GPU with TMA). Decode's
     combining kernel is compiled for every power of two of page ranges a GPU of ``sms``
     multiprocessors splits one stream's cache into."""
-    from .tilings import key_of
-    from .varlen_attention.triton import shipped_tiling, tuning_space
+    from .varlen_attention.triton import shipped_tiling, tuning_key, tuning_space
 
     label = next((k for k, v in DTYPES.items() if v == dtype), None)
     if label is None:
@@ -136,8 +135,7 @@ def stream_launches(config, dtype: torch.dtype, page_size: int, gpu: str | None 
         if label == "fp32":  # fp32 attention on a GPU is PyTorch's SDPA
             return []
         hq, hkv, d, causal = heads
-        key = key_of({"D": d, "CAUSAL": causal, "GROUP": hq // hkv, "PAGE": page}, ["D", "CAUSAL", "GROUP", "PAGE"],
-                     dtype)
+        key = tuning_key("fwd", {"D": d, "CAUSAL": causal, "GROUP": hq // hkv, "PAGE": page}, dtype)
         found = shipped_tiling(gpu, "fwd", tma, key)
         return [_cfg(found)] if found else [_cfg(c) for c in tuning_space("fwd", tma=tma, head_dim=d)]
 

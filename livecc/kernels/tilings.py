@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..cache import file_label
 
-__all__ = ["chosen", "key_of", "note", "shipped", "table_path"]
+__all__ = ["chosen", "note", "shipped", "table_path"]
 
 TUNED = Path(__file__).parent / "tuned"
 _chosen: dict[tuple, tuple] = {}  # this process's tuners' choices: (kernel, tma, key) -> tiling
@@ -28,11 +28,6 @@ _chosen: dict[tuple, tuple] = {}  # this process's tuners' choices: (kernel, tma
 def table_path(name: str, folder: Path | None = None) -> Path:
     """The table of the GPU called ``name`` in ``folder`` (the shipped ones by default)."""
     return (folder or TUNED) / f"{file_label(name)}.json"
-
-
-def key_of(meta: dict, keys: list[str], dtype) -> tuple:
-    """A tuner's key of a launch: its key constexprs in order, then the queries' dtype."""
-    return (*(meta[k] for k in keys), str(dtype).removeprefix("torch."))
 
 
 def note(kernel: str, tma: bool, key: tuple, tiling: tuple) -> None:

@@ -44,7 +44,7 @@ from ..dispatch import interpreting
 from ..triton_utils import LOG2E, dot, softmax_result, softmax_weights
 
 __all__ = ["BLOCK_SIZES", "CONFIGS", "SMEM_LIMIT", "TileConfig", "block_table", "head_split", "programs", "tma_fits",
-           "shipped_tiling", "tuning_space", "varlen_attention_bwd", "varlen_attention_fwd"]
+           "shipped_tiling", "tuning_key", "tuning_space", "varlen_attention_bwd", "varlen_attention_fwd"]
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,12 @@ _TUNING_KEYS = {"fwd": ["D", "CAUSAL", "GROUP", "PAGE"], "bwd_kv": ["D", "CAUSAL
                 "bwd_q": ["D", "CAUSAL", "GROUP"]}
 
 
+def tuning_key(kernel: str, meta: dict, dtype: torch.dtype) -> tuple:
+    """The key under which the tuner of ``kernel`` keeps its choice for a launch of ``meta``
+    (its key constexprs, head dim first, then ``dtype``): what the shipped tables are indexed by."""
+    return (*(meta[k] for k in _TUNING_KEYS[kernel]), str(dtype).removeprefix("torch."))
+
+
 def _tuned(kernel: str, fn, tma: bool = False):
     """``fn`` autotuned over ``tuning_space(kernel, tma)``; dQ, which the one-pass backward adds
     into, is zeroed before each timed run."""
@@ -184,7 +190,7 @@ def _launch(kernel: str, jitted, tuners: tuple, grid, args, meta: dict, tma: boo
         raise ValueError(f"forced tiling {cfg} loads through tensor descriptors, which this call cannot take "
                          "(paged or unaligned K/V)")
     if cfg is None:
-        key = tilings.key_of(meta, _TUNING_KEYS[kernel], args[0].dtype)
+        key = tuning_key(kernel, meta, args[0].dtype)
         cfg = shipped_tiling(_gpu_name(args[0].device), kernel, use_tma, key)
     if (cfg.tma if cfg is not None else use_tma):
         _ensure_descriptor_allocator()
