@@ -15,7 +15,7 @@ from typing import Protocol
 
 from .served import ServedStream
 
-__all__ = ["StepLoop", "StreamBook"]
+__all__ = ["StepLoop", "StreamBook", "line_seconds"]
 
 RECENT_ROUNDS = 64  # rounds the engine's round time is read from (after warm-up, at today's load)
 
@@ -97,9 +97,8 @@ class StepLoop:
         if fit is None:
             return None
         n_mean, s_mean, slope = fit
-        if slope is None:  # one round size seen: its cost per window
-            return s_mean / n_mean * windows
-        return max(0.0, s_mean - slope * n_mean) + slope * windows
+        # one round size seen: all of its cost taken as per window
+        return line_seconds(fit, windows, s_mean / n_mean if slope is None else slope)
 
     def round_fit(self) -> tuple[float, float, float | None] | None:
         """The recent rounds' mean windows, mean seconds and seconds per window more (None where
@@ -118,3 +117,10 @@ class StepLoop:
     def _publish(self, ready: list[tuple[ServedStream, object, float]], results) -> None:
         for (stream, window, arrived), result in zip(ready, results):
             self.book.said(stream, window, result, arrived)
+
+
+def line_seconds(fit: tuple[float, float, float | None], windows: int, slope: float) -> float:
+    """A round of ``windows`` stream-windows on the line through a :meth:`StepLoop.round_fit`'s mean
+    round with ``slope`` seconds per window more, its fixed part at least zero."""
+    n_mean, s_mean, _ = fit
+    return max(0.0, s_mean - slope * n_mean) + slope * windows

@@ -28,6 +28,7 @@ from ray import serve
 
 from ..infer.stream import percentile
 from .fanout import Viewers
+from .loop import line_seconds
 from .replica import EngineReplica
 from .served import FrameRate, HubFull, Reservation, UploadDir
 from .sources import FrameIntake, Location
@@ -260,8 +261,7 @@ def _estimated(capacities: dict[int, dict]) -> dict[int, dict]:
     slopes = [c["fit"][2] for c in capacities.values() if c.get("fit") and c["fit"][2] is not None]
     for c in capacities.values():
         if slopes and c.get("fit") and c["fit"][2] is None:
-            n_mean, s_mean, _ = c["fit"]
-            c["round_s"] = max(0.0, s_mean + sum(slopes) / len(slopes) * (c["streams"] + 1 - n_mean))
+            c["round_s"] = line_seconds(c["fit"], c["streams"] + 1, sum(slopes) / len(slopes))
     measured = [c["round_s"] / (c["streams"] + 1) for c in capacities.values() if c["round_s"] is not None]
     if measured:
         for c in capacities.values():
