@@ -2,6 +2,9 @@
 corrupt or missing video is counted and written to the rejects, and resuming skips what was used."""
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -51,6 +54,29 @@ def test_workers_and_prefetch_give_the_plain_packs_and_count_bad_videos(mixed, p
     assert stats.clips == 5 and stats.packs == len(got) and stats.frames > 0 and stats.build_s > 0
     rates = stats.rates()
     assert rates["loader_clips_per_s"] > 0 and rates["data_wait_s"] >= 0
+
+
+def test_worker_processes_start_after_a_frame_was_converted_on_another_thread(mixed):
+    """PyAV keeps a frame converter per thread, with threads of its own: a worker forked from the
+    loader's thread would free the main thread's in the child and wait forever on threads the fork
+    did not copy. The workers start from a fork server instead (in a new process, timed out)."""
+    code = f"""
+        import av
+        from pathlib import Path
+        from livecc.data.packing import PackedLoader, StreamingDataset
+        from livecc.qwen_vl import offline_processor
+
+        root = Path({str(mixed)!r})
+        with av.open(str(root / "g0.mp4")) as container:
+            next(container.decode(video=0)).to_ndarray(format="rgb24")
+        dataset = StreamingDataset([root / "mix.jsonl"], offline_processor(), root)
+        got = [p.input_ids for p in PackedLoader(dataset, 3000, seed=1, num_workers=1)]
+        plain = [p.input_ids for p in PackedLoader(dataset, 3000, seed=1)]
+        assert len(got) == len(plain) > 1 and all((a == b).all() for a, b in zip(got, plain))
+        print("packs", len(got))
+    """
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and "packs" in done.stdout, done.stderr[-3000:]
 
 
 def test_processes_and_threads_do_not_mix(mixed, processor):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import logging
+import multiprocessing
 import queue
 import threading
 import time
@@ -188,8 +190,10 @@ class PackedLoader:
 
     Samples are built in ``num_workers`` processes (or ``threads`` threads, for decoding on the
     GPU), and a thread keeps up to ``prefetch`` packs ready ahead of the step, so decoding and
-    packing overlap training. ``stats`` says how fast the loader delivered (clips/s, frames/s while
-    it worked) and how long its consumer waited on it.
+    packing overlap training. The processes start from a fork server (:func:`_worker_processes`), so
+    a script that uses them runs its work under ``if __name__ == "__main__":``, as with ``spawn``.
+    ``stats`` says how fast the loader delivered (clips/s, frames/s while it worked) and how long
+    its consumer waited on it.
     """
 
     def __init__(self, dataset: StreamingDataset, token_budget: int, *, rank: int = 0, world_size: int = 1,
@@ -304,8 +308,9 @@ class PackedLoader:
         preprocessing kernel per thread; CUDA does not survive a fork)."""
         if not self.threads:
             yield from torch.utils.data.DataLoader(
-                self.dataset, sampler=indices, batch_size=None, num_workers=self.num_workers,
-                collate_fn=lambda x: x, prefetch_factor=2 if self.num_workers else None)
+                self.dataset, sampler=indices, batch_size=None, num_workers=self.num_workers, collate_fn=_as_built,
+                prefetch_factor=2 if self.num_workers else None,
+                multiprocessing_context=_worker_processes() if self.num_workers else None)
             return
         with ThreadPoolExecutor(self.threads, thread_name_prefix="livecc-sample") as pool:
             ahead: collections.deque = collections.deque()
@@ -322,3 +327,19 @@ class PackedLoader:
             with open(self.rejects, "a") as f:
                 f.write(json.dumps({"epoch": self.epoch, "position": position, "record": failure.source,
                                     "error": failure.error}) + "\n")
+
+
+def _as_built(sample):  # the workers' collate function: a sample as the dataset built it (a lambda
+    return sample  # cannot be sent to a process that was not forked from this one)
+
+
+@functools.cache
+def _worker_processes() -> multiprocessing.context.BaseContext:
+    """Worker processes forked from a server that runs no thread, not from this process: the
+    loader's thread would fork a process whose other threads hold locks and per-thread state, freed
+    in the child (PyAV keeps one swscale context per thread, with threads of its own; freed in a
+    forked child, it waits forever on threads the fork did not copy). The server imports this
+    module once, so a worker starts without importing torch."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
