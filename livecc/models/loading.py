@@ -13,14 +13,15 @@ from .tiny import ARCHS, tiny_config, tiny_qwen_vl
 
 __all__ = ["TINY_MODELS", "load_model", "model_config", "placement"]
 
-# ``tiny`` (Qwen2-VL) and ``tiny:<arch>``: random tiny models with the offline processor, for smoke runs
-TINY_MODELS = ("tiny", *(f"tiny:{arch}" for arch in ARCHS))
+# ``tiny`` (Qwen2-VL) and ``tiny:<arch>``, each with its arch: random tiny models with the offline processor,
+# for smoke runs
+TINY_MODELS = {"tiny": "qwen2_vl", **{f"tiny:{arch}": arch for arch in ARCHS}}
 
 
 def model_config(path: str):
     """The Hugging Face config of the model ``load_model(path)`` loads, without reading its weights."""
     if path in TINY_MODELS:
-        return tiny_config(arch=path.partition(":")[2] or "qwen2_vl")
+        return tiny_config(arch=TINY_MODELS[path])
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: model directory not found (no model hub is used)")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
@@ -45,7 +46,7 @@ def load_model(path: str, device: str | None = None, dtype: torch.dtype | None =
     smoke runs; anything else is a local checkpoint directory."""
     device, dtype = placement(device, dtype)
     if path in TINY_MODELS:
-        arch = path.partition(":")[2] or "qwen2_vl"
+        arch = TINY_MODELS[path]
         return tiny_qwen_vl(arch=arch).to(device=device, dtype=dtype), offline_processor(arch)
     config = model_config(path)  # a clear error for a missing directory or another architecture
     model = AutoModelForImageTextToText.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
