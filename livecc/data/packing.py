@@ -329,8 +329,10 @@ class PackedLoader:
                                     "error": failure.error}) + "\n")
 
 
-def _as_built(sample):  # the workers' collate function: a sample as the dataset built it (a lambda
-    return sample  # cannot be sent to a process that was not forked from this one)
+def _as_built(sample):
+    """The workers' collate function: a sample as the dataset built it (a lambda cannot be sent to a
+    process that was not forked from this one)."""
+    return sample
 
 
 @functools.cache
